@@ -1,0 +1,102 @@
+"""The dataset contract between curation (writer) and training (reader): layout, sample members, schemas.
+
+A schema, not a framework: no Ray or video code here, so the trainer can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "0.1.0"
+MAX_SUBJECTS = 6
+
+SHARDS_DIR = "shards"
+MANIFEST_DIR = "manifest"
+ERRORS_DIR = "errors"
+DONE_DIR = "done"
+REPORT_FILE = "report.html"
+
+# Members of one WebDataset sample, keyed "<clip_id>.<member>".
+MP4 = "mp4"
+JSON = "json"
+CAPTION = "caption.txt"
+
+
+def subject_member(k: int) -> str:
+    return f"subject_{k}.png"
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_clip_id(clip_id: str) -> str:
+    """A sample key may hold letters, digits, '_' and '-': a dot would split the WebDataset key."""
+    if not _KEY.match(clip_id):
+        raise ValueError(f"invalid clip id {clip_id!r}: only letters, digits, '_' and '-' are allowed")
+    return clip_id
+
+
+def make_clip_id(source_sha1: str, start_frame: int, end_frame: int) -> str:
+    """Deterministic, so a rerun produces the same ids and duplicates can be recognised."""
+    return check_clip_id(f"{source_sha1[:16]}_{start_frame:07d}_{end_frame:07d}")
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:06d}"
+
+
+SUBJECT = pa.struct(
+    [
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("bbox", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in clip pixels
+        ("frame", pa.int32()),
+        ("mask_rle", pa.string()),  # COCO-style RLE counts, column-major, as a JSON string {"size":[h,w],"counts":[...]}
+        ("area", pa.int64()),
+    ]
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_sha1", pa.string()),
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),  # exclusive
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_frames", pa.int32()),
+        ("motion", pa.float32()),
+        ("aesthetic", pa.float32()),
+        ("caption", pa.string()),
+        ("subjects", pa.list_(SUBJECT)),
+        ("num_subjects_dropped", pa.int32()),
+        ("shard", pa.string()),
+        ("pipeline_version", pa.string()),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("clip_id", pa.string()),  # null for an error of the whole source
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def manifest_row(meta: dict, shard: str) -> dict:
+    """The manifest row of a clip from its metadata: every schema column, missing ones as null."""
+    row = {name: meta.get(name) for name in MANIFEST_SCHEMA.names}
+    row["subjects"] = meta.get("subjects") or []
+    row["num_subjects_dropped"] = meta.get("num_subjects_dropped") or 0
+    row["shard"] = shard
+    row["pipeline_version"] = PIPELINE_VERSION
+    return row

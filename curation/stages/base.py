@@ -1,0 +1,67 @@
+"""The stage contract: a named step with per-worker resources, a one-time ``setup`` and ``__call__(batch)``.
+
+Stages know nothing of Ray (``curation.runner`` maps them onto it). A batch is a list of rows; a row is a dict
+``{"kind", "source_uri", "meta", "mp4"}``. ``kind`` says what the row is:
+
+- ``source``: a source video, before scene detection
+- ``summary``: what scene detection made of a source (``meta["num_clips"]`` candidate clips); the writer uses
+  it to know when every clip of a source is accounted for
+- ``clip``: one clip, ``mp4`` holds its bytes once encoded
+- ``dropped``: a clip a filter rejected (kept for pass-rate statistics; its scores are in ``meta``)
+- ``error``: a source or clip that failed; ``meta`` holds uri, clip_id, stage, error_type, message
+
+A stage handles the kinds in ``consumes`` and passes every other row through untouched. A row that raises
+leaves as an error row, so one bad video or clip never fails the batch or the job.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..video import VideoError
+
+Row = dict
+
+
+def make_row(kind: str, source_uri: str, meta: dict, mp4: bytes | None = None) -> Row:
+    return {"kind": kind, "source_uri": source_uri, "meta": meta, "mp4": mp4}
+
+
+def error_row(row: Row, stage: str, exc: BaseException) -> Row:
+    # VideoError messages are already written for people; anything else keeps its type for the errors table.
+    message = str(exc) if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+    meta = {
+        "uri": row["source_uri"],
+        "clip_id": row["meta"].get("clip_id"),
+        "stage": stage,
+        "error_type": type(exc).__name__,
+        "message": message or type(exc).__name__,
+    }
+    return make_row("error", row["source_uri"], meta)
+
+
+class Stage:
+    name: ClassVar[str] = "stage"
+    num_cpus: ClassVar[float] = 1.0
+    num_gpus: ClassVar[float] = 0.0
+    batch_size: ClassVar[int] = 1
+    consumes: ClassVar[tuple[str, ...]] = ("clip",)
+    fans_out: ClassVar[bool] = False  # one input row becomes many (the runner then spreads them over workers)
+
+    def setup(self) -> None:
+        """Load models or open clients, once per worker."""
+
+    def process(self, row: Row) -> list[Row]:
+        raise NotImplementedError
+
+    def __call__(self, batch: list[Row]) -> list[Row]:
+        out: list[Row] = []
+        for row in batch:
+            if row["kind"] not in self.consumes:
+                out.append(row)
+                continue
+            try:
+                out += self.process(row)
+            except Exception as e:  # noqa: BLE001 - any failure of one row becomes that row's error record
+                out.append(error_row(row, self.name, e))
+        return out

@@ -1,0 +1,30 @@
+"""CPU filters on scores computed during scene detection, applied before encoding so rejects cost nothing."""
+
+from __future__ import annotations
+
+from ..config import JobConfig
+from .base import Row, Stage, make_row
+
+
+class FilterStage(Stage):
+    name = "filter"
+    num_cpus = 0.25
+    batch_size = 64
+
+    def __init__(self, cfg: JobConfig):
+        self.f = cfg.filters
+
+    def reason(self, meta: dict) -> str | None:
+        """Why a clip is rejected, or None to keep it."""
+        f = self.f
+        if meta["width"] < f.min_width or meta["height"] < f.min_height:
+            return "resolution"
+        if meta["motion"] < f.min_motion or (f.max_motion is not None and meta["motion"] > f.max_motion):
+            return "motion"
+        return None
+
+    def process(self, row: Row) -> list[Row]:
+        why = self.reason(row["meta"])
+        if why is None:
+            return [row]
+        return [make_row("dropped", row["source_uri"], {**row["meta"], "dropped_by": why})]

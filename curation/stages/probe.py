@@ -1,0 +1,31 @@
+"""Probe: container metadata, a first decoded frame, and the source's SHA-1."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+
+from ..config import JobConfig
+from ..storage import Storage
+from ..video import probe
+from .base import Row, Stage, make_row
+
+
+class ProbeStage(Stage):
+    name = "probe"
+    num_cpus = 0.5
+    batch_size = 4
+    consumes = ("source",)
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.storage = Storage(cfg.storage)
+
+    def process(self, row: Row) -> list[Row]:
+        uri = row["source_uri"]
+        info = probe(uri, self.storage)
+        sha1 = hashlib.sha1()
+        with self.storage.open(uri) as f:
+            while chunk := f.read(1 << 22):
+                sha1.update(chunk)
+        return [make_row("source", uri, {**row["meta"], **asdict(info), "source_sha1": sha1.hexdigest()})]

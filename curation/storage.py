@@ -1,0 +1,124 @@
+"""One place for local paths, s3:// (any S3-compatible endpoint) and http(s) URIs, on top of fsspec."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import IO
+
+import fsspec
+
+from .config import StorageConfig
+
+_RETRYABLE = (ConnectionError, TimeoutError, OSError)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+class Storage:
+    """Opens, lists and atomically writes URIs. Picklable: file systems are created lazily in each process."""
+
+    def __init__(self, cfg: StorageConfig | None = None, retries: int = 3):
+        self.cfg = cfg or StorageConfig()
+        self.retries = retries
+
+    def fs(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        options = {}
+        if uri.startswith("s3://"):
+            client = {}
+            if self.cfg.endpoint_url:
+                client["endpoint_url"] = self.cfg.endpoint_url
+            if self.cfg.region:
+                client["region_name"] = self.cfg.region
+            options = {"client_kwargs": client, "anon": self.cfg.anon}
+        return fsspec.core.url_to_fs(uri, **options)
+
+    def _retry(self, what: str, fn):
+        """Retry transient storage errors with backoff; a missing file is not transient."""
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except _RETRYABLE as e:
+                if attempt == self.retries:
+                    raise OSError(f"{what}: storage error after {self.retries + 1} attempts: {e}") from e
+                time.sleep(0.2 * 2**attempt)
+
+    def open(self, uri: str, mode: str = "rb") -> IO[bytes]:
+        if _is_local(uri):
+            return open(uri.removeprefix("file://"), mode)
+        fs, path = self.fs(uri)
+        return self._retry(uri, lambda: fs.open(path, mode))
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.open(uri) as f:
+            return f.read()
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self.fs(uri)
+        return self._retry(uri, lambda: fs.exists(path))
+
+    def join(self, base: str, *parts: str) -> str:
+        return "/".join([base.rstrip("/"), *parts])
+
+    def list(self, prefix: str, suffix: str = "") -> list[str]:
+        """URIs of the files directly under ``prefix`` ending in ``suffix``, sorted; empty if it does not exist."""
+        fs, path = self.fs(prefix)
+        try:
+            entries = self._retry(prefix, lambda: fs.ls(path, detail=True))
+        except FileNotFoundError:
+            return []
+        names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") != "directory")
+        return [self.join(prefix, n) for n in names if n.endswith(suffix)]
+
+    def list_videos(self, uri: str, extensions: list[str]) -> list[str]:
+        """Expand an input URI: a .txt file of URIs, a glob, a folder/prefix (recursive), or one file/URL."""
+        exts = tuple(e.lower() for e in extensions)
+        if uri.endswith(".txt"):
+            lines = self.read_bytes(uri).decode().splitlines()
+            return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        if uri.startswith(("http://", "https://")):
+            return [uri]
+        fs, path = self.fs(uri)
+        proto = "" if _is_local(uri) else uri.split("://", 1)[0] + "://"
+        if any(c in path for c in "*?["):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = fs.find(path)
+        else:
+            return [uri]  # a single file; a missing one becomes an error row when it is probed
+        return sorted(proto + p for p in found if p.lower().endswith(exts))
+
+    def write_atomic(self, uri: str, data: bytes | None = None, local_file: str | None = None) -> None:
+        """Write to a temporary name beside ``uri``, then rename, so readers never see a partial object."""
+        fs, path = self.fs(uri)
+        parent, name = path.rsplit("/", 1)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        if _is_local(uri):
+            os.makedirs(parent, exist_ok=True)
+        if local_file is not None:
+            self._retry(uri, lambda: fs.put_file(local_file, tmp))
+        else:
+            self._retry(uri, lambda: fs.pipe_file(tmp, data))
+        self._retry(uri, lambda: fs.mv(tmp, path))
+
+    def remove(self, uri: str) -> None:
+        fs, path = self.fs(uri)
+        try:
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
+
+    def list_temporaries(self, prefix: str) -> list[str]:
+        """Left-over temporary files of ``write_atomic`` under ``prefix`` (from a killed run)."""
+        fs, path = self.fs(prefix)
+        try:
+            entries = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        proto = "" if _is_local(prefix) else prefix.split("://", 1)[0] + "://"
+        return [proto + e for e in entries if e.rsplit("/", 1)[-1].startswith(".") and e.endswith(".tmp")]

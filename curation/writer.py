@@ -1,0 +1,236 @@
+"""The dataset sink: WebDataset shards, Parquet manifest and errors, per-source done markers.
+
+Exactly-once output from at-least-once processing:
+
+1. A shard is built in a local temporary file, then written to ``shards/`` under a temporary name and renamed.
+2. Only then is its manifest part renamed into ``manifest/``: the manifest is the truth. A shard without a
+   manifest part (killed between 1 and 2) is an orphan and is deleted on the next start.
+3. Errors seen so far go to ``errors/`` in the same commit, then ``done/`` markers for every source whose
+   clips are all in committed shards (or that failed as a whole).
+
+A rerun skips sources with a done marker and drops clips whose ids are already in the manifest, so a source
+that was half-committed when the driver died is finished without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import contract as C
+from .config import ShardsConfig
+from .stages.base import Row
+from .storage import Storage
+
+log = logging.getLogger("curation")
+
+
+def done_marker_name(uri: str) -> str:
+    return hashlib.sha1(uri.encode()).hexdigest()[:24] + ".json"
+
+
+def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Table:
+    """All committed parts under ``prefix`` as one table (empty with ``schema`` when there are none)."""
+    tables = []
+    for uri in storage.list(prefix, ".parquet"):
+        with storage.open(uri) as f:
+            tables.append(pq.read_table(f, schema=schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+@dataclass
+class _Source:
+    expected: int | None = None  # candidate clips, known once the summary row arrives
+    settled: int = 0  # clips committed, dropped or failed
+    pending: int = 0  # clips in the open shard
+    failed: bool = False
+
+    def complete(self) -> bool:
+        return self.failed or (self.expected is not None and self.settled == self.expected and self.pending == 0)
+
+
+@dataclass
+class RunStats:
+    """What this run did, for the summary and the report."""
+
+    sources_done: int = 0
+    sources_failed: int = 0
+    source_seconds: float = 0.0
+    clips_written: int = 0
+    clips_duplicate: int = 0
+    clip_seconds: float = 0.0
+    bytes_written: int = 0
+    shards_written: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    motion_all: list[float] = field(default_factory=list)  # every candidate clip, kept or dropped
+    samples: list[tuple[str, bytes]] = field(default_factory=list)  # (clip_id, mp4) for the contact sheet
+
+
+class DatasetWriter:
+    def __init__(self, output: str, storage: Storage, cfg: ShardsConfig, sample_clips: int = 12):
+        self.out = output.rstrip("/")
+        self.storage = storage
+        self.cfg = cfg
+        self.sample_clips = sample_clips
+        self.stats = RunStats()
+        self.committed: set[str] = set()
+        self.error_keys: set[tuple] = set()
+        self.done: dict[str, str] = {}  # uri -> "ok" | "error"
+        self._sources: dict[str, _Source] = {}
+        self._errors: list[dict] = []
+        self._next_index = 0
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: str | None = None
+        self._rows: list[dict] = []
+        self._bytes = 0
+
+    def path(self, *parts: str) -> str:
+        return self.storage.join(self.out, *parts)
+
+    # -- start-up ---------------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Clean up after a killed run and load what is already committed."""
+        for d in (C.SHARDS_DIR, C.MANIFEST_DIR, C.ERRORS_DIR, C.DONE_DIR):
+            for tmp in self.storage.list_temporaries(self.path(d)):
+                self.storage.remove(tmp)
+        manifest = read_parquet_dir(self.storage, self.path(C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
+        self.committed = set(manifest.column("clip_id").to_pylist())
+        with_manifest = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in self.storage.list(self.path(C.MANIFEST_DIR), ".parquet")}
+        indices = [-1]
+        for uri in self.storage.list(self.path(C.SHARDS_DIR), ".tar"):
+            name = uri.rsplit("/", 1)[-1].removesuffix(".tar")
+            if name not in with_manifest:
+                log.warning("removing orphan shard %s (its manifest part was never committed)", name)
+                self.storage.remove(uri)
+            indices.append(int(name.split("-")[-1]))
+        for name in with_manifest:
+            indices.append(int(name.split("-")[-1]))
+        for uri in self.storage.list(self.path(C.ERRORS_DIR), ".parquet"):
+            indices.append(int(uri.rsplit("-", 1)[-1].removesuffix(".parquet")))
+        self._next_index = max(indices) + 1
+        errors = read_parquet_dir(self.storage, self.path(C.ERRORS_DIR), C.ERRORS_SCHEMA)
+        self.error_keys = {(r["uri"], r["clip_id"], r["stage"]) for r in errors.to_pylist()}
+        for uri in self.storage.list(self.path(C.DONE_DIR), ".json"):
+            marker = json.loads(self.storage.read_bytes(uri))
+            self.done[marker["uri"]] = marker["status"]
+
+    # -- streaming ------------------------------------------------------------------------------------------
+    def add(self, row: Row) -> None:
+        kind, uri, meta = row["kind"], row["source_uri"], row["meta"]
+        src = self._sources.setdefault(uri, _Source())
+        if kind == "clip":
+            self.stats.motion_all.append(meta["motion"])
+            if meta["clip_id"] in self.committed:
+                self.stats.clips_duplicate += 1
+                src.settled += 1
+            else:
+                self._append(meta, row)
+                src.pending += 1
+        elif kind == "dropped":
+            self.stats.motion_all.append(meta["motion"])
+            self.stats.dropped[meta["dropped_by"]] += 1
+            src.settled += 1
+        elif kind == "summary":
+            src.expected = meta["num_clips"]
+            self.stats.source_seconds += meta["duration_s"]
+        elif kind == "error":
+            self.stats.errors[meta["error_type"]] += 1
+            key = (meta["uri"], meta["clip_id"], meta["stage"])
+            if key not in self.error_keys:
+                self.error_keys.add(key)
+                self._errors.append(meta)
+            if meta["clip_id"] is None:
+                src.failed = True
+            else:
+                src.settled += 1
+        else:
+            raise ValueError(f"unexpected row kind {kind!r}")
+        if self._rows and (self._bytes >= self.cfg.target_size_mb * 1e6 or len(self._rows) >= self.cfg.max_clips):
+            self.flush()
+
+    def _append(self, meta: dict, row: Row) -> None:
+        if self._tar is None:
+            fd, self._tmp = tempfile.mkstemp(suffix=".tar", prefix="shard-")
+            os.close(fd)
+            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        shard = C.shard_name(self._next_index)
+        record = C.manifest_row(meta, shard)
+        key = C.check_clip_id(meta["clip_id"])
+        members = {C.MP4: row["mp4"], C.JSON: json.dumps(record).encode()}
+        if record["caption"] is not None:
+            members[C.CAPTION] = record["caption"].encode()
+        for k, png in enumerate(row.get("pngs") or []):
+            members[C.subject_member(k)] = png
+        now = time.time()
+        for member, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{member}")
+            info.size, info.mtime, info.mode = len(data), now, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+            self._bytes += len(data)
+        self._rows.append(record)
+        self.stats.clip_seconds += meta["end_s"] - meta["start_s"]
+        if len(self.stats.samples) < self.sample_clips:
+            self.stats.samples.append((key, row["mp4"]))
+
+    # -- commit ---------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Commit the open shard, its manifest part and pending errors, then mark finished sources done."""
+        name = C.shard_name(self._next_index)
+        if self._tar is not None:
+            self._tar.close()
+            self.storage.write_atomic(self.path(C.SHARDS_DIR, f"{name}.tar"), local_file=self._tmp)
+            self.stats.bytes_written += os.path.getsize(self._tmp)
+            os.remove(self._tmp)
+            table = pa.Table.from_pylist(self._rows, schema=C.MANIFEST_SCHEMA)
+            self.storage.write_atomic(self.path(C.MANIFEST_DIR, f"{name}.parquet"), _parquet(table))
+            self.committed.update(r["clip_id"] for r in self._rows)
+            self.stats.clips_written += len(self._rows)
+            self.stats.shards_written += 1
+            log.info("committed shard %s: %d clips, %.1f MB", name, len(self._rows), self._bytes / 1e6)
+        if self._errors:
+            table = pa.Table.from_pylist(self._errors, schema=C.ERRORS_SCHEMA)
+            self.storage.write_atomic(self.path(C.ERRORS_DIR, f"{name}.parquet"), _parquet(table))
+        if self._tar is not None or self._errors:
+            self._next_index += 1
+        self._tar, self._tmp, self._rows, self._bytes, self._errors = None, None, [], 0, []
+        for uri, src in list(self._sources.items()):
+            src.settled += src.pending
+            src.pending = 0
+            if src.complete():
+                self._mark_done(uri, src)
+
+    def _mark_done(self, uri: str, src: _Source) -> None:
+        status = "error" if src.failed else "ok"
+        marker = {"uri": uri, "status": status, "clips": src.expected or 0}
+        self.storage.write_atomic(self.path(C.DONE_DIR, done_marker_name(uri)), json.dumps(marker).encode())
+        self.done[uri] = status
+        del self._sources[uri]
+        if src.failed:
+            self.stats.sources_failed += 1
+        else:
+            self.stats.sources_done += 1
+
+    def close(self) -> None:
+        self.flush()
+        unfinished = [u for u, s in self._sources.items() if not s.complete()]
+        if unfinished:
+            # Rows of these sources never all arrived (a worker died mid-batch); a rerun will finish them.
+            log.warning("%d source(s) not complete; rerun the job to finish them: %s", len(unfinished), unfinished[:5])
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
