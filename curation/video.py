@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -60,19 +61,22 @@ class Analysis:
 @contextmanager
 def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """Open ``uri`` and its first video stream, turning every failure into a VideoError that says why."""
+    local = "://" not in uri or uri.startswith("file://")
     try:
-        f = storage.open(uri)
+        # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
+        source = uri.removeprefix("file://") if local else storage.open(uri)
+        if local and not os.path.isfile(source):
+            raise FileNotFoundError(source)
+        container = av.open(source, mode="r")
     except FileNotFoundError:
         raise VideoError(f"file not found: {uri}") from None
-    with f:
-        try:
-            container = av.open(f, mode="r")
-        except av.error.FFmpegError as e:
-            raise VideoError(f"not a readable video container ({e.strerror or type(e).__name__})") from None
-        with container:
-            if not container.streams.video:
-                raise VideoError("the file has no video stream")
-            yield container, container.streams.video[0]
+    except (av.error.FFmpegError, OSError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise VideoError(f"not a readable video container ({reason})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError("the file has no video stream")
+        yield container, container.streams.video[0]
 
 
 def _rotation(frame: av.VideoFrame) -> int:

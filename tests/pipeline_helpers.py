@@ -1,0 +1,55 @@
+"""Shared checks for end-to-end curation runs: the output must satisfy the dataset contract."""
+
+import io
+import json
+import tarfile
+
+import av
+import pyarrow.parquet as pq
+
+from curation import contract as C
+from curation.storage import Storage
+from curation.writer import read_parquet_dir
+
+
+def manifest(out: str, storage: Storage | None = None):
+    return read_parquet_dir(storage or Storage(), storage_join(out, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
+
+
+def errors(out: str, storage: Storage | None = None):
+    return read_parquet_dir(storage or Storage(), storage_join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
+
+
+def storage_join(out, *p):
+    return "/".join([out.rstrip("/"), *p])
+
+
+def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
+    """Every manifest row is in its shard exactly once with a decodable mp4 and its own JSON; no shard holds
+    anything the manifest does not list. Returns the manifest rows by clip id."""
+    storage = storage or Storage()
+    rows = manifest(out, storage).to_pylist()
+    ids = [r["clip_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicate clips in the manifest"
+    by_id = {r["clip_id"]: r for r in rows}
+    seen = set()
+    for uri in storage.list(storage_join(out, C.SHARDS_DIR), ".tar"):
+        shard = uri.rsplit("/", 1)[-1].removesuffix(".tar")
+        with storage.open(uri) as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        keys = {name.split(".", 1)[0] for name in members}
+        for key in keys:
+            assert key in by_id and by_id[key]["shard"] == shard, f"{key} in {shard} is not in the manifest"
+            assert key not in seen
+            seen.add(key)
+            meta = json.loads(members[f"{key}.json"])
+            assert meta == json.loads(json.dumps(by_id[key]))
+            with av.open(io.BytesIO(members[f"{key}.mp4"])) as c:
+                n = sum(1 for _ in c.decode(video=0))
+            assert n == meta["num_frames"]
+    assert seen == set(by_id), "manifest rows without a shard member"
+    return by_id
+
+
+def read_parquet(uri: str):
+    return pq.read_table(uri)

@@ -1,0 +1,34 @@
+import pytest
+
+from cinema_model.typed_config import ConfigError
+from curation.config import load_job
+
+
+def write(tmp_path, text):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_job_file_and_overrides(tmp_path):
+    job = write(tmp_path, "input: a\noutput: b\nscenes:\n  max_clip_s: 8\n")
+    cfg = load_job(job, ["scenes.min_clip_s=1.5", "encode.crf=30", "scenes.detectors=[{kind: threshold, args: {fade_bias: 0.2}}]"])
+    assert (cfg.scenes.max_clip_s, cfg.scenes.min_clip_s, cfg.encode.crf) == (8.0, 1.5, 30)
+    assert cfg.scenes.detectors[0].kind == "threshold" and cfg.scenes.detectors[0].args == {"fade_bias": 0.2}
+    assert load_job(job, [], input="x", output="s3://b/p").output == "s3://b/p"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, names",
+    [
+        ("input: a\noutput: b\nscenes:\n  max_clip: 3\n", [], "scenes.max_clip"),
+        ("input: a\noutput: b\n", ["encode.crf=high"], "encode.crf"),
+        ("input: a\noutput: b\n", ["scenes.detectors=[{kind: magic}]"], "scenes.detectors[0].kind"),
+        ("input: a\noutput: b\n", ["encode.crf=99"], "encode.crf"),
+        ("input: a\n", [], "output"),
+        ("input: a\noutput: b\nshards: 5\n", [], "shards"),
+    ],
+)
+def test_wrong_key_or_value_is_one_clear_error(tmp_path, text, overrides, names):
+    with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
+        load_job(write(tmp_path, text), overrides)

