@@ -1,0 +1,30 @@
+"""Sources read from and dataset written to an S3-compatible server on loopback."""
+
+import boto3
+
+from curation.config import StorageConfig, load_job
+from curation.runner import run
+from curation.storage import Storage
+
+from .conftest import VIDEOS
+from .pipeline_helpers import check_contract
+
+
+def test_curation_from_and_to_object_storage(s3_server, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="raw")
+    s3.create_bucket(Bucket="data")
+    for name in ("counter.mp4", "fades.mp4"):
+        s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
+    s3.put_object(Bucket="raw", Key="videos/broken.mp4", Body=b"\x00" * 1000)
+    cfg = load_job(None, [f"storage.endpoint_url={s3_server}", "scenes.min_clip_s=0.5", "ray.num_cpus=2"],
+                   input="s3://raw/videos/", output="s3://data/curated")
+    result = run(cfg)
+    assert result.sources_total == 3 and result.stats.sources_failed == 1
+    storage = Storage(StorageConfig(endpoint_url=s3_server))
+    rows = check_contract("s3://data/curated", storage)
+    assert {r["source_uri"] for r in rows.values()} == {"s3://raw/videos/counter.mp4", "s3://raw/videos/fades.mp4"}
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="curated/")["Contents"]]
+    assert any(k.startswith("curated/shards/part-") and k.endswith(".tar") for k in keys)
+    assert not any(k.endswith(".tmp") for k in keys), "temporary objects left behind"
+    assert sum(k.startswith("curated/done/") for k in keys) == 3
