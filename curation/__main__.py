@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cinema_model.typed_config import ConfigError
@@ -28,20 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .report import summary_text, write_report
     from .runner import run
+    from .storage import Storage
 
     result = run(cfg)
     if result.sources_total and result.sources_total == result.sources_skipped:
         print("nothing to do: every source is already done")
         return 0
-    import ray  # noqa: F401 - resources of the finished run are gone; report CPU count from config or machine
-
-    import os
-
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     text = summary_text(result.stats, result.seconds, result.sources_total, result.sources_skipped, cpus)
     print(text)
-    from .storage import Storage
-
     print(f"report: {write_report(cfg.output, Storage(cfg.storage), result.stats, text)}")
     return 0
 

@@ -58,10 +58,6 @@ class Storage:
         with self.open(uri) as f:
             return f.read()
 
-    def exists(self, uri: str) -> bool:
-        fs, path = self.fs(uri)
-        return self._retry(uri, lambda: fs.exists(path))
-
     def join(self, base: str, *parts: str) -> str:
         return "/".join([base.rstrip("/"), *parts])
 

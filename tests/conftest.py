@@ -1,4 +1,5 @@
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def bad_inputs(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "zero.mp4").write_bytes(b"")
-    (d / "random.mp4").write_bytes(os.urandom(50_000))
+    (d / "random.mp4").write_bytes(random.Random(0).randbytes(50_000))
     (d / "text.mp4").write_text("this is not a video\n" * 100)
     good = (VIDEOS / "testvideo.mp4").read_bytes()
     (d / "truncated.mp4").write_bytes(good[: len(good) // 20])

@@ -5,7 +5,6 @@ import json
 import tarfile
 
 import av
-import pyarrow.parquet as pq
 
 from curation import contract as C
 from curation.storage import Storage
@@ -13,15 +12,13 @@ from curation.writer import read_parquet_dir
 
 
 def manifest(out: str, storage: Storage | None = None):
-    return read_parquet_dir(storage or Storage(), storage_join(out, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
+    storage = storage or Storage()
+    return read_parquet_dir(storage, storage.join(out, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
 
 
 def errors(out: str, storage: Storage | None = None):
-    return read_parquet_dir(storage or Storage(), storage_join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
-
-
-def storage_join(out, *p):
-    return "/".join([out.rstrip("/"), *p])
+    storage = storage or Storage()
+    return read_parquet_dir(storage, storage.join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
 
 
 def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
@@ -33,7 +30,7 @@ def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
     assert len(ids) == len(set(ids)), "duplicate clips in the manifest"
     by_id = {r["clip_id"]: r for r in rows}
     seen = set()
-    for uri in storage.list(storage_join(out, C.SHARDS_DIR), ".tar"):
+    for uri in storage.list(storage.join(out, C.SHARDS_DIR), ".tar"):
         shard = uri.rsplit("/", 1)[-1].removesuffix(".tar")
         with storage.open(uri) as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -49,7 +46,3 @@ def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
             assert n == meta["num_frames"]
     assert seen == set(by_id), "manifest rows without a shard member"
     return by_id
-
-
-def read_parquet(uri: str):
-    return pq.read_table(uri)
