@@ -143,7 +143,9 @@ def analyse(uri: str, storage: Storage, detectors: list, analysis_width: int, fp
                     scale = min(1.0, analysis_width / frame.width)
                     size = (max(2, round(frame.width * scale)), max(2, round(frame.height * scale)))
                 pts.append(frame.pts if frame.pts is not None else (pts[-1] + 1 if pts else 0))
-                small = frame.reformat(width=size[0], height=size[1], format="bgr24").to_ndarray()
+                # Convert at full size, then area-resize, exactly as PySceneDetect does: its thresholds are tuned
+                # on those pixels, and resizing in YUV first shifts near-black frames enough to add fade cuts.
+                small = cv2.resize(frame.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA)
                 gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
                 motion.append(0.0 if prev is None else float(cv2.absdiff(gray, prev).mean()))
                 prev = gray
