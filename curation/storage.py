@@ -14,7 +14,7 @@ from .config import StorageConfig
 _RETRYABLE = (ConnectionError, TimeoutError, OSError)
 
 
-def _is_local(uri: str) -> bool:
+def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
@@ -49,7 +49,7 @@ class Storage:
                 time.sleep(0.2 * 2**attempt)
 
     def open(self, uri: str, mode: str = "rb") -> IO[bytes]:
-        if _is_local(uri):
+        if is_local(uri):
             return open(uri.removeprefix("file://"), mode)
         fs, path = self.fs(uri)
         return self._retry(uri, lambda: fs.open(path, mode))
@@ -80,7 +80,7 @@ class Storage:
         if uri.startswith(("http://", "https://")):
             return [uri]
         fs, path = self.fs(uri)
-        proto = "" if _is_local(uri) else uri.split("://", 1)[0] + "://"
+        proto = "" if is_local(uri) else uri.split("://", 1)[0] + "://"
         if any(c in path for c in "*?["):
             found = fs.glob(path)
         elif fs.isdir(path):
@@ -94,7 +94,7 @@ class Storage:
         fs, path = self.fs(uri)
         parent, name = path.rsplit("/", 1)
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        if _is_local(uri):
+        if is_local(uri):
             os.makedirs(parent, exist_ok=True)
         if local_file is not None:
             self._retry(uri, lambda: fs.put_file(local_file, tmp))
@@ -116,5 +116,5 @@ class Storage:
             entries = fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
-        proto = "" if _is_local(prefix) else prefix.split("://", 1)[0] + "://"
+        proto = "" if is_local(prefix) else prefix.split("://", 1)[0] + "://"
         return [proto + e for e in entries if e.rsplit("/", 1)[-1].startswith(".") and e.endswith(".tmp")]

@@ -21,7 +21,7 @@ from scenedetect import FrameTimecode
 from scenedetect import detectors as sd
 
 from .config import EncodeConfig
-from .storage import Storage
+from .storage import Storage, is_local
 
 
 class VideoError(Exception):
@@ -61,7 +61,7 @@ class Analysis:
 @contextmanager
 def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """Open ``uri`` and its first video stream, turning every failure into a VideoError that says why."""
-    local = "://" not in uri or uri.startswith("file://")
+    local = is_local(uri)
     try:
         # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
         source = uri.removeprefix("file://") if local else storage.open(uri)
