@@ -6,36 +6,18 @@ report is. (Later parts of the system - captions, subjects, training, generation
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 from pathlib import Path
+
+from .loopback_s3 import loopback_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 OUT = ROOT / "out" / "demo"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> int:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
-
-    # Throw-away credentials for the loopback server only.
-    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
+    with loopback_s3("demo") as endpoint:
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cinema")
@@ -57,8 +39,6 @@ def main() -> int:
         print(f"\ndataset written to s3://cinema/dataset on {endpoint}: {len(shards)} shard(s)")
         print(f"report:        {OUT / 'report.html'}")
         print(f"contact sheet: {OUT / 'contact_sheet.png'}")
-    finally:
-        server.stop()
     return 0
 
 
