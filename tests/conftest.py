@@ -26,14 +26,16 @@ def s3_server():
         yield endpoint
 
 
-@pytest.fixture
-def bad_inputs(tmp_path):
-    """Hostile and broken inputs: each must become one error row with a clear message."""
-    d = tmp_path / "bad"
+def write_bad_inputs(d: Path) -> Path:
+    """Hostile and broken inputs in ``d``: each must become one error row with a clear message."""
     d.mkdir()
     (d / "zero.mp4").write_bytes(b"")
     (d / "random.mp4").write_bytes(random.Random(0).randbytes(50_000))
     (d / "text.mp4").write_text("this is not a video\n" * 100)
-    good = (VIDEOS / "testvideo.mp4").read_bytes()
-    (d / "truncated.mp4").write_bytes(good[: len(good) // 20])
+    (d / "truncated.mp4").write_bytes((VIDEOS / "testvideo.mp4").read_bytes()[:40_000])
     return d
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    return write_bad_inputs(tmp_path / "bad")

