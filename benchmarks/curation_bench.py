@@ -9,8 +9,8 @@ Writes out/bench/curation.json (read by capacity planning).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +44,7 @@ def floor_one(args) -> int:
         rate = Fraction(stream.average_rate)
         outs = []
         for start, end in clips:
-            buf = __import__("io").BytesIO()
-            o = av.open(buf, "w", format="mp4")
+            o = av.open(io.BytesIO(), "w", format="mp4")
             s = o.add_stream("libx264", rate=rate)
             s.pix_fmt, s.options = "yuv420p", {"preset": PRESET, "crf": str(CRF)}
             s.codec_context.thread_count = 1
@@ -53,7 +52,7 @@ def floor_one(args) -> int:
         for i, frame in enumerate(src.decode(stream)):
             for start, end, o, s in outs:
                 if start <= i < end:
-                    if s.width == 0 or not s.codec_context.is_open:
+                    if not s.codec_context.is_open:  # size known from the first frame
                         s.width, s.height = frame.width // 2 * 2, frame.height // 2 * 2
                     f = frame.reformat(width=s.width, height=s.height, format="yuv420p")
                     f.pts, f.time_base = i - start, 1 / rate
@@ -98,7 +97,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="curation-bench-"))
     listing = work / "inputs.txt"
     listing.write_text("\n".join(map(str, videos)))
-    total_s = sum(float(av.open(str(v)).duration / 1e6) for v in videos)
+    total_s = 0.0
+    for v in videos:
+        with av.open(str(v)) as c:
+            total_s += c.duration / 1e6
     print(f"{len(videos)} real videos, {total_s:.1f} s of video, {CPUS} cores")
 
     # Scenes as PySceneDetect makes them: no minimum beyond its own 15 frames, no maximum.
