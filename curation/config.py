@@ -7,6 +7,8 @@ from typing import Literal
 
 from cinema_model.typed_config import ConfigError, load
 
+from .contract import MAX_SUBJECTS
+
 
 @dataclass
 class StorageConfig:
@@ -89,6 +91,76 @@ class ReportConfig:
     sample_clips: int = 12  # clips shown on the contact sheet
 
 
+DEFAULT_CAPTION_PROMPT = (
+    "Watch the video and describe it in a subject-centric way: who or what the main subjects are, their actions "
+    "and how they change, the environment, and the camera motion. Then list the main subjects (humans, faces, "
+    "animals, objects) as short object-level nouns, at most {max_subjects}. Answer with JSON only, exactly: "
+    '{{"caption": "<one paragraph>", "subjects": ["<noun>", ...]}}'
+)
+
+
+@dataclass
+class CaptionConfig:
+    """The MLLM that captions each clip and lists its subjects in one call (Qwen2-VL / Qwen2.5-VL family)."""
+
+    enabled: bool = True
+    model: str = "Qwen/Qwen2-VL-7B-Instruct"  # hub id (from the local HF cache) or a local folder
+    prompt: str = DEFAULT_CAPTION_PROMPT  # {max_subjects} is filled in
+    num_frames: int = 8  # sampled evenly over the clip and passed to the model as one video
+    max_pixels: int = 640 * 360  # per frame, after the CPU resize (sides become multiples of 28)
+    max_new_tokens: int = 256
+    batch_size: int = 8  # clips per generate() call
+    num_gpus: float = 1.0  # per captioning actor
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # on GPU; CPU always runs float32
+    retries: int = 1  # a clip whose output does not parse is generated again this many times, then recorded as an error
+    jpeg_quality: int = 90  # the sampled frames travel between stages as JPEG
+
+    def validate(self) -> None:
+        if self.num_frames < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.retries < 0:
+            raise ConfigError("caption: num_frames, batch_size, max_new_tokens must be >= 1 and retries >= 0")
+        if self.max_pixels < 28 * 28:
+            raise ConfigError("caption.max_pixels must be >= 784 (one 28x28 patch)")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("caption.jpeg_quality must be within 1..100")
+
+
+@dataclass
+class SubjectsConfig:
+    """Open-vocabulary detection of the caption's subjects on the clip's middle frame, SAM masks, clean-up."""
+
+    enabled: bool = True
+    detector: Literal["yolo_world", "grounding_dino"] = "yolo_world"
+    # yolo_world: an ultralytics .pt (e.g. yolov8x-worldv2.pt); grounding_dino: a transformers hub id or folder.
+    detector_weights: str = "yolov8x-worldv2.pt"
+    # yolo_world only: the CLIP text encoder its prompts are embedded with (a transformers hub id or folder).
+    text_encoder: str = "openai/clip-vit-base-patch32"
+    imgsz: int = 640  # yolo_world inference size
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    box_threshold: float = 0.25  # detection score
+    text_threshold: float = 0.25  # grounding_dino only
+    max_boxes_per_label: int = 3
+    min_area_frac: float = 0.002  # masks smaller than this fraction of the frame are dropped
+    max_components: int = 3  # masks in more pieces than this (after clean-up) are dropped as fragmented
+    morph_kernel: int = 5  # opening then closing with this elliptic kernel (pixels, odd); 1 disables it
+    face_iou: float = 0.25  # an object whose mask overlaps a face/person mask above this IoU is dropped
+    dedupe_iou: float = 0.7  # masks of different labels overlapping above this IoU are one subject
+    max_subjects: int = 6
+    batch_size: int = 4
+    num_gpus: float = 1.0
+
+    def validate(self) -> None:
+        for name in ("box_threshold", "text_threshold", "min_area_frac", "face_iou", "dedupe_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"subjects.{name} must be within 0..1")
+        if self.morph_kernel < 1 or self.morph_kernel % 2 == 0:
+            raise ConfigError("subjects.morph_kernel must be an odd number >= 1")
+        if not 1 <= self.max_subjects <= MAX_SUBJECTS:
+            raise ConfigError(f"subjects.max_subjects must be within 1..{MAX_SUBJECTS} (the dataset contract)")
+        if self.max_components < 1 or self.max_boxes_per_label < 1 or self.batch_size < 1 or self.imgsz < 32:
+            raise ConfigError("subjects: max_components, max_boxes_per_label, batch_size must be >= 1, imgsz >= 32")
+
+
 @dataclass
 class JobConfig:
     input: str = ""  # folder, glob, file, s3://bucket/prefix, http(s) URL, or a .txt list of URIs
@@ -103,6 +175,8 @@ class JobConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 
     def validate(self) -> None:
         if not self.input:

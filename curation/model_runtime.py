@@ -1,0 +1,37 @@
+"""What every model stage needs before loading a model: the libraries' offline switches and a device.
+
+Call ``go_offline()`` before importing transformers or ultralytics (both read these variables at import time):
+nothing may download weights, fonts or tokenizers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Project-local (out/ is ignored by git); a user may point YOLO_CONFIG_DIR elsewhere.
+_YOLO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "out" / "ultralytics-config"
+
+
+def go_offline() -> None:
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
+        os.environ[name] = "1"
+    os.environ.setdefault("YOLO_VERBOSE", "False")  # no per-image log lines from every worker
+    config_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(_YOLO_CONFIG_DIR)))
+    # ultralytics fetches Arial.ttf for plotting unless a TTF is already there; matplotlib ships DejaVuSans.
+    font = config_dir / "Ultralytics" / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+
+        font.parent.mkdir(parents=True, exist_ok=True)
+        tmp = font.with_name(f"Arial.{os.getpid()}.tmp")  # workers start together: copy, then rename atomically
+        shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", tmp)
+        os.replace(tmp, font)
+
+
+def device_for(num_gpus: float) -> str:
+    """A stage given GPUs runs on CUDA when there is one; tests and CPU-only machines run the same code on CPU."""
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"

@@ -1,0 +1,115 @@
+"""Tiny, randomly initialised models for the model stages, saved in the formats the real loaders read.
+
+``python -m curation.tiny_models OUT_DIR`` writes:
+
+- ``qwen2vl/``: a tiny Qwen2-VL with a real processor (``cinema_model.tiny_checkpoints``), for ``caption.model``
+- ``clip_text/``: a tiny CLIP text encoder + tokenizer (``save_pretrained``), for ``subjects.text_encoder``
+- ``yolov8t-worldv2.pt``: a YOLO-World at a tiny width, saved by ultralytics, for ``subjects.detector_weights``
+- ``sam_tiny.pth``: a segment-anything state dict for ``sam_model_type=tiny``
+
+``tiny_overrides(paths)`` turns them into ``--set`` overrides. Real runs instead point the same fields at real
+checkpoints: ``caption.model=Qwen/Qwen2-VL-7B-Instruct``, ``subjects.detector_weights=yolov8x-worldv2.pt``,
+``subjects.text_encoder=openai/clip-vit-base-patch32``, ``subjects.sam_model_type=vit_h
+subjects.sam_checkpoint=/path/sam_vit_h_4b8939.pth`` (or vit_b with ``sam_vit_b_01ec64.pth``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .model_runtime import go_offline
+
+# Labels the tiny CLIP tokenizer learns its merges from; byte-level BPE still encodes any text.
+_LABELS = "person man woman child face dog cat horse bird car bus truck bicycle ball tie chair table cup phone".split()
+
+
+def _save_clip_text(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
+
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[bos, eos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator([" ".join(_LABELS)] * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, model_max_length=77
+    )
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        projection_dim=512,  # YOLO-World's prompt width
+        max_position_embeddings=77, bos_token_id=tok.token_to_id(bos), eos_token_id=tok.token_to_id(eos),
+        pad_token_id=tok.token_to_id(eos),
+    )
+    CLIPTextModelWithProjection(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _save_yolo_world(folder: Path) -> Path:
+    import ultralytics
+    import yaml
+    from ultralytics import YOLOWorld
+
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8-worldv2.yaml").read_text())
+    cfg["scales"] = {"t": [0.33, 0.125, 256]}  # depth, width, max channels: ~0.7M parameters
+    spec = folder / "yolov8t-worldv2.yaml"
+    spec.write_text(yaml.safe_dump(cfg))
+    weights = folder / "yolov8t-worldv2.pt"
+    YOLOWorld(str(spec)).save(weights)
+    return weights
+
+
+def _save_sam(path: Path) -> Path:
+    import torch
+    from segment_anything.build_sam import _build_sam
+
+    from .subject_models import TINY_SAM
+
+    torch.save(_build_sam(**TINY_SAM).state_dict(), path)
+    return path
+
+
+def save_tiny_models(folder: str | Path) -> dict[str, Path]:
+    go_offline()
+    import torch
+
+    from cinema_model.tiny_checkpoints import save_tiny_qwen2vl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    return {
+        "mllm": save_tiny_qwen2vl(folder / "qwen2vl"),
+        "text_encoder": _save_clip_text(folder / "clip_text"),
+        "detector": _save_yolo_world(folder),
+        "sam": _save_sam(folder / "sam_tiny.pth"),
+    }
+
+
+def tiny_overrides(paths: dict[str, Path]) -> list[str]:
+    """``--set`` overrides that point a job at the tiny models, sized so CPU runs stay fast."""
+    return [
+        f"caption.model={paths['mllm']}",
+        "caption.num_frames=4",
+        "caption.max_new_tokens=48",
+        f"subjects.detector_weights={paths['detector']}",
+        f"subjects.text_encoder={paths['text_encoder']}",
+        "subjects.imgsz=320",
+        "subjects.sam_model_type=tiny",
+        f"subjects.sam_checkpoint={paths['sam']}",
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m curation.tiny_models OUT_DIR")
+    for name, p in save_tiny_models(sys.argv[1]).items():
+        print(f"{name}: {p}")
