@@ -126,3 +126,74 @@ def _mrope_section(head_dim: int) -> list[int]:
     t = half // 4
     h = (half - t) // 2
     return [t, h, half - t - h]
+
+
+def _train_unigram_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    # T5's special ids: pad 0, eos 1, unk 2; every sequence ends with eos.
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return tok
+
+
+def save_tiny_t5(path: str | Path, d_model: int = 32, seed: int = 0) -> Path:
+    """A 2-layer T5 encoder with a locally trained Unigram tokenizer, saved with `save_pretrained`."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    path = Path(path)
+    tokenizer = T5Tokenizer(tokenizer_object=_train_unigram_tokenizer(vocab_size=200), pad_token="<pad>",
+                            eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=2,
+                      num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    T5EncoderModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_cogvideox_vae(path: str | Path, seed: int = 0) -> Path:
+    """diffusers' CogVideoX VAE (4x8x8 compression, 16 latent channels) with 8-16 channel blocks."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLCogVideoX(block_out_channels=(8, 16, 16, 16), latent_channels=16, layers_per_block=1,
+                                 norm_num_groups=4, scaling_factor=0.7)
+    vae.eval().save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_cogvideox_transformer(path: str | Path, dit=None, seed: int = 0) -> Path:
+    """A diffusers `CogVideoXTransformer3DModel` with the architecture of DitConfig ``dit`` (the tiny preset's by
+    default): what a real CogVideoX checkpoint looks like to the conversion."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from cinema_model.config import preset
+    from cinema_model.convert import cogvideox_kwargs
+
+    torch.manual_seed(seed)
+    model = CogVideoXTransformer3DModel(**cogvideox_kwargs(dit or preset("tiny").dit))
+    # diffusers initialises the adaptive-norm linears like any other; perturb every weight so that a mapping
+    # error cannot hide behind equal initial values.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.eval().save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_checkpoints(root: str | Path) -> Path:
+    """Every tiny checkpoint the `tiny` and `mid` presets name, under ``root``."""
+    root = Path(root)
+    save_tiny_qwen2vl(root / "qwen2vl")
+    save_tiny_t5(root / "t5")
+    save_tiny_cogvideox_vae(root / "vae")
+    save_tiny_cogvideox_transformer(root / "cogvideox")
+    return root

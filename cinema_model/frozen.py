@@ -1,0 +1,24 @@
+"""The pretrained parts the paper keeps frozen (MLLM, T5, VAE): loaded with `from_pretrained`, never trained."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def hf_config(arch: dict | None, path: str, subfolder: str | None = None):
+    """The transformers config of a frozen part: from ``arch`` (no files needed) or from the checkpoint."""
+    from transformers import AutoConfig
+
+    if arch is not None:
+        return AutoConfig.for_model(**arch)
+    return AutoConfig.from_pretrained(path, subfolder=subfolder or "")

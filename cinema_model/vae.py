@@ -1,0 +1,59 @@
+"""Frozen 3D causal VAE: diffusers' CogVideoX VAE (8x spatial, 4x temporal compression, 16 latent channels).
+
+Frame counts: the first frame is encoded alone, then one latent frame per 4 frames, in chunks of 8 frames, so the
+round trip is exact for 1 + 8k frames (49 -> 13 latent frames, CogVideoX's training length). The paper's 45 frames
+encode to 12 latent frames; an even count decodes to 4 frames per latent (48), of which we keep the first 45.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cinema_model.config import VaeConfig
+from cinema_model.frozen import freeze
+
+
+class VideoVae(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    @classmethod
+    def load(cls, cfg: VaeConfig, dtype: torch.dtype, weights: bool = True) -> "VideoVae":
+        from diffusers import AutoencoderKLCogVideoX
+
+        if not weights and cfg.arch is not None:
+            return cls(freeze(AutoencoderKLCogVideoX(**cfg.arch)))
+        if not weights:
+            return cls(freeze(AutoencoderKLCogVideoX.from_config(
+                AutoencoderKLCogVideoX.load_config(cfg.path, subfolder=cfg.subfolder))))
+        return cls(freeze(AutoencoderKLCogVideoX.from_pretrained(cfg.path, subfolder=cfg.subfolder, torch_dtype=dtype)))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [-1, 1] -> scaled latents (B, T, C, H/8, W/8), float32. The posterior mean, not a
+        sample: the same clip always gives the same latents."""
+        dtype = next(self.vae.parameters()).dtype
+        latents = self.vae.encode(video.transpose(1, 2).to(dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).transpose(1, 2).float()
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3, H, W) subject images -> (B, K, C, h, w): each a one-frame clip; absent slots stay zero."""
+        b, k, _, h, w = images.shape
+        out = images.new_zeros(b, k, self.latent_channels, h // 8, w // 8, dtype=torch.float32)
+        if present.any():
+            out[present] = self.encode(images[present][:, None])[:, 0]
+        return out
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, num_frames, 3, H, W) in [-1, 1]."""
+        dtype = next(self.vae.parameters()).dtype
+        video = self.vae.decode(latents.transpose(1, 2).to(dtype) / self.vae.config.scaling_factor).sample
+        return video.transpose(1, 2)[:, :num_frames].float().clamp(-1, 1)
