@@ -22,7 +22,7 @@ def subject_tensor(image: Image.Image, height: int, width: int) -> torch.Tensor:
     size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     canvas = Image.new("RGB", (width, height), "white")
     canvas.paste(rgb.resize(size, Image.BICUBIC), ((width - size[0]) // 2, (height - size[1]) // 2))
-    return torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def pad_subjects(samples: list[list[torch.Tensor]], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

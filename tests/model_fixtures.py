@@ -1,0 +1,37 @@
+"""Tiny checkpoints for the model tests, saved once per test session through the real builders."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@functools.cache
+def tiny_checkpoints() -> str:
+    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
+
+    return str(save_tiny_checkpoints(tempfile.mkdtemp(prefix="cinema_tiny_")))
+
+
+def tiny_config(**changes):
+    from cinema_model.config import preset, replace
+
+    return replace(preset("tiny", tiny_checkpoints()), **changes)
+
+
+def subject_batch(counts: list[int], frames: int = 9, size: int = 32, seed: int = 0) -> dict:
+    """A training batch with counts[i] subjects in sample i (module docstring of cinema_model.model)."""
+    from cinema_model.subjects import pad_subjects
+
+    g = torch.Generator().manual_seed(seed)
+    subjects, num = pad_subjects([[torch.rand(3, size, size, generator=g) * 2 - 1 for _ in range(k)] for k in counts],
+                                 size, size)
+    return dict(video=torch.rand(len(counts), frames, 3, size, size, generator=g) * 2 - 1,
+                captions=[f"subject {i} walks along a beach" for i in range(len(counts))],
+                subjects=subjects, num_subjects=num)
