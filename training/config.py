@@ -1,0 +1,65 @@
+"""The trainer's configuration (typed dataclasses, loaded with ``cinema_model.typed_config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cinema_model.typed_config import ConfigError, apply_overrides, from_dict
+from curation.contract import MAX_SUBJECTS
+
+
+@dataclass
+class DataConfig:
+    """The streaming loader: where the shards are, what one sample becomes, how the stream is split and shuffled.
+
+    Credentials for s3:// come from the environment (AWS_ACCESS_KEY_ID, ...), never from here.
+    """
+
+    # Dataset roots (local folder or s3://bucket/prefix; the shards are those named by manifest/) or explicit
+    # shard URLs ending in .tar (local, s3:// or http(s)://; http has no listing, so it needs explicit shards).
+    urls: list[str] = field(default_factory=list)
+    endpoint_url: str | None = None  # any S3-compatible endpoint; None means AWS
+    anon: bool = False
+    num_frames: int = 45
+    target_fps: float | None = 8.0  # frames are taken every round(clip fps / target_fps) frames; None: every frame
+    # (height, width); each clip goes to the bucket nearest its aspect ratio, resized to cover it and centre-cropped.
+    buckets: list[tuple[int, int]] = field(default_factory=lambda: [(480, 720), (720, 480), (480, 480)])
+    max_subjects: int = MAX_SUBJECTS
+    subject_size: int = 256  # subject crops are letterboxed into a transparent square of this side
+    batch_size: int = 1  # per rank
+    num_workers: int = 4  # loader processes per rank; 0 reads in the training process
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    shuffle_buffer: int = 32  # encoded samples held per worker (about 1-5 MB each); 1 keeps the shard order
+    seed: int = 0
+    retries: int = 3  # attempts to reopen a shard after a read error, before it is skipped
+    retry_backoff_s: float = 0.5  # doubled after each failed attempt
+
+    def validate(self) -> None:
+        if not self.urls:
+            raise ConfigError("data.urls: give at least one dataset root or shard URL")
+        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or self.subject_size < 1:
+            raise ConfigError("data: num_frames, batch_size, shuffle_buffer and subject_size must be >= 1")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ConfigError("data.target_fps must be > 0 (or null for every frame)")
+        if not self.buckets or any(h < 1 or w < 1 for h, w in self.buckets):
+            raise ConfigError("data.buckets: give at least one (height, width) with both >= 1")
+        if not 0 <= self.max_subjects <= MAX_SUBJECTS:
+            raise ConfigError(f"data.max_subjects must be within 0..{MAX_SUBJECTS} (the dataset contract)")
+        if self.num_workers < 0 or self.prefetch_factor < 1 or self.retries < 0 or self.retry_backoff_s < 0:
+            raise ConfigError("data: num_workers and retries must be >= 0, prefetch_factor >= 1, retry_backoff_s >= 0")
+
+
+# Presets are overrides of the defaults (which are the full, paper-scale settings).
+DATA_PRESETS: dict[str, dict] = {
+    "full": {},
+    "tiny": dict(num_frames=9, target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], subject_size=32,
+                 num_workers=0, shuffle_buffer=4),
+}
+
+
+def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
+    """A preset with ``values`` (e.g. ``urls=[...]``) and ``key=value`` overrides applied, validated."""
+    if name not in DATA_PRESETS:
+        raise ConfigError(f"unknown data preset {name!r} (one of {', '.join(DATA_PRESETS)})")
+    data = {**DATA_PRESETS[name], **values}
+    return from_dict(DataConfig, apply_overrides(data, list(overrides)))

@@ -1,0 +1,6 @@
+"""Streaming, resumable data loading of the curated dataset (WebDataset shards + Parquet manifest)."""
+
+from .loader import ShardLoader
+from .storage import list_shards
+
+__all__ = ["ShardLoader", "list_shards"]

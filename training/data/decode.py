@@ -1,0 +1,125 @@
+"""One raw sample -> tensors: the clip at its aspect-ratio bucket, subject crops, caption, metadata.
+
+Every field is parsed by a format-specific decoder (H.264 via PyAV, PNG via Pillow, UTF-8, JSON); nothing is
+ever unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from curation import contract as C
+
+from ..config import DataConfig
+from .tar_samples import RawSample
+
+
+class SampleError(ValueError):
+    """The sample cannot be used (a missing or malformed field)."""
+
+
+class TooShort(SampleError):
+    """The clip has fewer frames than num_frames at the configured frame step."""
+
+
+# What a broken sample can raise while decoding; anything else is a bug and propagates.
+DECODE_ERRORS = (SampleError, av.error.FFmpegError, OSError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass
+class Sample:
+    key: str
+    bucket: int
+    video: torch.Tensor  # (F, 3, H, W) float32 in [-1, 1]
+    subjects: torch.Tensor  # (K, 4, S, S) float32 RGBA in [0, 1], K <= max_subjects
+    caption: str
+    meta: dict
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> int:
+    """The bucket whose aspect ratio is nearest in log scale (so 2:1 and 1:2 are equally far from 1:1)."""
+    ratio = math.log(width / height)
+    return min(range(len(buckets)), key=lambda i: abs(math.log(buckets[i][1] / buckets[i][0]) - ratio))
+
+
+def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
+    """(bucket, frames): num_frames frames from the clip's first, one every round(fps / target_fps), resized to
+    cover the bucket and centre-cropped. A clip too short for that is TooShort: padding by repeating frames
+    would teach the model frozen motion."""
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # loader workers are the parallelism
+        bucket = nearest_bucket(stream.width, stream.height, cfg.buckets)
+        height, width = cfg.buckets[bucket]
+        step = 1
+        if cfg.target_fps is not None:
+            if not stream.average_rate:
+                raise SampleError("clip has no frame rate")
+            step = max(1, round(float(stream.average_rate) / cfg.target_fps))
+        frames = []
+        for i, frame in enumerate(container.decode(stream)):
+            if i % step:
+                continue
+            scale = max(height / frame.height, width / frame.width)
+            sw, sh = max(width, round(frame.width * scale)), max(height, round(frame.height * scale))
+            rgb = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA")
+            top, left = (sh - height) // 2, (sw - width) // 2
+            frames.append(rgb[top:top + height, left:left + width])
+            if len(frames) == cfg.num_frames:
+                break
+    if len(frames) < cfg.num_frames:
+        raise TooShort(f"clip has {len(frames)} frames at step {step}, {cfg.num_frames} needed")
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    return bucket, video.float().div_(127.5).sub_(1)
+
+
+def decode_subject(png: bytes, size: int) -> torch.Tensor:
+    """(4, size, size) RGBA in [0, 1]: the crop fitted into the square, centred, transparent around it."""
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as image:
+        rgba = image.convert("RGBA")
+    scale = min(size / rgba.width, size / rgba.height)
+    fitted = rgba.resize((max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale))), Image.BICUBIC)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float().div_(255)
+
+
+def decode_sample(raw: RawSample, cfg: DataConfig) -> Sample:
+    m = raw.members
+    if C.MP4 not in m:
+        raise SampleError("no mp4 member")
+    bucket, video = decode_clip(m[C.MP4], cfg)
+    meta = json.loads(m[C.JSON]) if C.JSON in m else {}
+    if not isinstance(meta, dict):
+        raise SampleError("json member is not an object")
+    caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
+    pngs = [m[name] for name in (C.subject_member(k) for k in range(cfg.max_subjects)) if name in m]
+    subjects = torch.stack([decode_subject(p, cfg.subject_size) for p in pngs]) if pngs else \
+        torch.zeros(0, 4, cfg.subject_size, cfg.subject_size)
+    return Sample(raw.key, bucket, video, subjects, caption, meta)
+
+
+def collate(samples: list[Sample], max_subjects: int) -> dict:
+    """One batch of samples from the same bucket; subjects zero-padded to max_subjects with a presence mask."""
+    counts = torch.tensor([len(s.subjects) for s in samples], dtype=torch.long)
+    size = samples[0].subjects.shape[-1]
+    subjects = torch.zeros(len(samples), max_subjects, 4, size, size)
+    for i, s in enumerate(samples):
+        subjects[i, :len(s.subjects)] = s.subjects
+    return {
+        "key": [s.key for s in samples],
+        "video": torch.stack([s.video for s in samples]),
+        "subjects": subjects,
+        "num_subjects": counts,
+        "subject_mask": torch.arange(max_subjects)[None] < counts[:, None],
+        "caption": [s.caption for s in samples],
+        "meta": [s.meta for s in samples],
+    }

@@ -1,0 +1,234 @@
+"""The per-worker sample stream: shards split over (rank, worker) slots, a shuffle buffer, bucketed batches,
+and a position that can be saved and restored exactly.
+
+Everything a slot yields is a function of (seed, shard list, slot, number of slots) and its saved state, so a
+resumed run yields the same batches as one that never stopped. The stream never ends (epochs repeat; the
+trainer counts steps), so no rank runs out of data before another.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import zlib
+from collections import Counter
+from typing import Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..config import DataConfig
+from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample
+from .storage import open_url
+from .tar_samples import RawSample, ShardCorrupt, iter_samples
+
+log = logging.getLogger("training.data")
+
+# A slot whose samples all fail to decode would otherwise spin for ever while its rank waits in a collective.
+MAX_FAILURES_IN_ROW = 1000
+
+COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "members_rejected",
+            "shards_corrupt", "shards_failed", "read_retries", "epochs")
+
+
+def plan_epoch(num_shards: int, epoch: int, seed: int, slot: int, num_slots: int) -> list[tuple[int, int, int]]:
+    """(shard, stride, phase) triples slot ``slot`` reads in ``epoch``: it takes the samples of ``shard`` whose
+    number is ``phase`` modulo ``stride``. Over all slots every sample is read exactly once per epoch.
+
+    With at least as many shards as slots, each slot takes whole shards. With fewer, the slots are spread over the
+    shards and the slots on one shard take every n-th sample of it, so every slot has data and no rank starves;
+    each shard is then read by about num_slots / num_shards slots, not by all of them."""
+    order = list(range(num_shards))
+    random.Random(f"{seed}/epoch/{epoch}").shuffle(order)
+    if num_shards >= num_slots:
+        return [(s, 1, 0) for s in order[slot::num_slots]]
+    sharing = range(slot % num_shards, num_slots, num_shards)
+    return [(order[slot % num_shards], len(sharing), slot // num_shards)]
+
+
+def shard_digest(shards: list[str]) -> int:
+    return zlib.crc32("\n".join(shards).encode())
+
+
+class ShardStream(IterableDataset):
+    """Yields batch dicts (see ``collate``) plus ``slot`` and ``counters`` (this worker's, as of this batch).
+
+    State: the read cursor (epoch, shard of the epoch's plan, byte offset and sample number in it), the shuffle
+    RNG, and the positions of the samples held in the shuffle buffer and in part-filled buckets, which are
+    re-read and decoded on restore; never decoded tensors.
+    """
+
+    def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int):
+        self.cfg, self.shards, self.rank, self.world_size = cfg, shards, rank, world_size
+        self._restored: dict | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.epoch, self.plan_pos, self.offset, self.index, self.read_in_epoch = 0, 0, 0, 0, 0
+        self.rng: random.Random | None = None  # seeded per slot once the slot is known
+        self.buffer: list[RawSample] = []
+        self.pending: list[list[tuple[list[int], Sample]]] = [[] for _ in self.cfg.buckets]
+        self.counters = Counter({name: 0 for name in COUNTERS})
+        self._warned: set[tuple[str, str | None]] = set()
+        self._failures_in_row = 0
+
+    # -- slots ----------------------------------------------------------------------------------------------
+    def slot(self) -> tuple[int, int]:
+        """(slot, number of slots): this worker's place among all loader workers of all ranks."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _rng(self) -> random.Random:
+        if self.rng is None:
+            self.rng = random.Random(f"{self.cfg.seed}/shuffle/{self.slot()[0]}")
+        return self.rng
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Plain ints, lists and dicts (JSON-serialisable)."""
+        slot, num_slots = self.slot()
+        return {
+            "slot": slot, "num_slots": num_slots, "shards": shard_digest(self.shards),
+            "epoch": self.epoch, "plan_pos": self.plan_pos, "offset": self.offset, "index": self.index,
+            "read_in_epoch": self.read_in_epoch,
+            "rng": list(self._rng().getstate()[1]),
+            "buffer": [s.position for s in self.buffer],
+            "pending": [[pos for pos, _ in bucket] for bucket in self.pending],
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        slot, num_slots = self.slot()
+        if (state["slot"], state["num_slots"]) != (slot, num_slots):
+            raise ValueError(f"loader state is of slot {state['slot']} of {state['num_slots']}, this worker is slot "
+                             f"{slot} of {num_slots}: world size and num_workers must match the saved run")
+        if state["shards"] != shard_digest(self.shards):
+            raise ValueError("loader state was saved for a different shard list: the dataset changed since")
+        self._restored = state
+
+    def _restore(self) -> None:
+        """Apply a loaded state: the cursor, the RNG, and the buffered samples re-read from their positions."""
+        state, self._restored = self._restored, None
+        self._reset()
+        self.epoch, self.plan_pos, self.offset, self.index = state["epoch"], state["plan_pos"], state["offset"], state["index"]
+        self.read_in_epoch = state["read_in_epoch"]
+        self._rng().setstate((3, tuple(state["rng"]), None))
+        self.counters.update(state["counters"])
+        self.buffer = [raw for raw in map(self._read_at, state["buffer"]) if raw is not None]
+        for b, positions in enumerate(state["pending"]):
+            for pos in positions:
+                raw = self._read_at(pos)
+                sample = raw and self._decode(raw)
+                if sample is not None:
+                    self.pending[b].append((pos, sample))
+
+    def _read_at(self, position: list[int]) -> RawSample | None:
+        shard, offset, index = position
+        samples = self._read_shard(shard, offset, index, 1, 0)
+        found = next(samples, None)
+        samples.close()
+        return found[0] if found else None
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def _warn(self, url: str, key: str | None, message: str) -> None:
+        if (url, key) not in self._warned:  # once per place, not again every epoch
+            self._warned.add((url, key))
+            log.warning("%s: %s", f"{url} [{key}]" if key else url, message)
+
+    def _reject(self, url: str):
+        def reject(name: str, why: str) -> None:
+            self.counters["members_rejected"] += 1
+            self._warn(url, name, f"member rejected: {why}")
+        return reject
+
+    def _read_shard(self, shard: int, offset: int, index: int, stride: int,
+                    phase: int) -> Iterator[tuple[RawSample, int, int]]:
+        """Samples of one shard from a position; read errors reopen at the last whole sample, with backoff,
+        then give up on the shard. Yields (sample, next offset, next index) as iter_samples does."""
+        url = self.shards[shard]
+        failures = 0
+        while True:
+            try:
+                with open_url(url, self.cfg) as f:
+                    for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase, self._reject(url)):
+                        failures = 0
+                        yield raw, offset, index
+                return
+            except ShardCorrupt as e:
+                self.counters["shards_corrupt"] += 1
+                self._warn(url, None, f"corrupt or truncated shard, skipping the rest of it: {e}")
+                return
+            except FileNotFoundError:
+                self.counters["shards_failed"] += 1
+                self._warn(url, None, "shard not found, skipping it")
+                return
+            except OSError as e:
+                failures += 1
+                if failures > self.cfg.retries:
+                    self.counters["shards_failed"] += 1
+                    log.warning("%s: read failed %d times, skipping the rest of the shard: %s", url, failures, e)
+                    return
+                self.counters["read_retries"] += 1
+                log.warning("%s: read error at byte %d, reopening (attempt %d of %d): %s",
+                            url, offset, failures, self.cfg.retries, e)
+                time.sleep(self.cfg.retry_backoff_s * 2 ** (failures - 1))
+
+    def _raw_samples(self) -> Iterator[RawSample]:
+        """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
+        slot, num_slots = self.slot()
+        while True:
+            plan = plan_epoch(len(self.shards), self.epoch, self.cfg.seed, slot, num_slots)
+            while self.plan_pos < len(plan):
+                shard, stride, phase = plan[self.plan_pos]
+                for raw, self.offset, self.index in self._read_shard(shard, self.offset, self.index, stride, phase):
+                    self.read_in_epoch += 1
+                    self.counters["samples_read"] += 1
+                    yield raw
+                self.plan_pos, self.offset, self.index = self.plan_pos + 1, 0, 0
+            if self.read_in_epoch == 0:
+                urls = [self.shards[s] for s, _, _ in plan]
+                raise RuntimeError(f"rank {self.rank}, slot {slot}: no readable sample in a whole epoch of its "
+                                   f"shards {urls[:3]}{'...' if len(urls) > 3 else ''}; see the warnings above")
+            self.epoch, self.plan_pos, self.read_in_epoch = self.epoch + 1, 0, 0
+            self.counters["epochs"] += 1
+
+    # -- decoding and batching ------------------------------------------------------------------------------
+    def _decode(self, raw: RawSample) -> Sample | None:
+        try:
+            sample = decode_sample(raw, self.cfg)
+            self._failures_in_row = 0
+            return sample
+        except TooShort as e:
+            self.counters["samples_too_short"] += 1
+            self._warn(self.shards[raw.shard], raw.key, str(e))
+        except DECODE_ERRORS as e:
+            self.counters["samples_corrupt"] += 1
+            self._warn(self.shards[raw.shard], raw.key, f"undecodable sample skipped: {type(e).__name__}: {e}")
+        self._failures_in_row += 1
+        if self._failures_in_row >= MAX_FAILURES_IN_ROW:
+            raise RuntimeError(f"rank {self.rank}, slot {self.slot()[0]}: {MAX_FAILURES_IN_ROW} samples in a row "
+                               "could not be used; see the warnings above")
+        return None
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._restored is not None:
+            self._restore()
+        rng = self._rng()
+        for raw in self._raw_samples():
+            if len(self.buffer) < self.cfg.shuffle_buffer:
+                self.buffer.append(raw)
+                continue
+            i = rng.randrange(len(self.buffer))
+            out, self.buffer[i] = self.buffer[i], raw
+            sample = self._decode(out)
+            if sample is None:
+                continue
+            bucket = self.pending[sample.bucket]
+            bucket.append((out.position, sample))
+            if len(bucket) == self.cfg.batch_size:
+                batch = collate([s for _, s in bucket], self.cfg.max_subjects)
+                bucket.clear()
+                self.counters["samples_yielded"] += len(batch["key"])
+                yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}
