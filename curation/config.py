@@ -183,6 +183,8 @@ class JobConfig:
             raise ConfigError("input: no input given (set it in the job file or pass --input)")
         if not self.output:
             raise ConfigError("output: no output given (set it in the job file or pass --output)")
+        if self.subjects.enabled and not self.caption.enabled:
+            raise ConfigError("subjects.enabled needs caption.enabled: the subject labels come from the caption")
 
 
 def load_job(path: str | None, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobConfig:

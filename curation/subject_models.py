@@ -40,31 +40,36 @@ class ClipTextEncoder:
 
 
 class YoloWorldDetector:
+    """YOLO-World through ultralytics' own letterbox, ``WorldModel.predict(x, txt_feats)`` and NMS. Not
+    ``YOLOWorld.predict``: its predictor deep-copies the model whenever the classes change, i.e. for every clip."""
+
     def __init__(self, cfg: SubjectsConfig, device: str):
+        import torch
         from ultralytics import YOLOWorld
+        from ultralytics.data.augment import LetterBox
 
         self.cfg = cfg
         self.device = device
-        self.model = YOLOWorld(cfg.detector_weights).to(device)
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.model = YOLOWorld(cfg.detector_weights).model.fuse().to(device, self.dtype).eval()
+        self.letterbox = LetterBox((cfg.imgsz, cfg.imgsz), stride=int(self.model.stride.max()))
         self.text = ClipTextEncoder(cfg.text_encoder, device)
 
     def __call__(self, image_rgb: np.ndarray, labels: list[str]) -> list[Detection]:
-        # What YOLOWorld.set_classes does, with our embeddings instead of its downloaded CLIP.
-        world = self.model.model
-        world.txt_feats = self.text(labels)[None]
-        world.model[-1].nc = len(labels)
-        result = self.model.predict(
-            np.ascontiguousarray(image_rgb[..., ::-1]),  # ultralytics takes arrays as BGR
-            imgsz=self.cfg.imgsz,
-            conf=self.cfg.box_threshold,
-            device=self.device,
-            half=self.device.startswith("cuda"),
-            verbose=False,
-        )[0]
-        boxes = result.boxes
+        import torch
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        padded = self.letterbox(image=image_rgb)
+        x = torch.from_numpy(padded).to(self.device).permute(2, 0, 1)[None].to(self.dtype) / 255
+        self.model.model[-1].nc = len(labels)  # as WorldModel.set_classes does
+        with torch.inference_mode():
+            preds = self.model.predict(x, txt_feats=self.text(labels)[None].to(self.dtype))
+            found = non_max_suppression(preds, self.cfg.box_threshold, nc=len(labels))[0].float()
+            boxes = scale_boxes(x.shape[2:], found[:, :4], image_rgb.shape[:2])
         return [
             Detection(labels[int(c)], float(s), tuple(b))
-            for b, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist())
+            for b, s, c in zip(boxes.tolist(), found[:, 4].tolist(), found[:, 5].tolist())
         ]
 
 

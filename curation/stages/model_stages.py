@@ -15,7 +15,7 @@ MODEL_STAGES = (CaptionPrepStage, CaptionStage, SubjectStage)
 
 
 def enabled_model_stages(cfg: JobConfig) -> list[type[Stage]]:
-    """The model stages this job runs: none without captions (subjects come from the caption's labels)."""
+    """The model stages this job runs (config validation ensures subjects never run without captions)."""
     if not cfg.caption.enabled:
         return []
     return [CaptionPrepStage, CaptionStage] + ([SubjectStage] if cfg.subjects.enabled else [])

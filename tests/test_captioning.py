@@ -1,0 +1,157 @@
+"""Captioning: lenient parsing of model answers, retry-then-error per clip, and real tiny-model runs on real clips."""
+
+import json
+
+import numpy as np
+import pytest
+
+from curation.captioning import Caption, CaptionFormatError, caption_videos, parse_caption
+from curation.frames import PATCH, decode_image
+from curation.stages.caption import CaptionPrepStage, CaptionStage
+from curation.stages.model_stages import MODEL_STAGES, enabled_model_stages
+
+from .model_stage_fixtures import TAUGHT_ANSWER, clip_rows, job, run, taught_mllm, tiny_paths  # noqa: F401
+
+WANT = Caption("A dog runs.", ["dog", "red ball"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"caption": "A dog runs.", "subjects": ["dog", "red ball"]}',
+        'Sure! Here is the JSON:\n```json\n{"caption": "A dog runs.", "subjects": ["dog", "red ball"]}\n```\nHope it helps.',
+        '{"caption": "A dog runs.", "subjects": ["Dog", " red  ball", "dog"]} and then {"caption": "x"}',
+        "{'caption': 'A dog runs.', 'subjects': ['dog', 'red ball']}",
+        '```\n{"caption": "A dog runs.", "subjects": "dog, red ball"}\n```',
+        '{"caption": "A dog runs.", "subjects": [{"label": "dog"}, {"name": "red ball"}, 3, ""]}',
+        'The {weird} prefix {"caption": "A dog runs.", "subjects": ["dog", "red ball"]} tail }',
+    ],
+)
+def test_messy_answers_parse(text):
+    assert parse_caption(text) == WANT
+
+
+def test_missing_subjects_is_an_empty_list():
+    assert parse_caption('{"caption": "Rain on a window."}') == Caption("Rain on a window.", [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "A dog runs on the beach.", '{"subjects": ["dog"]}', '{"caption": "  ", "subjects": []}',
+     '{"caption": ["A dog"]}', '["caption", "A dog"]', '{"caption": "A dog runs.", "subjects": ["dog"'],
+)
+def test_answers_without_a_caption_are_rejected(text):
+    with pytest.raises(CaptionFormatError):
+        parse_caption(text)
+
+
+class ScriptedModel:
+    """Answers by video id (the video's first pixel) and attempt; records every call."""
+
+    def __init__(self, answers: dict[tuple[int, int], str]):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, videos, sample):
+        ids = [int(v.flat[0]) for v in videos]
+        self.calls.append((ids, sample))
+        attempt = {i: sum(i in called for called, _ in self.calls[:-1]) for i in ids}
+        return [self.answers.get((i, attempt[i]), self.answers.get((i, -1), "")) for i in ids]
+
+
+def videos(n):
+    return [np.full((2, 28, 28, 3), i, dtype=np.uint8) for i in range(n)]
+
+
+def test_bad_answer_is_retried_once_with_sampling_then_only_that_clip_fails():
+    good = '{"caption": "ok", "subjects": []}'
+    model = ScriptedModel({(0, -1): good, (1, 0): "garbage", (1, 1): good, (2, -1): "```still garbage```"})
+    results = caption_videos(model, videos(3), retries=1)
+    assert results[0] == results[1] == Caption("ok", [])
+    assert isinstance(results[2], CaptionFormatError) and "still garbage" in str(results[2])
+    # one batched greedy call, then one sampled call for exactly the two clips that failed
+    assert model.calls == [([0, 1, 2], False), ([1, 2], True)]
+
+
+def test_no_retries_means_one_call():
+    model = ScriptedModel({})
+    assert isinstance(caption_videos(model, videos(2), retries=0)[1], CaptionFormatError)
+    assert len(model.calls) == 1
+
+
+def stage_with(cfg, model):
+    stage = CaptionStage(cfg)
+    stage.generate = model  # the stub replaces only the loaded model; batching and error handling are the stage's
+    return stage
+
+
+def prepared(tiny_paths, clip_rows, *overrides):
+    return run([CaptionPrepStage], job(tiny_paths, *overrides), clip_rows)
+
+
+def test_a_clip_that_breaks_the_batched_call_loses_only_itself(tiny_paths, clip_rows):
+    rows = prepared(tiny_paths, clip_rows)
+    poisoned = np.stack([decode_image(f) for f in rows[1]["frames"]])
+
+    def model(batch, sample):
+        if any(np.array_equal(v, poisoned) for v in batch):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return ['{"caption": "fine", "subjects": ["car"]}'] * len(batch)
+
+    broken = {**rows[2], "frames": [b"not a jpeg"]}
+    summary = {"kind": "summary", "source_uri": "s", "meta": {"num_clips": 9}, "mp4": None}
+    out = stage_with(job(tiny_paths), model)([rows[0], rows[1], summary, broken, rows[3]])
+    assert [r["kind"] for r in out] == ["clip", "error", "summary", "error", "clip"]
+    assert out[1]["meta"]["stage"] == "caption" and "device-side assert" in out[1]["meta"]["message"]
+    assert out[1]["meta"]["clip_id"] == rows[1]["meta"]["clip_id"]
+    assert out[3]["meta"]["clip_id"] == rows[2]["meta"]["clip_id"]
+    assert out[2] is summary
+    for r in (out[0], out[4]):
+        assert r["meta"]["caption"] == "fine" and r["meta"]["subject_labels"] == ["car"] and "frames" not in r
+
+
+def test_prep_samples_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_rows):
+    out = prepared(tiny_paths, clip_rows, "caption.num_frames=5", "caption.max_pixels=20000")
+    for clip, row in zip(clip_rows, out):
+        m = row["meta"]
+        n = m["num_frames"]
+        assert len(row["frames"]) == 5 and m["caption_frames"] == sorted(set(m["caption_frames"]))
+        assert m["caption_frames"][0] < n / 5 and m["caption_frames"][-1] >= n * 4 / 5 and m["caption_frames"][-1] < n
+        h, w, _ = decode_image(row["frames"][0]).shape
+        assert h % PATCH == 0 and w % PATCH == 0 and h * w <= 20000
+        assert abs(w / h - m["width"] / m["height"]) < 0.25  # aspect kept up to the 28-px rounding
+        key = decode_image(row["keyframe"])
+        assert key.shape == (m["height"], m["width"], 3) and m["keyframe"] == n // 2
+        assert row["mp4"] is clip["mp4"]
+
+
+def test_real_tiny_model_captions_real_clips_in_one_batch(tiny_paths, taught_mllm, clip_rows):
+    cfg = job(tiny_paths, f"caption.model={taught_mllm}", "caption.batch_size=8")
+    stage = CaptionStage(cfg)
+    stage.setup()
+    calls = []
+    real = stage.generate
+    stage.generate = lambda v, sample: calls.append(len(v)) or real(v, sample)
+    out = stage(run([CaptionPrepStage], cfg, clip_rows))
+    assert calls == [len(clip_rows)]
+    for r in out:
+        assert r["kind"] == "clip", r["meta"]
+        assert (r["meta"]["caption"], r["meta"]["subject_labels"]) == (json.loads(TAUGHT_ANSWER)["caption"], ["person", "car"])
+
+
+def test_real_untrained_model_output_is_retried_then_recorded(tiny_paths, clip_rows):
+    cfg = job(tiny_paths, "caption.max_new_tokens=8")
+    stage = CaptionStage(cfg)
+    stage.setup()
+    calls = []
+    real = stage.generate
+    stage.generate = lambda v, sample: calls.append((len(v), sample)) or real(v, sample)
+    out = stage(run([CaptionPrepStage], cfg, clip_rows[:2]))
+    assert calls == [(2, False), (2, True)]
+    assert [r["meta"]["error_type"] for r in out] == ["CaptionFormatError"] * 2
+
+
+def test_stage_list_follows_the_config(tiny_paths):
+    assert enabled_model_stages(job(tiny_paths)) == list(MODEL_STAGES)
+    assert enabled_model_stages(job(tiny_paths, "subjects.enabled=false")) == list(MODEL_STAGES[:2])
+    with pytest.raises(ValueError, match="subjects.enabled needs caption.enabled"):
+        job(tiny_paths, "caption.enabled=false")
