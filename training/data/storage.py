@@ -6,6 +6,7 @@ The training side's own small reader: it shares nothing with curation but the da
 from __future__ import annotations
 
 from typing import IO
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -47,7 +48,7 @@ def list_shards(cfg: DataConfig) -> list[str]:
     a shard without a manifest part was never committed (the writer died between the two) and is not read."""
     shards = []
     for url in cfg.urls:
-        if url.endswith(".tar"):
+        if urlsplit(url).path.endswith(".tar"):  # the path: a presigned http URL ends in its query
             shards.append(url)
             continue
         if url.startswith(("http://", "https://")):

@@ -61,7 +61,6 @@ class ShardStream(IterableDataset):
 
     def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int):
         self.cfg, self.shards, self.rank, self.world_size = cfg, shards, rank, world_size
-        self._restored: dict | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -106,14 +105,10 @@ class ShardStream(IterableDataset):
                              f"{slot} of {num_slots}: world size and num_workers must match the saved run")
         if state["shards"] != shard_digest(self.shards):
             raise ValueError("loader state was saved for a different shard list: the dataset changed since")
-        self._restored = state
-
-    def _restore(self) -> None:
-        """Apply a loaded state: the cursor, the RNG, and the buffered samples re-read from their positions."""
-        state, self._restored = self._restored, None
+        # The buffered samples are re-read from their positions and the part-filled buckets decoded again.
         self._reset()
-        self.epoch, self.plan_pos, self.offset, self.index = state["epoch"], state["plan_pos"], state["offset"], state["index"]
-        self.read_in_epoch = state["read_in_epoch"]
+        self.epoch, self.plan_pos, self.read_in_epoch = state["epoch"], state["plan_pos"], state["read_in_epoch"]
+        self.offset, self.index = state["offset"], state["index"]
         self._rng().setstate((3, tuple(state["rng"]), None))
         self.counters.update(state["counters"])
         self.buffer = [raw for raw in map(self._read_at, state["buffer"]) if raw is not None]
@@ -175,7 +170,7 @@ class ShardStream(IterableDataset):
                             url, offset, failures, self.cfg.retries, e)
                 time.sleep(self.cfg.retry_backoff_s * 2 ** (failures - 1))
 
-    def _raw_samples(self) -> Iterator[RawSample]:
+    def raw_samples(self) -> Iterator[RawSample]:
         """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
         slot, num_slots = self.slot()
         while True:
@@ -213,10 +208,8 @@ class ShardStream(IterableDataset):
         return None
 
     def __iter__(self) -> Iterator[dict]:
-        if self._restored is not None:
-            self._restore()
         rng = self._rng()
-        for raw in self._raw_samples():
+        for raw in self.raw_samples():
             if len(self.buffer) < self.cfg.shuffle_buffer:
                 self.buffer.append(raw)
                 continue
