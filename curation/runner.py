@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -18,13 +19,18 @@ from .writer import DatasetWriter, RunStats
 
 log = logging.getLogger("curation")
 
-ROW_SCHEMA = pa.schema([("kind", pa.string()), ("source_uri", pa.string()), ("meta", pa.string()), ("mp4", pa.binary())])
+# One Arrow schema for every row between stages, so block schemas never drift. `frames` carries encoded images a
+# model stage reads (sampled clip frames), `pngs` the subject crops the writer stores.
+ROW_SCHEMA = pa.schema([
+    ("kind", pa.string()), ("source_uri", pa.string()), ("meta", pa.string()), ("mp4", pa.binary()),
+    ("frames", pa.list_(pa.binary())), ("pngs", pa.list_(pa.binary())),
+])
+_BLOCK_BYTES = 64 << 20  # a chain hands rows on in blocks of about this size, so a long video streams
 
 
 def to_table(rows: list[Row]) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"kind": r["kind"], "source_uri": r["source_uri"], "meta": json.dumps(r["meta"]), "mp4": r["mp4"]} for r in rows],
-        schema=ROW_SCHEMA,
+        [{**{k: r.get(k) for k in ROW_SCHEMA.names}, "meta": json.dumps(r["meta"])} for r in rows], schema=ROW_SCHEMA
     )
 
 
@@ -50,33 +56,72 @@ class Progress:
         return self.counts
 
 
-class StageUDF:
-    """Runs one stage in a Ray worker: Arrow in, rows through the stage, Arrow out, counts to the progress actor."""
+def _chunks(rows: Iterable[Row], size: int | None) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if size is not None and len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
-    def __init__(self, stage_cls: type[Stage], cfg: JobConfig, progress):
-        self.stage = stage_cls(cfg)
-        self.stage.setup()
+
+class Chain:
+    """Consecutive stages with the same resources, run in one Ray worker as a stream of generators: a source
+    goes from probe to encoded clips without leaving the process, and each stage sees batches of its own size."""
+
+    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress):
+        self.stages = [cls(cfg) for cls in stage_classes]
+        for stage in self.stages:
+            stage.setup()
         self.progress = progress
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        t0 = time.perf_counter()
-        rows = from_table(table)
-        out = self.stage(rows)
-        errors = sum(r["kind"] == "error" for r in out) - sum(r["kind"] == "error" for r in rows)
-        consumed = sum(r["kind"] in self.stage.consumes for r in rows)
-        self.progress.add.remote(self.stage.name, consumed, len(out) - len(rows) + consumed, errors, time.perf_counter() - t0)
-        return to_table(out)
+    def _through(self, stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
+        for batch in _chunks(rows, stage.batch_size):
+            t0 = time.perf_counter()
+            out = list(stage(batch))
+            consumed = sum(r["kind"] in stage.consumes for r in batch)
+            errors = sum(r["kind"] == "error" for r in out) - sum(r["kind"] == "error" for r in batch)
+            self.progress.add.remote(stage.name, consumed, len(out) - len(batch) + consumed, errors, time.perf_counter() - t0)
+            yield from out
+
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        rows: Iterable[Row] = from_table(table)
+        for stage in self.stages:
+            rows = self._through(stage, rows)
+        block, size = [], 0
+        for row in rows:
+            block.append(row)
+            size += len(row.get("mp4") or b"") + sum(map(len, row.get("frames") or ())) + sum(map(len, row.get("pngs") or ()))
+            if size >= _BLOCK_BYTES:
+                yield to_table(block)
+                block, size = [], 0
+        if block:
+            yield to_table(block)
 
 
-_LOCAL: dict[type, StageUDF] = {}
+_LOCAL: dict[tuple, Chain] = {}
 
 
-def _task_fn(table: pa.Table, stage_cls: type[Stage], cfg: JobConfig, progress) -> pa.Table:
-    # CPU stages run as tasks (elastic, never hold CPUs while idle); each worker process keeps one stage instance.
-    udf = _LOCAL.get(stage_cls)
-    if udf is None:
-        udf = _LOCAL[stage_cls] = StageUDF(stage_cls, cfg, progress)
-    return udf(table)
+def _chain_task(table: pa.Table, stage_classes: tuple, cfg: JobConfig, progress) -> Iterator[pa.Table]:
+    # CPU chains run as tasks (elastic, never hold CPUs while idle); each worker process builds a chain once.
+    chain = _LOCAL.get(stage_classes)
+    if chain is None:
+        chain = _LOCAL[stage_classes] = Chain(stage_classes, cfg, progress)
+    yield from chain(table)
+
+
+def chains(stages) -> list[tuple[type[Stage], ...]]:
+    """Group consecutive stages into chains, each one Ray Data operator: CPU stages together, GPU stages together
+    when they need the same GPU share (a source then goes from probe to encoded clips in one worker)."""
+    groups: list[list] = []
+    for stage in stages:
+        if groups and groups[-1][-1].num_gpus == stage.num_gpus:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return [tuple(g) for g in groups]
 
 
 def init_ray(cfg: JobConfig) -> None:
@@ -101,18 +146,22 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
     ds = ray.data.from_arrow([rows.slice(i, 1) for i in range(rows.num_rows)]) if len(sources) <= 4 * cpus else (
         ray.data.from_arrow(rows).repartition(4 * cpus)
     )
-    for stage_cls in stages:
-        ds = ds.map_batches(
-            _task_fn,
-            fn_args=(stage_cls, cfg, progress),
-            batch_size=stage_cls.batch_size,
-            batch_format="pyarrow",
-            num_cpus=stage_cls.num_cpus,
-            num_gpus=stage_cls.num_gpus or None,
-        )
-        if stage_cls.fans_out:
-            # One row per block so the clips of one long video spread over all workers.
-            ds = ds.repartition(target_num_rows_per_block=1)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    for group in chains(stages):
+        num_cpus, num_gpus = max(s.num_cpus for s in group), group[0].num_gpus
+        if num_gpus:
+            # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
+            ds = ds.map_batches(
+                Chain, fn_constructor_args=(group, cfg, progress), batch_size=group[0].batch_size,
+                batch_format="pyarrow", num_cpus=num_cpus, num_gpus=num_gpus,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // num_gpus))),
+            )
+        else:
+            # One source (or one input row) per task: the chain then streams its clips out block by block.
+            ds = ds.map_batches(
+                _chain_task, fn_args=(group, cfg, progress), batch_size=group[0].batch_size,
+                batch_format="pyarrow", num_cpus=num_cpus,
+            )
     return ds
 
 

@@ -14,7 +14,8 @@ from curation.storage import Storage
 from curation.video import (
     VideoError,
     analyse,
-    encode_clip,
+    ClipCutter,
+    ClipSpec,
     make_detector,
     merge_cuts,
     output_size,
@@ -33,11 +34,15 @@ def run_analysis(path, detectors=(("adaptive", {}),), min_scene_s=0.5):
     return info, analyse(str(path), ST, dets, 256, info.fps, min_scene_s)
 
 
-def cut(path, info, a, start, end, **enc):
-    return encode_clip(
-        str(path), ST, int(a.pts[start]), int(a.pts[end]) if end < a.num_frames else None, end - start,
-        info.rotation, Fraction(info.fps).limit_denominator(1001), EncodeConfig(**enc), int(a.pts[0]),
+def spec(info, a, start, end) -> ClipSpec:
+    return ClipSpec(
+        int(a.pts[start]), int(a.pts[end]) if end < a.num_frames else None, end - start, int(a.pts[0]),
+        info.rotation, Fraction(info.fps).limit_denominator(1001),
     )
+
+
+def cut(path, info, a, start, end, **enc):
+    return ClipCutter(ST, EncodeConfig(**enc)).cut(str(path), spec(info, a, start, end))
 
 
 def decode(mp4: bytes, fmt="rgb24") -> list[np.ndarray]:
@@ -84,14 +89,18 @@ def test_hard_cuts_match_pyscenedetect_on_bikes():
     assert len(theirs) == len(a.cuts) and all(abs(x - y) <= 1 for x, y in zip(a.cuts, theirs)), (a.cuts, theirs)
 
 
-def test_counter_cuts_are_frame_accurate():
+@pytest.mark.parametrize("seek_after_s", [5.0, 0.0])
+def test_counter_cuts_are_frame_accurate(seek_after_s):
     path = VIDEOS / "counter.mp4"
     info, a = run_analysis(path)
     with av.open(str(path)) as c:
         source = [cv2.resize(f.to_ndarray(format="gray"), (192, 108)).astype(np.float32) for f in c.decode(video=0)]
     assert len(source) == a.num_frames == 30
-    for start, end in [(0, 7), (7, 19), (19, 30), (13, 14)]:
-        clip = cut(path, info, a, start, end, crf=12)
+    # One cutter for all clips: it decodes on through consecutive clips, reopens for a clip behind it and
+    # (with seek_after_s=0) seeks forward over any gap.
+    cutter = ClipCutter(ST, EncodeConfig(crf=12), seek_after_s=seek_after_s)
+    for start, end in [(0, 7), (7, 19), (19, 30), (13, 14), (20, 25), (27, 29)]:
+        clip = cutter.cut(str(path), spec(info, a, start, end))
         frames = decode(clip.mp4, "gray")
         assert len(frames) == end - start == clip.num_frames
         for j, f in enumerate(frames):

@@ -44,9 +44,8 @@ class Stage:
     name: ClassVar[str] = "stage"
     num_cpus: ClassVar[float] = 1.0
     num_gpus: ClassVar[float] = 0.0
-    batch_size: ClassVar[int] = 1
+    batch_size: ClassVar[int] = 1  # rows per call
     consumes: ClassVar[tuple[str, ...]] = ("clip",)
-    fans_out: ClassVar[bool] = False  # one input row becomes many (the runner then spreads them over workers)
 
     def setup(self) -> None:
         """Load models or open clients, once per worker."""

@@ -13,7 +13,6 @@ from .base import Row, Stage, make_row
 
 class ProbeStage(Stage):
     name = "probe"
-    num_cpus = 0.5
     consumes = ("source",)
 
     def __init__(self, cfg: JobConfig):

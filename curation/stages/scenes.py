@@ -18,7 +18,6 @@ class SceneStage(Stage):
     name = "scenes"
     num_cpus = 1.0
     consumes = ("source",)
-    fans_out = True
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
