@@ -1,0 +1,139 @@
+"""DiT benchmark: forward+backward time, analytic FLOPs checked against torch's FlopCounterMode, and on a GPU the
+full preset at paper scale (45x480x720, bf16) with and without per-block activation checkpointing: MFU and peak
+memory. Writes out/bench/model.json.
+
+    python -m benchmarks.model_bench            # CPU: tiny and mid presets (+ the GPU part when CUDA is present)
+    python -m benchmarks.model_bench --gpu-only # the full DiT on one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from cinema_model.config import latent_frames, preset
+from cinema_model.dit import CinemaDiT
+from cinema_model.flops import dit_forward_flops
+
+OUT = Path("out/bench/model.json")
+SUBJECTS = 2  # subject frames per sample on CPU
+
+
+def _inputs(cfg, batch: int, subjects: int, device, dtype):
+    v = cfg.video
+    shape = (batch, latent_frames(v.num_frames), cfg.dit.latent_channels, v.height // 8, v.width // 8)
+    video = torch.randn(shape, device=device, dtype=dtype)
+    refs = torch.randn(batch, subjects, *shape[2:], device=device, dtype=dtype) if subjects else None
+    text = torch.randn(batch, cfg.t5.max_length, cfg.dit.text_dim, device=device, dtype=dtype)
+    return video, torch.rand(batch, device=device), text, refs
+
+
+def _step(dit, inputs):
+    video, t, text, refs = inputs
+    dit(video, t, text, refs).float().square().mean().backward()
+
+
+def cpu_bench(name: str, reps: int) -> dict:
+    cfg = preset(name)
+    torch.manual_seed(0)
+    dit = CinemaDiT(cfg.dit)
+    inputs = _inputs(cfg, 1, SUBJECTS, "cpu", torch.float32)
+    v = cfg.video
+    analytic = dit_forward_flops(cfg.dit, latent_frames(v.num_frames), v.height // 8, v.width // 8,
+                                 cfg.t5.max_length, SUBJECTS)
+    # The math SDPA backend runs attention as matmuls the counter sees (CPU's fused kernel is not counted).
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as forward:
+            out = dit(*inputs)
+        with FlopCounterMode(display=False) as backward:
+            out.float().square().mean().backward()
+    _step(dit, inputs)  # warm-up
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        _step(dit, inputs)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return dict(
+        preset=name, params=sum(p.numel() for p in dit.parameters()), video=[v.num_frames, v.height, v.width],
+        subjects=SUBJECTS, fwd_bwd_s=seconds, analytic_forward_flops=analytic,
+        counted_forward_flops=forward.get_total_flops(), counted_backward_flops=backward.get_total_flops(),
+        analytic_over_counted=analytic / forward.get_total_flops(),
+        backward_over_forward=backward.get_total_flops() / forward.get_total_flops(),
+        achieved_gflops=3 * analytic / seconds / 1e9,
+    )
+
+
+def gpu_bench(subjects: int, reps: int, peak_tflops: float) -> list[dict]:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    cfg = preset("full")
+    v = cfg.video
+    flops = 3 * dit_forward_flops(cfg.dit, latent_frames(v.num_frames), v.height // 8, v.width // 8,
+                                  cfg.t5.max_length, subjects)
+    results = []
+    for checkpointing in (True, False):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.device("cuda"):
+            dit = CinemaDiT(cfg.dit).to(torch.bfloat16)
+        if checkpointing:  # per block, as the trainer applies it; the model code stays free of it
+            for i, block in enumerate(dit.blocks):
+                dit.blocks[i] = checkpoint_wrapper(block)
+        inputs = _inputs(cfg, 1, subjects, "cuda", torch.bfloat16)
+        row = dict(preset="full", device=torch.cuda.get_device_name(), dtype="bfloat16", batch=1,
+                   video=[v.num_frames, v.height, v.width], subjects=subjects, activation_checkpointing=checkpointing,
+                   params=sum(p.numel() for p in dit.parameters()), model_flops_per_step=flops)
+        try:
+            _step(dit, inputs)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                dit.zero_grad(set_to_none=True)
+                start = time.perf_counter()
+                _step(dit, inputs)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            row.update(fwd_bwd_s=seconds, tflops=flops / seconds / 1e12, mfu=flops / seconds / (peak_tflops * 1e12))
+        except torch.OutOfMemoryError:
+            row.update(oom=True)
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        del dit, inputs
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu-only", action="store_true")
+    parser.add_argument("--subjects", type=int, default=0, help="subject frames per sample in the GPU run")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+
+    report = {}
+    if not args.gpu_only:
+        report["cpu"] = [cpu_bench(name, args.reps) for name in ("tiny", "mid")]
+        for row in report["cpu"]:
+            print(f"{row['preset']:5s} DiT fwd+bwd {row['fwd_bwd_s'] * 1e3:8.1f} ms  params {row['params']:,}  "
+                  f"FLOPs/sample fwd {row['analytic_forward_flops']:.4g} (analytic/counted "
+                  f"{row['analytic_over_counted']:.4f}, bwd/fwd counted {row['backward_over_forward']:.3f})  "
+                  f"{row['achieved_gflops']:.1f} GFLOP/s")
+    if torch.cuda.is_available():
+        report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report.get("gpu", report), indent=2) if args.gpu_only else f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
