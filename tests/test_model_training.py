@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cinema_model.aligner import alignment_loss
 from cinema_model.flow import add_noise, sample_timesteps, velocity_loss
 from cinema_model.model import CinemaModel
 from tests.model_fixtures import subject_batch, tiny_config
@@ -29,8 +30,6 @@ def test_aligner_loss_falls():
     # The frozen encoders' outputs do not change: compute them once, train the AlignerNet on them.
     states, mask = model.mllm(CAPTIONS, [[], []])
     target = model.t5(CAPTIONS)
-    from cinema_model.aligner import alignment_loss
-
     first = model.aligner_loss(CAPTIONS)
     for _ in range(60):
         loss = alignment_loss(model.aligner(states, mask), target)["loss"]
