@@ -15,11 +15,6 @@ import numpy as np
 from .config import SubjectsConfig
 from .subjects import Detection
 
-# The tiny test SAM: the package's own builder with a small image encoder (the prompt encoder and mask decoder
-# keep their fixed real sizes).
-TINY_SAM = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
-
-
 class ClipTextEncoder:
     """L2-normalised CLIP text embeddings (what CLIP's ``encode_text`` returns)."""
 
@@ -105,13 +100,41 @@ class GroundingDinoDetector:
         return out
 
 
+def build_tiny_sam(checkpoint: str | None = None):
+    """segment-anything's architecture at toy size (256-px input, 32-d prompts and decoder) for tests and the demo.
+    The package's vit_* builders fix a 1024-px input and a 256-d decoder, which alone costs seconds per box on CPU."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    size, patch, dim = 256, 16, 32
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=size, patch_size=patch, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, out_chans=dim,
+            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            global_attn_indexes=[1], window_size=8,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(size // patch, size // patch), input_image_size=(size, size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=dim, transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=32,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    if checkpoint:
+        sam.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return sam
+
+
 def build_sam(model_type: str, checkpoint: str | None):
     from segment_anything import sam_model_registry
-    from segment_anything.build_sam import _build_sam
 
-    if model_type == "tiny":
-        return _build_sam(**TINY_SAM, checkpoint=checkpoint)
-    return sam_model_registry[model_type](checkpoint=checkpoint)
+    return build_tiny_sam(checkpoint) if model_type == "tiny" else sam_model_registry[model_type](checkpoint=checkpoint)
 
 
 class SamSegmenter:

@@ -69,11 +69,10 @@ def _save_yolo_world(folder: Path) -> Path:
 
 def _save_sam(path: Path) -> Path:
     import torch
-    from segment_anything.build_sam import _build_sam
 
-    from .subject_models import TINY_SAM
+    from .subject_models import build_tiny_sam
 
-    torch.save(_build_sam(**TINY_SAM).state_dict(), path)
+    torch.save(build_tiny_sam().state_dict(), path)
     return path
 
 
