@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from cinema_model.typed_config import ConfigError, apply_overrides, from_dict
+from cinema_model.typed_config import ConfigError, apply_overrides, from_dict, load
 from curation.contract import MAX_SUBJECTS
 
 
@@ -63,3 +64,75 @@ def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
         raise ConfigError(f"unknown data preset {name!r} (one of {', '.join(DATA_PRESETS)})")
     data = {**DATA_PRESETS[name], **values}
     return from_dict(DataConfig, apply_overrides(data, list(overrides)))
+
+
+@dataclass
+class ModelSection:
+    preset: Literal["tiny", "mid", "full"] = "tiny"
+    checkpoints: str = "out/tiny_checkpoints"  # folder of the tiny frozen parts (tiny and mid presets)
+    overrides: list[str] = field(default_factory=list)  # CinemaConfig overrides, e.g. "dit.layers=4"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * this at the last step
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float | None = None  # keep an EMA of the trained weights (exported beside them)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0:
+            raise ConfigError("optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1, grad_clip >= 0")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError("optim.ema_decay must be within (0, 1)")
+
+
+@dataclass
+class ParallelConfig:
+    activation_checkpointing: bool = True
+    compile: bool = False
+    param_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # FSDP compute dtype; gradients reduce in float32
+
+
+@dataclass
+class CheckpointConfig:
+    folder: str = "checkpoints"  # under out_dir unless absolute; shared by all ranks
+    every: int = 500  # steps; a checkpoint is also written at the last step
+    keep: int = 3
+    resume: bool = True  # continue from the latest complete checkpoint in folder
+
+    def validate(self) -> None:
+        if self.every < 1 or self.keep < 1:
+            raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+
+
+@dataclass
+class MetricsConfig:
+    every: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainJob:
+    stage: Literal["aligner", "cinema"] = "cinema"
+    steps: int = 1000
+    grad_accum: int = 1
+    seed: int = 0
+    out_dir: str = "out/train"  # metrics, loss curve, TensorBoard, checkpoints and the exported weights
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=lambda: DataConfig(urls=["out/demo/dataset"]))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.grad_accum < 1:
+            raise ConfigError("steps and grad_accum must be >= 1")
+
+
+def load_train_job(path: str | None, overrides: list[str] = ()) -> TrainJob:
+    return load(TrainJob, path, list(overrides))

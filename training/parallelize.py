@@ -1,0 +1,63 @@
+"""Parallelism applied to a CinemaModel from outside its code, in torchtitan's order: activation checkpointing, then
+compile, then FSDP2 (`fully_shard` per block, then per trained part).
+
+Frozen parts (MLLM, T5, VAE) are not sharded: they hold no gradients or optimizer state, every rank keeps its own
+copy in the frozen dtype, and keeping them out of the FSDP groups keeps one dtype per group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from cinema_model.aligner import AlignerNet
+from cinema_model.model import CinemaModel
+
+
+def _block_lists(part: nn.Module) -> list[nn.ModuleList]:
+    """Where a trained part keeps its repeated blocks: the DiT's joint blocks, the AlignerNet's layers."""
+    if isinstance(part, AlignerNet):
+        return [part.encoder.layers, part.decoder.layers]
+    return [part.blocks]
+
+
+def _blocks(part: nn.Module) -> list[nn.Module]:
+    return [block for blocks in _block_lists(part) for block in blocks]
+
+
+def apply_activation_checkpointing(model: CinemaModel) -> None:
+    for part in model.trainable_parts().values():
+        for blocks in _block_lists(part):
+            for i, block in enumerate(blocks):
+                blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: CinemaModel) -> None:
+    # Per block: the blocks are identical, so one compiled graph serves all of them and compile time stays small.
+    for part in model.trainable_parts().values():
+        for block in _blocks(part):
+            block.compile(fullgraph=False)
+
+
+def apply_fsdp(model: CinemaModel, mesh: DeviceMesh, param_dtype: torch.dtype, reduce_dtype: torch.dtype = torch.float32) -> None:
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for part in model.trainable_parts().values():
+        blocks = _blocks(part)
+        for i, block in enumerate(blocks):
+            # The last block's parameters are needed again at once by the backward: no point in freeing them.
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
+        fully_shard(part, mesh=mesh, mp_policy=mp)
+
+
+def parallelize(model: CinemaModel, mesh: DeviceMesh | None, *, activation_checkpointing: bool, compile: bool,
+                param_dtype: torch.dtype) -> CinemaModel:
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
+    if mesh is not None:
+        apply_fsdp(model, mesh, param_dtype)
+    return model

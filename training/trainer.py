@@ -1,0 +1,180 @@
+"""The training loop: both stages (``aligner``, ``cinema``) on one code path, on CPU (gloo) or GPUs (NCCL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+
+from cinema_model.config import latent_frames, preset
+from cinema_model.flops import dit_train_flops
+from cinema_model.model import CinemaModel
+
+from .batch import model_batch, sample_generators
+from .checkpoint import Checkpointer, TrainState, export_consolidated
+from .config import TrainJob
+from .data.loader import ShardLoader
+from .metrics import Metrics
+from .parallelize import parallelize
+
+log = logging.getLogger("training")
+
+
+@contextmanager
+def distributed():
+    """The process group torchrun describes in the environment; a plain `python -m training` is a world of one."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Ema:
+    """Exponential moving average of the trained weights, kept in each parameter's own (sharded) layout."""
+
+    def __init__(self, params: dict[str, nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = {k: p.detach().clone() for k, p in params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, p in self.params.items():
+            self.shadow[k].lerp_(p.detach(), 1 - self.decay)
+
+
+def build(job: TrainJob, device: torch.device) -> tuple[CinemaModel, nn.ModuleDict]:
+    cfg = preset(job.model.preset, job.model.checkpoints, job.model.overrides)
+    torch.manual_seed(job.seed)  # every rank starts from the same random init; FSDP then keeps its shard
+    model = CinemaModel(cfg, job.stage)
+    for part in model.frozen_parts().values():
+        part.to(device)
+    trained = nn.ModuleDict(model.trainable_parts()).to(device)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    parallelize(model, mesh, activation_checkpointing=job.parallel.activation_checkpointing,
+                compile=job.parallel.compile, param_dtype=getattr(torch, job.parallel.param_dtype))
+    return model, trained
+
+
+def _per_sample_cost(model: CinemaModel, batch: dict, stage: str) -> tuple[int, float]:
+    """(tokens, training FLOPs) of one sample of this batch: the DiT's text + visual tokens (the aligner stage
+    counts caption tokens and reports no FLOPs)."""
+    cfg = model.cfg
+    if stage == "aligner":
+        return cfg.t5.max_length, 0.0
+    frames, _, height, width = batch["video"].shape[1:]
+    t, h, w = latent_frames(frames), height // 8, width // 8
+    k = int(batch["num_subjects"].float().mean().round()) if cfg.ablation.subject_tokens else 0
+    tokens = cfg.t5.max_length + (t + k) * (h // cfg.dit.patch_size) * (w // cfg.dit.patch_size)
+    return tokens, float(dit_train_flops(cfg.dit, t, h, w, cfg.t5.max_length, k))
+
+
+def train(job: TrainJob) -> dict:
+    """Run (or resume) a training job; returns the last metrics row."""
+    with distributed() as device:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        out = Path(job.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model, trained = build(job, device)
+        params = dict(trained.named_parameters())
+        optimizer = torch.optim.AdamW(params.values(), lr=job.optim.lr, betas=job.optim.betas,
+                                      weight_decay=job.optim.weight_decay)
+        o = job.optim
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, o.warmup_steps, job.steps, o.min_lr_ratio))
+        ema = Ema(params, o.ema_decay) if o.ema_decay else None
+        state = TrainState(trained, optimizer, scheduler, rank, ema.shadow if ema else None)
+        ckpt_dir = Path(job.checkpoint.folder)
+        checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
+        loader = ShardLoader(job.data, rank, world)
+        latest = checkpointer.latest() if job.checkpoint.resume else None
+        if latest is not None:
+            checkpointer.load(state, latest)
+            loader.load_state_dict(state.data)
+        metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard)
+        batches = iter(loader)
+        # Which samples each step saw, per rank: to audit a resume or trace a loss spike back to its clips.
+        seen = open(out / f"samples-rank{rank}.jsonl", "a")
+        model.train()
+        row = None
+        b = job.data.batch_size
+        for step in range(state.step + 1, job.steps + 1):
+            wait = 0.0
+            losses = []
+            for micro in range(job.grad_accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                wait += time.perf_counter() - t0
+                if job.stage == "aligner":
+                    parts = model.aligner_loss(list(batch["caption"]))
+                else:
+                    gens = sample_generators(job.seed, step, micro, rank * b, len(batch["key"]))
+                    parts = model.loss(model_batch(batch), gens)
+                (parts["loss"] / job.grad_accum).backward()
+                losses.append(parts["loss"].detach())
+                seen.write(json.dumps({"step": step, "micro": micro, "keys": list(batch["key"])}) + "\n")
+            grad_norm = (torch.nn.utils.clip_grad_norm_(list(params.values()), o.grad_clip)
+                         if o.grad_clip else None)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema:
+                ema.update()
+            loss = torch.stack(losses).mean()
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
+            if device.type != "cuda":
+                loss /= world  # gloo has no AVG
+            tokens, flops = _per_sample_cost(model, batch, job.stage)
+            n = b * job.grad_accum
+            extra = {"lr": scheduler.get_last_lr()[0], **_counters(loader)}
+            if grad_norm is not None:
+                extra["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            row = metrics.step(step, float(loss), n, n * tokens, n * flops, wait, extra) or row
+            state.step = step
+            if step % job.checkpoint.every == 0 or step == job.steps:
+                seen.flush()
+                state.data = loader.state_dict()
+                checkpointer.save(state)
+        seen.close()
+        export_consolidated(trained, out / "trained.safetensors", ema.shadow if ema else None)
+        curve = metrics.close()
+        if rank == 0:
+            print(f"trained weights: {out / 'trained.safetensors'}; loss curve: {curve}", flush=True)
+        return row or {}
+
+
+def _counters(loader: ShardLoader) -> dict:
+    """What the loader skipped so far (bad samples, bad shards), for the metrics line."""
+    c = loader.counters()
+    skipped = ("samples_corrupt", "samples_too_short", "shards_corrupt", "shards_failed", "members_rejected")
+    return {"data_skipped": sum(c.get(k, 0) for k in skipped), "data_retries": c.get("read_retries", 0)}
