@@ -103,27 +103,30 @@ def caption_videos(generate: Generate, videos: list[np.ndarray], retries: int) -
 
 
 class Captioner:
-    """A Qwen2-VL / Qwen2.5-VL checkpoint (hub id or folder) behind a batched ``generate(videos, sample)``."""
+    """A Qwen2-VL / Qwen2.5-VL model and its processor behind a batched ``generate(videos, sample)``."""
 
-    def __init__(self, cfg: CaptionConfig, device: str):
+    def __init__(self, processor, model, cfg: CaptionConfig):
+        self.processor, self.model, self.cfg = processor, model, cfg
+        self.processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt_text(cfg)}]}]
+        self.prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    @classmethod
+    def load(cls, cfg: CaptionConfig, device: str) -> "Captioner":
+        """From ``cfg.model``: a hub id (local cache only) or a folder."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.cfg = cfg
-        self.device = device
         dtype = getattr(torch, cfg.dtype) if device.startswith("cuda") else torch.float32
-        self.processor = AutoProcessor.from_pretrained(cfg.model)
-        self.processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
-        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt_text(cfg)}]}]
-        self.prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
+        return cls(AutoProcessor.from_pretrained(cfg.model), model, cfg)
 
     def __call__(self, videos: list[np.ndarray], sample: bool) -> list[str]:
         """``videos``: one (T, H, W, 3) uint8 RGB array per clip."""
         import torch
 
         inputs = self.processor(text=[self.prompt] * len(videos), videos=videos, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device)
+        inputs = inputs.to(self.model.device)
         options = dict(do_sample=True, temperature=0.7, top_p=0.9) if sample else dict(do_sample=False)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, **options)

@@ -45,7 +45,7 @@ def taught_mllm(tiny_paths, tmp_path_factory) -> Path:
 
     from curation.captioning import Captioner
 
-    captioner = Captioner(job(tiny_paths).caption, "cpu")
+    captioner = Captioner.load(job(tiny_paths).caption, "cpu")
     model, tokenizer = captioner.model, captioner.processor.tokenizer
     tokenizer.add_tokens([TAUGHT_ANSWER])
     model.resize_token_embeddings(len(tokenizer))

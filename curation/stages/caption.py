@@ -62,7 +62,7 @@ class CaptionStage(Stage):
 
     def setup(self) -> None:
         go_offline()
-        self.generate = Captioner(self.cfg, device_for(self.num_gpus))
+        self.generate = Captioner.load(self.cfg, device_for(self.num_gpus))
 
     def __call__(self, batch: list[Row]) -> list[Row]:
         out = list(batch)

@@ -1,0 +1,255 @@
+"""Throughput of the model stages (caption prep, caption, subjects), and how much of each is model compute.
+
+    python -m benchmarks.model_stages_bench          # CPU, tiny models, clips cut from the real sample videos
+    python -m benchmarks.model_stages_bench --gpu    # one GPU: real-size model classes with random weights
+
+--gpu builds Qwen2-VL-7B (its published config) in bf16 straight on the GPU, a YOLO-World-L and SAM vit_h, feeds
+them 720p clips (synthetic: the GPU machine has no sample videos) at the production input sizes (8 frames at
+640x360 for the MLLM, the full keyframe for detection and SAM), and projects GPU-hours for 1.46M clips.
+Random weights never stop generating, so every caption runs to max_new_tokens (an upper bound on real captions).
+Prints JSON and writes out/bench/model_stages.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from curation.config import load_job
+from curation.model_runtime import go_offline
+from curation.stages.caption import CaptionPrepStage, CaptionStage
+from curation.stages.subjects import SubjectStage
+from curation.tiny_models import save_tiny_models, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = ROOT.parent / "shared" / "data" / "videos"
+TARGET_CLIPS = 1_460_000
+LABELS = ["person", "car", "dog", "ball", "tree"]  # what the subject stage looks for in every clip
+
+
+class ModelClock:
+    """Adds up the seconds spent inside wrapped model calls (synchronising the GPU so the time is real)."""
+
+    def __init__(self, cuda: bool):
+        self.seconds, self.cuda = 0.0, cuda
+
+    def wrap(self, obj, name: str) -> None:
+        fn = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if self.cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            self.seconds += time.perf_counter() - t
+            return out
+
+        setattr(obj, name, timed)
+
+
+def measure(stage, rows: list[dict], clock: ModelClock | None) -> tuple[dict, list[dict]]:
+    """One warm-up batch, then every row through ``stage`` in its batch size."""
+    stage(rows[: stage.batch_size])
+    if clock:
+        clock.seconds = 0.0
+    out, t = [], time.perf_counter()
+    for i in range(0, len(rows), stage.batch_size):
+        out += stage(rows[i : i + stage.batch_size])
+    seconds = time.perf_counter() - t
+    errors = sum(r["kind"] == "error" for r in out)
+    result = {"clips": len(rows), "batch_size": stage.batch_size, "seconds": round(seconds, 3),
+              "clips_per_s": round(len(rows) / seconds, 3),
+              "model_fraction": round(clock.seconds / seconds, 3) if clock else 0.0, "error_rows": errors}
+    return result, out
+
+
+def clock_models(caption: CaptionStage, subjects: SubjectStage, cuda: bool) -> tuple[ModelClock, ModelClock]:
+    cap_clock, sub_clock = ModelClock(cuda), ModelClock(cuda)
+    cap_clock.wrap(caption.generate.model, "generate")
+    sub_clock.wrap(subjects.detect.model, "predict")
+    sub_clock.wrap(subjects.detect, "text")
+    sub_clock.wrap(subjects.segment.predictor, "set_torch_image")
+    sub_clock.wrap(subjects.segment.predictor, "predict_torch")
+    return cap_clock, sub_clock
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+    """Random captioners name no subjects: the subject stage gets a fixed list, as if the caption had."""
+    return [{**r, "meta": {**r["meta"], "subject_labels": LABELS}} for r in rows]
+
+
+# -- CPU --------------------------------------------------------------------------------------------------------
+def real_clips(cfg) -> list[dict]:
+    from curation.stages import CPU_STAGES
+
+    rows = [{"kind": "source", "source_uri": str(VIDEOS / name), "meta": {}, "mp4": None}
+            for name in sorted(p.name for p in VIDEOS.glob("*.mp4"))]
+    for stage_cls in CPU_STAGES:
+        stage = stage_cls(cfg)
+        stage.setup()
+        rows = stage(rows)
+    return [r for r in rows if r["kind"] == "clip"]
+
+
+def cpu_bench() -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="tiny-models-"))
+    paths = save_tiny_models(folder)
+    cfg = load_job(None, tiny_overrides(paths) + ["caption.max_new_tokens=128", "caption.retries=0",
+                   "subjects.box_threshold=0", "subjects.max_boxes_per_label=2"], input="-", output="-")
+    clips = real_clips(cfg)
+    caption, subjects = CaptionStage(cfg), SubjectStage(cfg)
+    caption.setup()
+    subjects.setup()
+    cap_clock, sub_clock = clock_models(caption, subjects, cuda=False)
+    stages = {}
+    stages["caption_prep"], prepped = measure(CaptionPrepStage(cfg), clips, None)
+    stages["caption"], _ = measure(caption, prepped, cap_clock)
+    stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
+    sizes = sorted({f"{c['meta']['width']}x{c['meta']['height']}" for c in clips})
+    return {"mode": "cpu, tiny models", "clip_sizes": sizes, "stages": stages}
+
+
+# -- GPU --------------------------------------------------------------------------------------------------------
+def synthetic_clips(n: int, distinct=4, width=1280, height=720, frames=120, fps=24) -> list[dict]:
+    """``n`` 5-s 720p H.264 clips of moving shapes (the GPU machine has no sample videos); ``distinct`` different
+    videos, repeated under different clip ids."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx % 256, yy % 256, ((xx - yy) // 3) % 256], -1).astype(np.uint8)
+    videos = []
+    for i in range(distinct):
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for t in range(frames):
+                img = np.roll(base, 4 * t + 97 * i, axis=1)
+                x = 100 + 8 * t
+                img[300:500, x : x + 160] = (220, 40, 40)  # a moving block
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        videos.append(buf.getvalue())
+    meta = {"num_frames": frames, "width": width, "height": height, "fps": fps}
+    return [{"kind": "clip", "source_uri": "synthetic", "meta": {**meta, "clip_id": f"synthetic_{k:04d}"},
+             "mp4": videos[k % distinct]} for k in range(n)]
+
+
+def qwen2vl_7b(tokenizer):
+    """Qwen2-VL-7B-Instruct's published architecture, with the (tiny) tokenizer's special-token ids."""
+    from transformers import Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+            num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def save_full_size_detector(folder: Path, tokenizer_from: Path) -> tuple[Path, Path]:
+    """A random YOLO-World-L .pt and a random CLIP ViT-B/32 text tower (with the tiny tokenizer)."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
+    from ultralytics import YOLOWorld
+
+    weights = folder / "yolov8l-worldv2.pt"
+    YOLOWorld("yolov8l-worldv2.yaml").save(weights)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = CLIPTextConfig(vocab_size=49408, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)  # the defaults are ViT-B/32's text tower
+    text = folder / "clip_vit_b32_text"
+    CLIPTextModelWithProjection(config).save_pretrained(text)
+    tokenizer.save_pretrained(text)
+    return weights, text
+
+
+def gpu_bench(num_clips: int, batch_sizes: list[int], max_new_tokens: int) -> dict:
+    import torch
+
+    from curation.captioning import Captioner
+
+    assert torch.cuda.is_available(), "--gpu needs a CUDA device"
+    folder = ROOT / "out" / "bench" / "gpu_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = save_tiny_models(folder / "tiny")  # processors and tokenizers; the models below are full size
+    detector, text = save_full_size_detector(folder, paths["text_encoder"])
+    overrides = tiny_overrides(paths) + [
+        f"caption.max_new_tokens={max_new_tokens}", "caption.num_frames=8",
+        f"caption.max_pixels={640 * 360}", "caption.retries=0", f"subjects.detector_weights={detector}",
+        f"subjects.text_encoder={text}", "subjects.imgsz=640", "subjects.sam_model_type=vit_h",
+        "subjects.box_threshold=0", "subjects.max_boxes_per_label=2",
+    ]
+    cfg = load_job(None, overrides, input="-", output="-")
+    cfg.subjects.sam_checkpoint = None  # segment-anything's builder leaves vit_h randomly initialised
+    clips = synthetic_clips(num_clips)
+
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(paths["mllm"])
+    # The real processor keeps the frames as the CPU prep sized them (the tiny one would shrink them).
+    processor.video_processor.size = {"shortest_edge": 28 * 28, "longest_edge": cfg.caption.max_pixels}
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2VLForConditionalGeneration._from_config(qwen2vl_7b(processor.tokenizer), dtype=torch.bfloat16)
+    model.eval().generation_config.min_new_tokens = max_new_tokens
+    caption = CaptionStage(cfg)
+    caption.generate = Captioner(processor, model, cfg.caption)
+    subjects = SubjectStage(cfg)
+    subjects.setup()
+
+    cap_clock, sub_clock = clock_models(caption, subjects, cuda=True)
+    stages = {}
+    stages["caption_prep"], prepped = measure(CaptionPrepStage(cfg), clips, None)
+    for b in batch_sizes:
+        caption.batch_size = b
+        stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock)
+    stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
+    best_caption = max(stages[f"caption_batch_{b}"]["clips_per_s"] for b in batch_sizes)
+    subject_rate = stages["subjects"]["clips_per_s"]
+    hours = {"caption": TARGET_CLIPS / best_caption / 3600, "subjects": TARGET_CLIPS / subject_rate / 3600}
+    return {
+        "mode": "gpu, real-size models, random weights",
+        "device": torch.cuda.get_device_name(),
+        "caption_model": "Qwen2-VL-7B (bf16), 8 frames 640x360, max_new_tokens=%d" % max_new_tokens,
+        "subject_models": "YOLO-World-L (fp16, 640) + CLIP ViT-B/32 text + SAM vit_h (fp32), 720p keyframe",
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "stages": stages,
+        "clips_per_s_per_gpu": {"caption": best_caption, "subjects": subject_rate},
+        "gpu_hours_for_1.46M_clips": {k: round(v) for k, v in hours.items()} | {"total": round(sum(hours.values()))},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="real-size models on one GPU")
+    parser.add_argument("--clips", type=int, default=64, help="--gpu: synthetic clips (>= 2x the largest batch)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32], help="--gpu: caption batch sizes")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="--gpu: caption length in tokens")
+    args = parser.parse_args()
+    go_offline()
+    result = gpu_bench(args.clips, args.batch_sizes, args.max_new_tokens) if args.gpu else cpu_bench()
+    out = ROOT / "out" / "bench" / "model_stages.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
