@@ -138,7 +138,6 @@ class SubjectsConfig:
     sam_model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
     sam_checkpoint: str = "sam_vit_h_4b8939.pth"
     box_threshold: float = 0.25  # detection score
-    text_threshold: float = 0.25  # grounding_dino only
     max_boxes_per_label: int = 3
     min_area_frac: float = 0.002  # masks smaller than this fraction of the frame are dropped
     max_components: int = 3  # masks in more pieces than this (after clean-up) are dropped as fragmented
@@ -150,7 +149,7 @@ class SubjectsConfig:
     num_gpus: float = 1.0
 
     def validate(self) -> None:
-        for name in ("box_threshold", "text_threshold", "min_area_frac", "face_iou", "dedupe_iou"):
+        for name in ("box_threshold", "min_area_frac", "face_iou", "dedupe_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"subjects.{name} must be within 0..1")
         if self.morph_kernel < 1 or self.morph_kernel % 2 == 0:

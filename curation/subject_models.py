@@ -69,6 +69,9 @@ class YoloWorldDetector:
 
 
 class GroundingDinoDetector:
+    """GroundingDINO (transformers). Each box goes to the label whose own prompt tokens it matches best, rather
+    than to a phrase stitched from every token above a threshold (which merges neighbouring labels)."""
+
     def __init__(self, cfg: SubjectsConfig, device: str):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -80,24 +83,27 @@ class GroundingDinoDetector:
     def __call__(self, image_rgb: np.ndarray, labels: list[str]) -> list[Detection]:
         import torch
 
-        text = ". ".join(labels) + "."  # GroundingDINO's prompt format: phrases ending in periods
-        inputs = self.processor(images=image_rgb, text=text, return_tensors="pt").to(self.device)
+        text = "".join(f"{label}. " for label in labels).strip()  # GroundingDINO's prompt: phrases ending in "."
+        starts = np.cumsum([0] + [len(label) + 2 for label in labels])
+        inputs = self.processor(images=image_rgb, text=text, return_offsets_mapping=True, return_tensors="pt")
+        offsets = inputs.pop("offset_mapping")[0].tolist()
         with torch.inference_mode():
-            outputs = self.model(**inputs)
-        found = self.processor.post_process_grounded_object_detection(
-            outputs,
-            inputs["input_ids"],
-            threshold=self.cfg.box_threshold,
-            text_threshold=self.cfg.text_threshold,
-            target_sizes=[image_rgb.shape[:2]],
-        )[0]
-        out = []
-        for box, score, phrase in zip(found["boxes"].tolist(), found["scores"].tolist(), found["text_labels"]):
-            # The phrase is made of prompt tokens above text_threshold: map it back to the label it came from.
-            label = next((lab for lab in labels if phrase and (phrase in lab or lab in phrase)), None)
-            if label is not None:
-                out.append(Detection(label, float(score), tuple(box)))
-        return out
+            outputs = self.model(**inputs.to(self.device))
+        token_probs = outputs.logits[0].sigmoid()  # (queries, text positions)
+        per_label = []
+        for k, label in enumerate(labels):  # the tokens inside the label's characters (not its "." nor specials)
+            tokens = [i for i, (a, b) in enumerate(offsets) if b > a and starts[k] <= a and b <= starts[k] + len(label)]
+            per_label.append(token_probs[:, tokens].max(dim=1).values)
+        scores, best = torch.stack(per_label, dim=1).max(dim=1)
+        h, w = image_rgb.shape[:2]
+        cx, cy, bw, bh = (outputs.pred_boxes[0] * torch.tensor([w, h, w, h], device=self.device)).unbind(-1)
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1).clamp(min=0)
+        boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], device=self.device))
+        keep = scores >= self.cfg.box_threshold
+        return [
+            Detection(labels[int(k)], float(s), tuple(b))
+            for b, s, k in zip(boxes[keep].tolist(), scores[keep].tolist(), best[keep].tolist())
+        ]
 
 
 def build_tiny_sam(checkpoint: str | None = None):

@@ -6,11 +6,13 @@
 - ``clip_text/``: a tiny CLIP text encoder + tokenizer (``save_pretrained``), for ``subjects.text_encoder``
 - ``yolov8t-worldv2.pt``: a YOLO-World at a tiny width, saved by ultralytics, for ``subjects.detector_weights``
 - ``sam_tiny.pth``: a segment-anything state dict for ``sam_model_type=tiny``
+- ``grounding_dino/``: a tiny GroundingDINO + processor, for ``subjects.detector=grounding_dino``
 
 ``tiny_overrides(paths)`` turns them into ``--set`` overrides. Real runs instead point the same fields at real
 checkpoints: ``caption.model=Qwen/Qwen2-VL-7B-Instruct``, ``subjects.detector_weights=yolov8x-worldv2.pt``,
 ``subjects.text_encoder=openai/clip-vit-base-patch32``, ``subjects.sam_model_type=vit_h
-subjects.sam_checkpoint=/path/sam_vit_h_4b8939.pth`` (or vit_b with ``sam_vit_b_01ec64.pth``).
+subjects.sam_checkpoint=/path/sam_vit_h_4b8939.pth`` (or vit_b with ``sam_vit_b_01ec64.pth``), or
+``subjects.detector=grounding_dino subjects.detector_weights=IDEA-Research/grounding-dino-base``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ def _save_yolo_world(folder: Path) -> Path:
     return weights
 
 
+def _save_grounding_dino(path: Path) -> Path:
+    from transformers import (
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *_LABELS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
+    config = GroundingDinoConfig(
+        backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                             out_features=["stage2", "stage3", "stage4"], window_size=4, image_size=128),
+        text_config=dict(model_type="bert", vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64),
+        d_model=32, encoder_layers=1, decoder_layers=2,  # the box heads are tied across decoder layers: >= 2
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=20, encoder_n_points=2, decoder_n_points=2,
+    )
+    GroundingDinoForObjectDetection(config).eval().save_pretrained(path)
+    GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
 def _save_sam(path: Path) -> Path:
     import torch
 
@@ -90,6 +118,7 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
         "text_encoder": _save_clip_text(folder / "clip_text"),
         "detector": _save_yolo_world(folder),
         "sam": _save_sam(folder / "sam_tiny.pth"),
+        "grounding_dino": _save_grounding_dino(folder / "grounding_dino"),
     }
 
 

@@ -199,6 +199,15 @@ def test_real_photos_through_tiny_detector_and_sam(tiny_paths):
         check_record_matches_crop(record, png, image, rle_decode(record["mask_rle"]))
 
 
+def test_grounding_dino_option_on_a_real_photo(tiny_paths):
+    s = stage(tiny_paths, *LOOSE, "subjects.detector=grounding_dino",
+              f"subjects.detector_weights={tiny_paths['grounding_dino']}", "subjects.max_boxes_per_label=1")
+    [row] = s([keyframe_row("bus.jpg", ["person", "bus", "red tie"], "a")])
+    check_subject_row(row, photo("bus.jpg").shape)
+    # every label is scored on its own tokens: a random model spreads its boxes over all three
+    assert {r["label"] for r in row["meta"]["subjects"]} == {"person", "bus", "red tie"}
+
+
 def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths):
     s = stage(tiny_paths)
     real = s.detect
