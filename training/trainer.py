@@ -124,7 +124,7 @@ def train(job: TrainJob) -> dict:
         metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard)
         batches = iter(loader)
         # Which samples each step saw, per rank: to audit a resume or trace a loss spike back to its clips.
-        seen = open(out / f"samples-rank{rank}.jsonl", "a")
+        seen = open(out / f"samples-rank{rank}.jsonl", "a", buffering=1)  # line-buffered: a kill loses nothing
         model.train()
         row = None
         b = job.data.batch_size
@@ -162,7 +162,6 @@ def train(job: TrainJob) -> dict:
             row = metrics.step(step, float(loss), n, n * tokens, n * flops, wait, extra) or row
             state.step = step
             if step % job.checkpoint.every == 0 or step == job.steps:
-                seen.flush()
                 state.data = loader.state_dict()
                 checkpointer.save(state)
         seen.close()
