@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 CLIP_S = 6.0  # enough for 45 frames at 8 fps
 CUTS = {"testvideo.mp4": [0.0, 6.0, 12.0, 18.0], "fades.mp4": [0.0, 4.0]}  # clip start times (s)
-REPEATS = 3  # best of, against noise from other work on the machine
+REPEATS = 5  # best of, against noise from other work on the machine
 PASSES = 2  # samples per measurement: every clip this many times
 
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -157,18 +157,22 @@ def main() -> None:
         base = dict(urls=[str(Path(tmp) / "ds")], batch_size=1, shuffle_buffer=4)
         cfg = data_preset("full", **base)
         samples = PASSES * len(clips)
-        runs = [time_baseline(clips, cfg) for _ in range(REPEATS)]
-        baseline = {"samples_per_s": max(r[0] for r in runs), "cpu_s_per_sample": min(r[1] for r in runs)}
+        runs = {"plain": [], 0: [], 1: [], 2: []}
+        for _ in range(REPEATS):  # interleaved, so a burst of other work hits all of them alike
+            runs["plain"].append(time_baseline(clips, cfg))
+            for workers in (0, 1, 2):
+                runs[workers].append(time_loader(data_preset("full", **base, num_workers=workers), samples))
+        best = {k: {"samples_per_s": max(r[0] for r in v), "cpu_s_per_sample": min(r[1] for r in v)}
+                for k, v in runs.items()}
+        baseline = best.pop("plain")
         print(f"plain PyAV decode ({cfg.num_frames} frames at {cfg.target_fps} fps, buckets {cfg.buckets}): "
               f"{baseline['samples_per_s']:.2f} samples/s, {baseline['cpu_s_per_sample']:.3f} CPU s/sample")
         loader = {}
-        for workers in (0, 1, 2):
-            runs = [time_loader(data_preset("full", **base, num_workers=workers), samples) for _ in range(REPEATS)]
-            cpu = min(r[1] for r in runs)
-            loader[workers] = {"samples_per_s": max(r[0] for r in runs), "cpu_s_per_sample": cpu,
-                               "samples_per_s_per_worker_core": 1 / cpu,
+        for workers, b in best.items():
+            cpu = b["cpu_s_per_sample"]
+            loader[workers] = {**b, "samples_per_s_per_worker_core": 1 / cpu,
                                "cost_over_plain_decode": cpu / baseline["cpu_s_per_sample"] - 1}
-            print(f"loader, {workers} workers: {loader[workers]['samples_per_s']:.2f} samples/s; {cpu:.3f} CPU s/sample "
+            print(f"loader, {workers} workers: {b['samples_per_s']:.2f} samples/s; {cpu:.3f} CPU s/sample "
                   f"(= {1 / cpu:.2f} samples/s per worker core): cost over plain decode "
                   f"{100 * loader[workers]['cost_over_plain_decode']:+.1f}%")
     res = {"clips": len(clips), "num_frames": cfg.num_frames, "target_fps": cfg.target_fps, "buckets": cfg.buckets,

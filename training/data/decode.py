@@ -40,7 +40,7 @@ class Sample:
     key: str
     bucket: int
     video: torch.Tensor  # (F, 3, H, W) uint8; collate converts to float once, straight into the batch
-    subjects: torch.Tensor  # (K, 4, S, S) float32 RGBA in [0, 1], K <= max_subjects
+    subjects: torch.Tensor  # (K, 4, S, S) uint8 RGBA, K <= max_subjects
     caption: str
     meta: dict
 
@@ -82,14 +82,14 @@ def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
 
 
 def decode_subject(png: bytes, size: int) -> torch.Tensor:
-    """(4, size, size) RGBA in [0, 1]: the crop fitted into the square, centred, transparent around it."""
+    """(4, size, size) uint8 RGBA: the crop fitted into the square, centred, transparent around it."""
     with Image.open(io.BytesIO(png), formats=["PNG"]) as image:
         rgba = image.convert("RGBA")
     scale = min(size / rgba.width, size / rgba.height)
     fitted = rgba.resize((max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale))), Image.BICUBIC)
     canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
-    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
 def decode_sample(raw: RawSample, cfg: DataConfig) -> Sample:
@@ -103,7 +103,7 @@ def decode_sample(raw: RawSample, cfg: DataConfig) -> Sample:
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
     pngs = [m[name] for name in (C.subject_member(k) for k in range(cfg.max_subjects)) if name in m]
     subjects = torch.stack([decode_subject(p, cfg.subject_size) for p in pngs]) if pngs else \
-        torch.zeros(0, 4, cfg.subject_size, cfg.subject_size)
+        torch.zeros(0, 4, cfg.subject_size, cfg.subject_size, dtype=torch.uint8)
     return Sample(raw.key, bucket, video, subjects, caption, meta)
 
 
@@ -117,8 +117,8 @@ def _batch_tensor(*shape: int) -> torch.Tensor:
 
 
 def collate(samples: list[Sample], max_subjects: int) -> dict:
-    """One batch of samples from the same bucket: video float32 in [-1, 1], subjects zero-padded to max_subjects
-    with a presence mask."""
+    """One batch of samples from the same bucket: video float32 in [-1, 1], subjects float32 in [0, 1] zero-padded
+    to max_subjects with a presence mask."""
     # Converting each clip into its slot of one new tensor costs no more than converting it alone: a clip is
     # ~190 MB as float at 45x480x720, and a second copy (torch.stack) would cost as much as the conversion.
     video = _batch_tensor(len(samples), *samples[0].video.shape)
@@ -130,6 +130,7 @@ def collate(samples: list[Sample], max_subjects: int) -> dict:
     subjects = _batch_tensor(len(samples), max_subjects, 4, size, size).zero_()
     for i, s in enumerate(samples):
         subjects[i, :len(s.subjects)] = s.subjects
+    subjects.div_(255)
     return {
         "key": [s.key for s in samples],
         "video": video,
