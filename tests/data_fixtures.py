@@ -97,6 +97,7 @@ def write_dataset(out: Path, clips: list[Clip], clips_per_shard: int) -> None:
 def standard_clips() -> list[Clip]:
     """Twelve clips in three aspect ratios, 0 to 3 subjects each, and one clip too short to use."""
     sizes = [(48, 32), (32, 48), (32, 32), (96, 64)]
-    clips = [Clip(f"clip-{i:02d}", *sizes[i % 4], num_subjects=i % 4, caption=f"caption of clip {i}") for i in range(11)]
+    clips = [Clip(f"clip-{i:02d}", *sizes[i % 4], num_subjects=i % 4, caption=f"caption of clip {i}")
+             for i in range(11)]
     clips.append(Clip("short", 48, 32, num_frames=2, caption="too short"))
     return clips

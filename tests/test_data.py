@@ -80,7 +80,8 @@ def test_samples_round_trip(dataset):
 
 def test_clips_go_to_the_nearest_aspect_ratio_bucket_and_batches_stack(dataset):
     buckets = [(480, 720), (720, 480), (480, 480)]
-    assert [nearest_bucket(w, h, buckets) for w, h in [(1920, 1080), (544, 1280), (1000, 1000), (700, 640)]] == [0, 1, 2, 2]
+    sizes = [(1920, 1080), (544, 1280), (1000, 1000), (700, 640)]
+    assert [nearest_bucket(w, h, buckets) for w, h in sizes] == [0, 1, 2, 2]
     loader = ShardLoader(config([dataset], batch_size=2, shuffle_buffer=4))
     for b in take(loader, 12):
         height, width = b["video"].shape[-2:]

@@ -15,7 +15,6 @@ import zlib
 from collections import Counter
 from typing import Iterator
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
