@@ -1,4 +1,5 @@
-"""python -m curation run JOB.yaml [--input URI] [--output URI] [--set key=value ...]"""
+"""python -m curation run JOB.yaml [--input URI] [--output URI] [--set key=value ...]
+python -m curation plan JOB.yaml --clips N [--hours H | --nodes N] [--bench DIR] [--out plan.json]"""
 
 from __future__ import annotations
 
@@ -20,7 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--input", help="override the job's input URI")
     r.add_argument("--output", help="override the job's output URI")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    pl = sub.add_parser("plan", help="CPU/GPU hours, cluster size, wall time and storage from the bench results")
+    pl.add_argument("job", help="job YAML file")
+    pl.add_argument("--clips", type=int, default=1_460_000, help="clips to curate (default: 1460000, the paper's set)")
+    pl.add_argument("--hours", type=float, default=72.0, help="target wall time to size the cluster for")
+    pl.add_argument("--nodes", type=int, help="plan for this many nodes instead (gives the wall time)")
+    pl.add_argument("--cpus-per-node", type=int, default=96)
+    pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--bench", default="out/bench", help="folder of the bench JSON files")
+    pl.add_argument("--out", default="out/plan.json", help="where to write the plan as JSON")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
+    if args.command == "plan":
+        return _plan(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_job(args.job, args.overrides, args.input, args.output)
@@ -39,6 +52,26 @@ def main(argv: list[str] | None = None) -> int:
     text = summary_text(result.stats, result.seconds, result.sources_total, result.sources_skipped, cpus)
     print(text)
     print(f"report: {write_report(cfg.output, Storage(cfg.storage), result.stats, text)}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plan import Cluster, PlanError, format_plan, load_bench, make_plan, to_json
+
+    try:
+        cfg = load_job(args.job, args.overrides)
+        cluster = Cluster(args.cpus_per_node, args.gpus_per_node, args.nodes)
+        plan = make_plan(load_bench(args.bench, cfg), cfg, args.clips, args.hours, cluster)
+    except (ConfigError, OSError, PlanError) as e:
+        print(f"plan error: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(plan, args.job))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_json(plan))
+    print(f"plan: {out}")
     return 0
 
 

@@ -1,0 +1,115 @@
+"""The capacity plan on small synthetic bench files: hand-computed arithmetic, the bottleneck, missing files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curation.__main__ import main
+from curation.config import load_job
+from curation.plan import Cluster, PlanError, load_bench, make_plan
+
+# 100 clips from 500 s of video on 4 cores. Busy CPU-s per clip: probe 0.1, scenes 0.5, filter 0, encode 1.4;
+# (70 - 10) s x 4 cores = 240 core-s against 200 busy: 0.4 s/clip of overhead. 5 MB of shards per clip.
+CURATION = {"clips": 100, "video_seconds": 500.0, "cores": 4, "ours_s": 70.0, "ray_start_s": 10.0,
+            "bytes_written": 500_000_000, "stage_busy_s": {"probe": 10.0, "scenes": 50.0, "filter": 0.0, "encode": 140.0}}
+# Caption prep 0.5 CPU-s/clip; caption 2 GPU-s/clip at batch 8 (1 at batch 32); subjects 0.25 GPU-s/clip.
+GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
+              "stages": {"caption_prep": {"clips_per_s": 2.0}, "caption_batch_8": {"clips_per_s": 0.5},
+                         "caption_batch_32": {"clips_per_s": 1.0}, "subjects": {"clips_per_s": 4.0}},
+              "clips_per_s_per_gpu": {"caption": 1.0, "subjects": 4.0}}
+CPU_STAGES = {"mode": "cpu, tiny models", "stages": {"caption_prep": {"clips_per_s": 2.0},
+                                                     "caption": {"clips_per_s": 3.0}, "subjects": {"clips_per_s": 3.0}}}
+
+
+def bench_dir(tmp_path: Path, curation: dict | None = CURATION, model: dict | None = GPU_STAGES) -> Path:
+    for name, data in (("curation.json", curation), ("model_stages.json", model)):
+        if data is not None:
+            (tmp_path / name).write_text(json.dumps(data))
+    return tmp_path
+
+
+def job(*overrides: str):
+    return load_job(None, ["encode.max_short_side=720", *overrides], input="-", output="-")
+
+
+def plan(tmp_path: Path, cluster: Cluster = Cluster(), clips: int = 720_000, hours: float = 10.0, **files):
+    cfg = job()
+    return make_plan(load_bench(bench_dir(tmp_path, **files), cfg), cfg, clips, hours, cluster)
+
+
+def test_hand_computed_plan(tmp_path):
+    p = plan(tmp_path)
+    per_clip = {s.stage: s.seconds_per_clip for s in p.stages}
+    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "filter": 0.0, "encode": 1.4,
+                                      "cpu overhead": 0.4, "caption_prep": 0.5, "caption": 2.0, "subjects": 0.25})
+    # 720k clips x 2.9 CPU-s = 580 CPU-h -> 58 CPUs for 10 h; x 2.25 GPU-s = 450 GPU-h -> 45 GPUs.
+    pools = {q.pool: q for q in p.pools}
+    assert pools["cpu"].hours == pytest.approx(580) and pools["cpu"].units_for_target == 58
+    assert pools["gpu"].hours == pytest.approx(450) and pools["gpu"].units_for_target == 45
+    # 45 GPUs need 6 nodes of 8; on 48 GPUs 9.375 h, on 576 CPUs about 1 h: the GPUs (captioning) bound it.
+    assert p.nodes == 6 and p.wall_hours == pytest.approx(9.375) and p.wall_hours <= 10
+    assert pools["cpu"].wall_hours == pytest.approx(580 / 576)
+    assert (p.bottleneck_pool, p.bottleneck_stage) == ("gpu", "caption")
+    assert p.video_hours == pytest.approx(720_000 * 5 / 3600)
+    assert p.shard_bytes == pytest.approx(720_000 * 5e6)
+    # Row: 300 + 256 tokens x 4 + 6 subjects x (64 + 10 B x half of a 1280-wide clip).
+    assert p.manifest_bytes == pytest.approx(720_000 * (300 + 1024 + 6 * (64 + 6400)))
+
+
+def test_caption_batch_size_picks_its_measured_rate(tmp_path):
+    cfg = job("caption.batch_size=32")
+    p = make_plan(load_bench(bench_dir(tmp_path), cfg), cfg, 720_000, 10.0, Cluster())
+    assert {q.pool: q.hours for q in p.pools}["gpu"] == pytest.approx(720_000 * 1.25 / 3600)
+    assert not any("batch_size" in n for n in p.notes)
+    cfg = job("caption.batch_size=16")  # not benchmarked: the best measured rate, said in a note
+    p = make_plan(load_bench(bench_dir(tmp_path), cfg), cfg, 720_000, 10.0, Cluster())
+    assert {s.stage: s.seconds_per_clip for s in p.stages}["caption"] == pytest.approx(1.0)
+    assert any("caption.batch_size=16 was not benchmarked" in n for n in p.notes)
+
+
+def test_bottleneck_follows_the_cluster_shape(tmp_path):
+    # One node of 8 CPUs + 8 GPUs: 580/8 = 72.5 h of CPU work against 450/8 = 56.25 h of GPU work.
+    p = plan(tmp_path, Cluster(cpus_per_node=8, gpus_per_node=8, nodes=1))
+    assert (p.bottleneck_pool, p.bottleneck_stage) == ("cpu", "encode")
+    assert p.nodes == 1 and p.wall_hours == pytest.approx(72.5)
+    p = plan(tmp_path, Cluster(cpus_per_node=16, gpus_per_node=8, nodes=1))
+    assert (p.bottleneck_pool, p.bottleneck_stage, p.wall_hours) == ("gpu", "caption", pytest.approx(56.25))
+
+
+def test_cpu_only_model_bench_leaves_gpu_stages_unmeasured(tmp_path):
+    p = plan(tmp_path, model=CPU_STAGES)
+    assert [q.pool for q in p.pools] == ["cpu"] and p.unmeasured == ["caption", "subjects"]
+    assert p.bottleneck_pool == "cpu" and p.nodes == 1
+    assert any("model_stages_bench --gpu" in n for n in p.notes)
+
+
+def test_caption_disabled_needs_no_model_bench(tmp_path):
+    cfg = job("caption.enabled=false", "subjects.enabled=false")
+    bench = load_bench(bench_dir(tmp_path, model=None), cfg)
+    assert [r.stage for r in bench.rates] == ["probe", "scenes", "filter", "encode", "cpu overhead"]
+
+
+def test_missing_files_are_named_with_their_command(tmp_path):
+    with pytest.raises(PlanError, match=r"curation\.json is missing: run `make bench`"):
+        load_bench(tmp_path, job())
+    with pytest.raises(PlanError, match=r"model_stages\.json is missing: run `python -m benchmarks\.model_stages_bench"):
+        load_bench(bench_dir(tmp_path, model=None), job())
+    old = {k: v for k, v in CURATION.items() if k != "stage_busy_s"}
+    with pytest.raises(PlanError, match="has no 'stage_busy_s'"):
+        load_bench(bench_dir(tmp_path, curation=old), job())
+
+
+def test_plan_command(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = ["plan", "jobs/cluster_curation.yaml", "--clips", "720000", "--hours", "10", "--bench"]
+    assert main([*args, str(bench_dir(tmp_path)), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bottleneck: the GPU pool, mostly caption" in printed and "2 cores" not in printed
+    assert "stage_busy_s.encode / clips (curation.json, 100 clips, 4 cores of this machine)" in printed
+    saved = json.loads(out.read_text())
+    assert saved["bottleneck_pool"] == "gpu" and saved["clips"] == 720_000
+    assert main([*args, str(tmp_path / "none")]) == 2
+    assert "none/curation.json is missing: run `make bench`" in capsys.readouterr().err
