@@ -176,8 +176,8 @@ def manifest_row_bytes(job: JobConfig) -> float:
 
 
 def make_plan(bench: Bench, job: JobConfig, clips: int, target_hours: float, cluster: Cluster) -> Plan:
-    if clips < 1 or target_hours <= 0:
-        raise PlanError("--clips must be >= 1 and --hours > 0")
+    if clips < 1 or target_hours <= 0 or (cluster.nodes is not None and cluster.nodes < 1):
+        raise PlanError("--clips and --nodes must be >= 1 and --hours > 0")
     per_node = {"cpu": cluster.cpus_per_node, "gpu": cluster.gpus_per_node}
     lines = [StageLine(r.stage, r.pool, r.seconds_per_clip, clips * r.seconds_per_clip / 3600,
                        clips * r.seconds_per_clip / 3600 / target_hours, r.source) for r in bench.rates]
@@ -191,7 +191,7 @@ def make_plan(bench: Bench, job: JobConfig, clips: int, target_hours: float, clu
     pool = max(wall, key=wall.get)
     stage = max((s for s in lines if s.pool == pool and s.stage != OVERHEAD), key=lambda s: s.hours).stage
     sources = {
-        "cpu_rates": f"measured by the bench on this machine's {bench.cores} cores (curation.json, model_stages.json)",
+        "cpu_rates": f"measured on this machine's cores ({bench.cores} in the curation bench): scale by the cluster's core speed",
         "video": f"curation.json: {bench.clips} clips from {bench.video_seconds:.1f} s of video",
     }
     shard = None

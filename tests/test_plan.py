@@ -77,6 +77,10 @@ def test_bottleneck_follows_the_cluster_shape(tmp_path):
     assert p.nodes == 1 and p.wall_hours == pytest.approx(72.5)
     p = plan(tmp_path, Cluster(cpus_per_node=16, gpus_per_node=8, nodes=1))
     assert (p.bottleneck_pool, p.bottleneck_stage, p.wall_hours) == ("gpu", "caption", pytest.approx(56.25))
+    with pytest.raises(PlanError, match="--nodes must be >= 1"):
+        plan(tmp_path, Cluster(nodes=0))
+    with pytest.raises(PlanError, match="no GPUs"):
+        plan(tmp_path, Cluster(gpus_per_node=0))
 
 
 def test_cpu_only_model_bench_leaves_gpu_stages_unmeasured(tmp_path):
