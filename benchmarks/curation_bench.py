@@ -136,7 +136,8 @@ def main() -> None:
     print(f"{len(videos)} videos ({len(real_videos())} real, {MONTAGES} montages of them), {total_s:.1f} s of video, {CPUS} cores")
 
     # Scenes as PySceneDetect makes them: no minimum beyond its own 15 frames, no maximum.
-    overrides = ["scenes.min_clip_s=0.01", "scenes.max_clip_s=100000", "scenes.min_scene_s=0.5",
+    # The CPU half only: the model stages have their own benchmark (benchmarks/model_stages_bench.py).
+    overrides = ["caption.enabled=false", "scenes.min_clip_s=0.01", "scenes.max_clip_s=100000", "scenes.min_scene_s=0.5",
                  f"encode.preset={PRESET}", f"encode.crf={CRF}", f"ray.num_cpus={CPUS}", "ray.progress_interval_s=1000"]
     cfg = load_job(None, overrides, input=str(listing), output=str(work / "ours"))
     t_ray, _ = timed(lambda: init_ray(cfg))
@@ -182,6 +183,7 @@ def main() -> None:
         "clips_per_s": n / t_ours, "video_s_per_s_per_core": total_s / t_ours / CPUS,
         "steady_video_s_per_s_per_core": total_s / t_steady / CPUS,
         "stage_busy_s": {name: c[3] for name, c in result.stage_counts.items()},
+        "bytes_written": result.stats.bytes_written,
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
     print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")

@@ -68,7 +68,9 @@ class CinemaModel(nn.Module):
         from cinema_model.convert import load_cogvideox_into
 
         if self.aligner is not None and self.cfg.aligner.pretrained:
-            self.aligner.load_state_dict(load_file(self.cfg.aligner.pretrained))
+            # A bare AlignerNet state dict, or the trained-weights file of an `aligner` training run.
+            state = load_file(self.cfg.aligner.pretrained)
+            self.aligner.load_state_dict({k.removeprefix("aligner."): v for k, v in state.items()})
         if self.dit is not None and self.cfg.dit.init_from:
             load_cogvideox_into(self.dit, self.cfg.dit.init_from, self.cfg.dit.init_subfolder)
 

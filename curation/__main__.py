@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run
     from .storage import Storage
 
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except ConfigError as e:  # the job does not fit the cluster it runs on
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     if result.sources_total and result.sources_total == result.sources_skipped:
         print("nothing to do: every source is already done")
         return 0

@@ -12,18 +12,20 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
+from cinema_model.typed_config import ConfigError
+
 from .config import JobConfig
-from .stages import CPU_STAGES, Row, Stage
+from .stages import Row, Stage, pipeline
 from .storage import Storage
 from .writer import DatasetWriter, RunStats
 
 log = logging.getLogger("curation")
 
-# One Arrow schema for every row between stages, so block schemas never drift. `frames` carries encoded images a
-# model stage reads (sampled clip frames), `pngs` the subject crops the writer stores.
+# One Arrow schema for every row between stages, so block schemas never drift. `frames` and `keyframe` carry
+# encoded images the model stages read, `pngs` the subject crops the writer stores.
 ROW_SCHEMA = pa.schema([
     ("kind", pa.string()), ("source_uri", pa.string()), ("meta", pa.string()), ("mp4", pa.binary()),
-    ("frames", pa.list_(pa.binary())), ("pngs", pa.list_(pa.binary())),
+    ("frames", pa.list_(pa.binary())), ("keyframe", pa.binary()), ("pngs", pa.list_(pa.binary())),
 ])
 _BLOCK_BYTES = 64 << 20  # a chain hands rows on in blocks of about this size, so a long video streams
 
@@ -93,7 +95,8 @@ class Chain:
         block, size = [], 0
         for row in rows:
             block.append(row)
-            size += len(row.get("mp4") or b"") + sum(map(len, row.get("frames") or ())) + sum(map(len, row.get("pngs") or ()))
+            size += sum(len(row.get(k) or b"") for k in ("mp4", "keyframe")) + sum(
+                len(b) for k in ("frames", "pngs") for b in row.get(k) or ())
             if size >= _BLOCK_BYTES:
                 yield to_table(block)
                 block, size = [], 0
@@ -112,16 +115,16 @@ def _chain_task(table: pa.Table, stage_classes: tuple, cfg: JobConfig, progress)
     yield from chain(table)
 
 
-def chains(stages) -> list[tuple[type[Stage], ...]]:
+def chains(stages: list[Stage]) -> list[list[Stage]]:
     """Group consecutive stages into chains, each one Ray Data operator: CPU stages together, GPU stages together
     when they need the same GPU share (a source then goes from probe to encoded clips in one worker)."""
-    groups: list[list] = []
+    groups: list[list[Stage]] = []
     for stage in stages:
         if groups and groups[-1][-1].num_gpus == stage.num_gpus:
             groups[-1].append(stage)
         else:
             groups.append([stage])
-    return [tuple(g) for g in groups]
+    return groups
 
 
 def init_ray(cfg: JobConfig) -> None:
@@ -147,19 +150,28 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
         ray.data.from_arrow(rows).repartition(4 * cpus)
     )
     gpus = ray.cluster_resources().get("GPU", 0)
-    for group in chains(stages):
-        num_cpus, num_gpus = max(s.num_cpus for s in group), group[0].num_gpus
+    # Resources may come from the config (a caption stage's GPUs, batch size): read them from instances, which
+    # are cheap to make (models load in setup(), in the workers).
+    for group in chains([cls(cfg) for cls in stages]):
+        num_cpus, num_gpus, batch_size = max(s.num_cpus for s in group), group[0].num_gpus, group[0].batch_size
+        classes = tuple(type(s) for s in group)
+        if num_gpus > gpus:
+            # Ray would wait for ever for a GPU that never comes: say so instead.
+            names = ", ".join(s.name for s in group)
+            raise ConfigError(f"stage(s) {names} need {num_gpus:g} GPU(s) per worker but the Ray cluster has "
+                               f"{gpus:g}: add GPU nodes, or run them on CPU with caption.num_gpus=0 and "
+                               "subjects.num_gpus=0")
         if num_gpus:
             # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
             ds = ds.map_batches(
-                Chain, fn_constructor_args=(group, cfg, progress), batch_size=group[0].batch_size,
+                Chain, fn_constructor_args=(classes, cfg, progress), batch_size=batch_size,
                 batch_format="pyarrow", num_cpus=num_cpus, num_gpus=num_gpus,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // num_gpus))),
             )
         else:
             # One source (or one input row) per task: the chain then streams its clips out block by block.
             ds = ds.map_batches(
-                _chain_task, fn_args=(group, cfg, progress), batch_size=group[0].batch_size,
+                _chain_task, fn_args=(classes, cfg, progress), batch_size=batch_size,
                 batch_format="pyarrow", num_cpus=num_cpus,
             )
     return ds
@@ -188,7 +200,7 @@ def _progress_printer(progress, writer: DatasetWriter, t0: float, interval: floa
         print(f"[{elapsed:6.0f}s] " + " | ".join(parts) + f" | written {s.clips_written} clips in {s.shards_written} shards", flush=True)
 
 
-def run(cfg: JobConfig, stages=CPU_STAGES) -> RunResult:
+def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     import ray
 
     t0 = time.time()
@@ -206,7 +218,7 @@ def run(cfg: JobConfig, stages=CPU_STAGES) -> RunResult:
     init_ray(cfg)
     try:
         progress = ray.remote(num_cpus=0)(Progress).remote()
-        ds = build_dataset(sources, cfg, stages, progress)
+        ds = build_dataset(sources, cfg, stages if stages is not None else pipeline(cfg), progress)
         stop = threading.Event()
         printer = threading.Thread(
             target=_progress_printer, args=(progress, writer, t0, cfg.ray.progress_interval_s, stop), daemon=True

