@@ -1,44 +1,119 @@
-"""make demo: the main job on the embedded default.
+"""make demo: the main job end to end on the embedded default, on this machine alone.
 
-Starts an S3-compatible server on loopback, curates the sample videos into a bucket on it, and prints where the
-report is. (Later parts of the system - captions, subjects, training, generation - join this demo as they land.)
+1. builds the tiny models (curation's captioner, detector and SAM; the CINEMA model's frozen parts) offline;
+2. starts an S3-compatible server on loopback and curates the sample videos into s3://cinema/dataset with every
+   stage (scenes, clips, captions, subjects);
+3. trains the tiny CINEMA model with 2 FSDP2 ranks (gloo) streaming those shards from the bucket;
+4. generates a video from a prompt and two subject crops taken out of the dataset;
+and prints where the report, the contact sheets, the loss curve and the video are.
 """
 
 from __future__ import annotations
 
+import io
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
-from .loopback_s3 import loopback_s3
+from .loopback_s3 import free_port, loopback_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 OUT = ROOT / "out" / "demo"
+CINEMA_TINY = ROOT / "out" / "tiny_checkpoints"
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def build_tiny_models() -> dict:
+    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
+    from curation.tiny_models import save_tiny_models
+
+    paths = save_tiny_models(OUT / "tiny_models")
+    save_tiny_checkpoints(CINEMA_TINY)
+    return paths
+
+
+def curate(endpoint: str, paths: dict) -> int:
+    from curation.__main__ import main as curation_main
+    from curation.tiny_models import tiny_overrides
+
+    sets = [f"storage.endpoint_url={endpoint}", *tiny_overrides(paths, fixed_answer=True)]
+    return curation_main(["run", str(ROOT / "jobs" / "demo_curation.yaml"), "--input", str(VIDEOS),
+                          "--output", "s3://cinema/dataset", *[a for s in sets for a in ("--set", s)]])
+
+
+def train(endpoint: str) -> None:
+    run_dir = OUT / "train"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: the demo's checkpoints would otherwise resume
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "training", str(ROOT / "jobs" / "train_demo.yaml"),
+           "--set", f"data.endpoint_url={endpoint}", "--set", f"out_dir={run_dir}",
+           "--set", f"model.checkpoints={CINEMA_TINY}"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def subject_crops(storage, count: int = 2) -> tuple[str, list[Path]]:
+    """The caption and ``count`` subject crops of the first clip in the dataset that has that many subjects."""
+    from curation import contract as C
+    from curation.writer import read_parquet_dir
+
+    rows = read_parquet_dir(storage, "s3://cinema/dataset/manifest", C.MANIFEST_SCHEMA).to_pylist()
+    clip = next((r for r in rows if len(r["subjects"]) >= count), None)
+    if clip is None:
+        raise SystemExit(f"no clip in the dataset has {count} subjects")
+    wanted = {f"{clip['clip_id']}.{C.subject_member(k)}": k for k in range(count)}
+    crops = [OUT / f"subject_{k}.png" for k in range(count)]
+    with storage.open(f"s3://cinema/dataset/shards/{clip['shard']}.tar") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:  # streamed; member bytes are read, never extracted to the paths they name
+            if member.name in wanted:
+                crops[wanted[member.name]].write_bytes(tar.extractfile(member).read())
+    return clip["caption"], crops
+
+
+def generate(prompt: str, crops: list[Path]) -> None:
+    from cinema_model.__main__ import main as cinema_main
+
+    cinema_main(["generate", "--preset", "tiny", "--checkpoints", str(CINEMA_TINY),
+                 "--weights", str(OUT / "train" / "trained.safetensors"), "--prompt", prompt,
+                 *[a for c in crops for a in ("--subject", str(c))], "--out", str(OUT / "video.mp4")])
 
 
 def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    step("1/4 building the tiny models (offline)")
+    paths = build_tiny_models()
     with loopback_s3("demo") as endpoint:
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cinema")
-        from curation.__main__ import main as curation_main
-
-        rc = curation_main(["run", str(ROOT / "jobs" / "demo_curation.yaml"), "--input", str(VIDEOS),
-                            "--output", "s3://cinema/dataset", "--set", f"storage.endpoint_url={endpoint}"])
+        step(f"2/4 curating {VIDEOS} into s3://cinema/dataset on {endpoint}")
+        rc = curate(endpoint, paths)
         if rc:
             return rc
-        # The bucket disappears with the server: keep a local copy of what people look at.
         from curation.config import StorageConfig
         from curation.storage import Storage
 
         storage = Storage(StorageConfig(endpoint_url=endpoint))
-        OUT.mkdir(parents=True, exist_ok=True)
+        # The bucket disappears with the server: keep a local copy of what people look at.
         for name in ("report.html", "contact_sheet.png"):
             (OUT / name).write_bytes(storage.read_bytes(f"s3://cinema/dataset/{name}"))
-        shards = storage.list("s3://cinema/dataset/shards", ".tar")
-        print(f"\ndataset written to s3://cinema/dataset on {endpoint}: {len(shards)} shard(s)")
-        print(f"report:        {OUT / 'report.html'}")
-        print(f"contact sheet: {OUT / 'contact_sheet.png'}")
+        step("3/4 training the tiny CINEMA model: 2 FSDP2 ranks streaming the shards from the bucket")
+        train(endpoint)
+        caption, crops = subject_crops(storage)
+    step(f"4/4 generating a video for {caption!r} with two subject crops from the dataset")
+    generate(caption, crops)
+    print("\ndone:")
+    print(f"  curation report:        {OUT / 'report.html'}")
+    print(f"  clips contact sheet:    {OUT / 'contact_sheet.png'}")
+    print(f"  loss curve:             {OUT / 'train' / 'loss_curve.png'}")
+    print(f"  trained weights:        {OUT / 'train' / 'trained.safetensors'}")
+    print(f"  generated video:        {OUT / 'video.mp4'} (a tiny model trained for seconds: expect noise)")
+    print(f"  generation sheet:       {OUT / 'video.png'}  (subjects left, frames right)")
     return 0
 
 
