@@ -22,8 +22,14 @@ test: setup
 demo: setup
 	$(BIN)/python -m jobs.demo
 
+# CPU benchmarks; each prints ratios against a baseline run in the same script and writes out/bench/*.json.
+# GPU figures: python -m benchmarks.model_bench --gpu-only, python -m benchmarks.model_stages_bench --gpu and
+# python -m benchmarks.train_bench, on a GPU machine.
 bench: setup
 	$(BIN)/python -m benchmarks.curation_bench
+	$(BIN)/python -m benchmarks.loader_bench
+	$(BIN)/python -m benchmarks.model_bench
+	$(BIN)/python -m benchmarks.model_stages_bench
 
 clean:
 	rm -rf out

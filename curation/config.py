@@ -128,7 +128,7 @@ class CaptionConfig:
 class SubjectsConfig:
     """Open-vocabulary detection of the caption's subjects on the clip's middle frame, SAM masks, clean-up."""
 
-    enabled: bool = True
+    enabled: bool = True  # runs only when captioning runs too: the labels come from the caption
     detector: Literal["yolo_world", "grounding_dino"] = "yolo_world"
     # yolo_world: an ultralytics .pt (e.g. yolov8x-worldv2.pt); grounding_dino: a transformers hub id or folder.
     detector_weights: str = "yolov8x-worldv2.pt"
@@ -182,8 +182,6 @@ class JobConfig:
             raise ConfigError("input: no input given (set it in the job file or pass --input)")
         if not self.output:
             raise ConfigError("output: no output given (set it in the job file or pass --output)")
-        if self.subjects.enabled and not self.caption.enabled:
-            raise ConfigError("subjects.enabled needs caption.enabled: the subject labels come from the caption")
 
 
 def load_job(path: str | None, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobConfig:

@@ -15,7 +15,7 @@ MODEL_STAGES = (CaptionPrepStage, CaptionStage, SubjectStage)
 
 
 def enabled_model_stages(cfg: JobConfig) -> list[type[Stage]]:
-    """The model stages this job runs (config validation ensures subjects never run without captions)."""
+    """The model stages this job runs; subjects only with captions, which give their labels."""
     if not cfg.caption.enabled:
         return []
     return [CaptionPrepStage, CaptionStage] + ([SubjectStage] if cfg.subjects.enabled else [])
