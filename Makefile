@@ -28,6 +28,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.curation_bench
 	$(BIN)/python -m benchmarks.loader_bench
+	$(BIN)/python -m benchmarks.fsdp_bench
 	$(BIN)/python -m benchmarks.model_bench
 	$(BIN)/python -m benchmarks.model_stages_bench
 

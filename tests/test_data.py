@@ -66,16 +66,15 @@ def test_samples_round_trip(dataset):
         assert b["num_subjects"].tolist() == [clip.num_subjects]
         assert b["subject_mask"].tolist() == [[k < clip.num_subjects for k in range(6)]]
         subjects = b["subjects"][0]
-        assert subjects.shape == (6, 4, 32, 32) and subjects.dtype == torch.float32
+        assert subjects.shape == (6, 4, 32, 32) and subjects.dtype == torch.uint8
         assert not subjects[clip.num_subjects:].any()  # padding
         for k in range(clip.num_subjects):  # an opaque red disc, transparent corners
-            assert subjects[k, 3, 16, 16] == 1 and subjects[k, 3, 0, 0] == 0
-            assert subjects[k, 0, 16, 16] > 0.8 and subjects[k, 1, 16, 16] < 0.1
+            assert subjects[k, 3, 16, 16] == 255 and subjects[k, 3, 0, 0] == 0
+            assert subjects[k, 0, 16, 16] > 204 and subjects[k, 1, 16, 16] < 26
         video = b["video"][0]
-        assert video.dtype == torch.float32 and video.shape[:2] == (3, 3)
-        assert -1 <= video.min() and video.max() <= 1
-        levels = video[:, :, :, -1].mean(dim=(1, 2))  # right edge: the grey part
-        assert torch.allclose(levels, torch.tensor([frame_level(i) / 127.5 - 1 for i in range(3)]), atol=0.03)
+        assert video.dtype == torch.uint8 and video.shape[:2] == (3, 3)
+        levels = video[:, :, :, -1].float().mean(dim=(1, 2))  # right edge: the grey part
+        assert torch.allclose(levels, torch.tensor([float(frame_level(i)) for i in range(3)]), atol=4)
 
 
 def test_clips_go_to_the_nearest_aspect_ratio_bucket_and_batches_stack(dataset):

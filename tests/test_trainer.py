@@ -118,3 +118,20 @@ def test_tiny_model_learns_on_curated_clips(curated, tmp_path):
     first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(36, 41)) / 5
     assert last < 0.75 * first, loss  # a trainer that does not learn stays near the first value (~1.5)
     assert (out / "loss_curve.png").stat().st_size > 5_000
+
+
+def test_subject_crops_become_letterboxed_rgb_on_white():
+    import torch
+
+    from training.batch import subjects_for_model
+
+    rgba = torch.zeros(1, 6, 4, 8, 8)
+    rgba[0, 0, 0] = 1.0  # an opaque red square
+    rgba[0, 0, 3] = 1.0
+    rgba[0, 1, 1] = 1.0  # a fully transparent green one: background only
+    out = subjects_for_model(rgba, torch.tensor([2]), 16, 32)
+    assert out.shape == (1, 2, 3, 16, 32)  # padded slots beyond the largest count are dropped
+    red, clear = out[0, 0], out[0, 1]
+    assert torch.allclose(red[:, 8, 16], torch.tensor([1.0, -1.0, -1.0]), atol=1e-4)  # centre: red
+    assert torch.allclose(red[:, 8, 2], torch.ones(3))  # letterbox margin: white
+    assert torch.allclose(clear, torch.ones_like(clear), atol=1e-4)  # transparent: white everywhere

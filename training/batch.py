@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 
 def subjects_for_model(rgba: torch.Tensor, counts: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, K, 4, S, S) RGBA crops in [0, 1] -> (B, k, 3, height, width) in [-1, 1], k = the batch's largest count:
+    """(B, K, 4, S, S) RGBA crops, float in [0, 1] -> (B, k, 3, height, width) in [-1, 1], k = the batch's largest count:
     composited on white and letterboxed into the frame on white, as ``cinema_model.subjects.subject_tensor`` does
     for single images at generation time."""
     b, _, _, s, _ = rgba.shape
@@ -23,13 +23,16 @@ def subjects_for_model(rgba: torch.Tensor, counts: torch.Tensor, height: int, wi
     return (rgb * 2 - 1).reshape(b, k, 3, height, width)
 
 
-def model_batch(batch: dict) -> dict:
-    video = batch["video"]
+def model_batch(batch: dict, device: torch.device) -> dict:
+    """The loader's uint8 pixels become floats on ``device``: the copy moves 4x fewer bytes, and on a GPU the
+    conversion is free."""
+    video = batch["video"].to(device, non_blocking=True).float().div_(127.5).sub_(1)
+    rgba = batch["subjects"].to(device, non_blocking=True).float().div_(255)
     height, width = video.shape[-2:]
     return {
         "video": video,
         "captions": list(batch["caption"]),
-        "subjects": subjects_for_model(batch["subjects"], batch["num_subjects"], height, width),
+        "subjects": subjects_for_model(rgba, batch["num_subjects"].to(device), height, width),
         "num_subjects": batch["num_subjects"],
     }
 

@@ -139,7 +139,7 @@ def train(job: TrainJob) -> dict:
                     parts = model.aligner_loss(list(batch["caption"]))
                 else:
                     gens = sample_generators(job.seed, step, micro, rank * b, len(batch["key"]))
-                    parts = model.loss(model_batch(batch), gens)
+                    parts = model.loss(model_batch(batch, device), gens)
                 (parts["loss"] / job.grad_accum).backward()
                 losses.append(parts["loss"].detach())
                 seen.write(json.dumps({"step": step, "micro": micro, "keys": list(batch["key"])}) + "\n")

@@ -13,8 +13,8 @@ from .stream import ShardStream
 
 
 class ShardLoader:
-    """Batches for one rank; each is a dict with ``key`` (list of B str), ``video`` (B, F, 3, H, W) float32 in
-    [-1, 1] (H, W: one bucket), ``subjects`` (B, max_subjects, 4, S, S) float32 RGBA in [0, 1] zero-padded,
+    """Batches for one rank; each is a dict with ``key`` (list of B str), ``video`` (B, F, 3, H, W) uint8
+    (H, W: one bucket), ``subjects`` (B, max_subjects, 4, S, S) uint8 RGBA zero-padded,
     ``num_subjects`` (B,) int64, ``subject_mask`` (B, max_subjects) bool, ``caption`` (list of B str) and
     ``meta`` (list of B dicts: the manifest row).
 
