@@ -89,6 +89,7 @@ class DatasetWriter:
         self.error_keys: set[tuple] = set()
         self.done: dict[str, str] = {}  # uri -> "ok" | "error"
         self._sources: dict[str, _Source] = {}
+        self._seen: set[str] = set()  # clip ids settled or pending in this run
         self._errors: list[dict] = []
         self._next_index = 0
         self._tar: tarfile.TarFile | None = None
@@ -129,6 +130,12 @@ class DatasetWriter:
     # -- streaming ------------------------------------------------------------------------------------------
     def add(self, row: Row) -> None:
         kind, uri, meta = row["kind"], row["source_uri"], row["meta"]
+        clip_id = meta.get("clip_id") if kind in ("clip", "dropped", "error") else None
+        if clip_id is not None:
+            if clip_id in self._seen:  # sent again by a task Ray retried after its worker died: count it once
+                self.stats.clips_duplicate += kind == "clip"
+                return
+            self._seen.add(clip_id)
         src = self._sources.setdefault(uri, _Source())
         if kind == "clip":
             self.stats.motion_all.append(meta["motion"])

