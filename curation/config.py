@@ -167,6 +167,7 @@ class JobConfig:
     extensions: list[str] = field(default_factory=lambda: [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"])
     limit: int | None = None  # process at most this many sources (after resume skips done ones)
     retry_errors: bool = False  # on rerun, retry sources that failed before instead of skipping them
+    max_source_pixels: int = 7680 * 4320  # larger frames (8K UHD) are refused at probe: decoding them costs GBs
     storage: StorageConfig = field(default_factory=StorageConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)

@@ -107,9 +107,15 @@ def _bgr(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="bgr24")
 
 
-def probe(uri: str, storage: Storage) -> VideoInfo:
-    """Container metadata plus one decoded frame (proves the stream decodes and gives the rotation)."""
+def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInfo:
+    """Container metadata plus one decoded frame (proves the stream decodes and gives the rotation). A stream whose
+    header declares more than ``max_pixels`` per frame is refused before any frame is decoded: a hostile or broken
+    header must not make a worker allocate gigabytes."""
     with open_video(uri, storage) as (container, stream):
+        declared = stream.codec_context.width * stream.codec_context.height
+        if max_pixels is not None and declared > max_pixels:
+            raise VideoError(f"frame size {stream.codec_context.width}x{stream.codec_context.height} is above the "
+                             f"limit of {max_pixels} pixels (max_source_pixels)")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
             raise VideoError("the video stream has no frame rate")

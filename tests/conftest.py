@@ -33,7 +33,22 @@ def write_bad_inputs(d: Path) -> Path:
     (d / "random.mp4").write_bytes(random.Random(0).randbytes(50_000))
     (d / "text.mp4").write_text("this is not a video\n" * 100)
     (d / "truncated.mp4").write_bytes((VIDEOS / "testvideo.mp4").read_bytes()[:40_000])
+    write_huge_frame_video(d / "huge.mp4")
     return d
+
+
+def write_huge_frame_video(path: Path) -> None:
+    """One black 8704x4352 frame (38 Mpx, above the 8K UHD limit): tiny on disk, gigabytes to decode in bulk."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=1)
+        s.width, s.height, s.pix_fmt, s.options = 8704, 4352, "yuv420p", {"preset": "ultrafast", "crf": "40"}
+        frame = av.VideoFrame(8704, 4352, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        out.mux(s.encode(frame))
+        out.mux(s.encode(None))
 
 
 @pytest.fixture
@@ -42,7 +57,7 @@ def bad_inputs(tmp_path):
 
 
 GOOD = ["counter.mp4", "testvideo.mp4", "fades.mp4", "delayed_start.mp4", "issue-134-rotate.mp4"]
-BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "missing.mp4"]
+BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "huge.mp4", "missing.mp4"]
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,15 @@ from .pipeline_helpers import check_contract, errors, manifest
 def test_every_source_is_accounted_for(curated):
     cfg, result, inputs = curated
     s = result.stats
-    assert result.sources_total == len(inputs) == 11
-    assert s.sources_done + s.sources_failed == 11
+    assert result.sources_total == len(inputs) == 12
+    assert s.sources_done + s.sources_failed == 12
     errs = errors(cfg.output).to_pylist()
     by_name = {e["uri"].rsplit("/", 1)[-1]: e for e in errs}
     assert sorted(by_name) == sorted(BAD), errs
     assert all(e["stage"] == "probe" and e["clip_id"] is None for e in errs)
     assert "file not found" in by_name["missing.mp4"]["message"]
     assert "not a readable video" in by_name["random.mp4"]["message"]
+    assert "8704x4352 is above the limit" in by_name["huge.mp4"]["message"]
     assert all(e["message"] and len(e["message"]) < 300 for e in errs)
 
 
@@ -67,7 +68,7 @@ def test_report_and_contact_sheet(curated):
     from curation.storage import Storage
 
     cfg, result, _ = curated
-    uri = write_report(cfg.output, Storage(), result.stats, summary_text(result.stats, result.seconds, 11, 0, 2))
+    uri = write_report(cfg.output, Storage(), result.stats, summary_text(result.stats, result.seconds, 12, 0, 2))
     page = Path(uri).read_text()
     assert "Sample clips" in page and "Errors" in page and "missing.mp4" in page
     assert page.count("data:image/png;base64") == 4  # 3 histograms + contact sheet
@@ -78,7 +79,7 @@ def test_rerun_of_finished_job_is_a_noop(curated):
     cfg, _, _ = curated
     before = {p: p.stat().st_mtime_ns for p in Path(cfg.output).rglob("*") if p.is_file() and p.name != "report.html"}
     result = run(cfg)
-    assert result.sources_skipped == result.sources_total == 11
+    assert result.sources_skipped == result.sources_total == 12
     after = {p: p.stat().st_mtime_ns for p in Path(cfg.output).rglob("*") if p.is_file() and p.name != "report.html"}
     assert before == after
 

@@ -148,7 +148,8 @@ def test_fps_resampling_and_resize():
 
 
 @pytest.mark.parametrize("name, message", [("zero.mp4", "not a readable video"), ("random.mp4", "not a readable video"),
-                                           ("text.mp4", "not a readable video"), ("missing.mp4", "file not found")])
+                                           ("text.mp4", "not a readable video"), ("missing.mp4", "file not found"),
+                                           ("huge.mp4", "8704x4352 is above the limit of 33177600")])
 def test_bad_files_raise_clear_errors(bad_inputs, name, message):
     with pytest.raises(VideoError, match=message):
-        probe(str(bad_inputs / name), ST)
+        probe(str(bad_inputs / name), ST, max_pixels=7680 * 4320)

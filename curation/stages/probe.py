@@ -21,7 +21,7 @@ class ProbeStage(Stage):
 
     def process(self, row: Row) -> list[Row]:
         uri = row["source_uri"]
-        info = probe(uri, self.storage)
+        info = probe(uri, self.storage, self.cfg.max_source_pixels)
         sha1 = hashlib.sha1()
         with self.storage.open(uri) as f:
             while chunk := f.read(1 << 22):
