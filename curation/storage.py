@@ -8,10 +8,12 @@ import uuid
 from typing import IO
 
 import fsspec
+from botocore.exceptions import BotoCoreError
 
 from .config import StorageConfig
 
-_RETRYABLE = (ConnectionError, TimeoutError, OSError)
+# botocore's connection errors (endpoint unreachable, read timeouts) are not OSErrors.
+_RETRYABLE = (ConnectionError, TimeoutError, OSError, BotoCoreError)
 
 
 def is_local(uri: str) -> bool:

@@ -28,3 +28,37 @@ def test_curation_from_and_to_object_storage(s3_server, tmp_path):
     assert any(k.startswith("curated/shards/part-") and k.endswith(".tar") for k in keys)
     assert not any(k.endswith(".tmp") for k in keys), "temporary objects left behind"
     assert sum(k.startswith("curated/done/") for k in keys) == 3
+
+
+def test_storage_rides_out_a_brief_outage_and_names_the_object_after_a_long_one(s3_server):
+    """The object store goes away: a write retries through a short outage, and after a long one fails with one
+    error naming the object (the writer then stops; a rerun resumes)."""
+    import threading
+    import time
+
+    import pytest
+    from moto.server import ThreadedMotoServer
+
+    from jobs.loopback_s3 import free_port
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="flaky")
+    storage = Storage(StorageConfig(endpoint_url=endpoint))
+    server.stop()  # down: connections are refused
+
+    def come_back():
+        time.sleep(0.8)
+        server.__init__(ip_address="127.0.0.1", port=port)  # the same store (moto keeps its state per process)
+        server.start()
+
+    threading.Thread(target=come_back).start()
+    storage.write_atomic("s3://flaky/a.bin", b"x" * 100)
+    assert storage.read_bytes("s3://flaky/a.bin") == b"x" * 100
+    server.stop()
+    t = time.time()
+    with pytest.raises(OSError, match=r"s3://flaky/b.bin: storage error after 4 attempts"):
+        storage.write_atomic("s3://flaky/b.bin", b"y")
+    assert time.time() - t < 60  # gives up in bounded time instead of hanging
