@@ -74,25 +74,37 @@ def s3_dataset(s3_server, tmp_path_factory):
     return s3_server, "s3://train/ds"
 
 
-def test_kill_and_resume_continues_the_same_losses_and_samples(s3_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def reference_run(s3_dataset, tmp_path_factory):
+    """An uninterrupted 6-step run on 2 ranks, and the arguments it ran with."""
     endpoint, url = s3_dataset
     args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", f"data.urls=[{url}]",
             f"data.endpoint_url={endpoint}", "optim.lr=1e-3"]
-    reference = tmp_path / "reference"
-    subprocess.run(train_cmd(reference, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    out = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return out, args
 
+
+@pytest.mark.parametrize("victim", ["every process", "rank 1 alone"])
+def test_kill_and_resume_continues_the_same_losses_and_samples(reference_run, victim, tmp_path):
+    reference, args = reference_run
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(train_cmd(resumed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    # Kill every process of the run (launcher and both ranks) as soon as it has checkpointed step 2.
+    # Kill as soon as the run has checkpointed step 2: every process (launcher and both ranks), or one rank,
+    # after which torchrun stops the other and fails.
     while not (resumed / "checkpoints" / "step-00000002").is_dir():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.02)
     launcher = psutil.Process(proc.pid)
-    for p in [*launcher.children(recursive=True), launcher]:  # torchrun starts each rank in its own session
-        p.kill()
-    proc.wait()
+    ranks = launcher.children(recursive=True)  # torchrun starts each rank in its own session
+    if victim == "every process":
+        for p in [*ranks, launcher]:
+            p.kill()
+    else:
+        next(p for p in ranks if p.environ().get("RANK") == "1").kill()
+    assert proc.wait(timeout=120) != 0
     last = max(int(p.name[5:]) for p in (resumed / "checkpoints").glob("step-????????"))
     assert last < 6, "the run finished before the kill"
     subprocess.run(train_cmd(resumed, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
