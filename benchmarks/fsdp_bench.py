@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,15 +18,10 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.train_bench import write_dataset
+from jobs.loopback_s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, STEPS, FRAMES, HEIGHT, WIDTH = 4, 12, 17, 64, 96
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(ranks: int, work: Path, checkpoints: Path) -> float:

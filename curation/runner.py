@@ -70,7 +70,7 @@ def _chunks(rows: Iterable[Row], size: int | None) -> Iterator[list[Row]]:
 
 
 class Chain:
-    """Consecutive stages with the same resources, run in one Ray worker as a stream of generators: a source
+    """Consecutive stages grouped by `chains`, run in one Ray worker as a stream of generators: a source
     goes from probe to encoded clips without leaving the process, and each stage sees batches of its own size."""
 
     def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress):

@@ -11,6 +11,7 @@ from torch import nn
 from cinema_model.config import preset
 from cinema_model.model import CinemaModel
 from training.batch import sample_generators
+from training.checkpoint import clean_fqn
 from training.parallelize import parallelize
 from training.trainer import distributed
 
@@ -47,7 +48,7 @@ def main(checkpoints: str) -> None:
         local = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
         grads = step_grads(model, trained, local, rank * n)
         if rank == 0:
-            clean = {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in grads.items()}
+            clean = {clean_fqn(k): v for k, v in grads.items()}
             assert sorted(clean) == sorted(reference), "parameter names differ"
             diff = max(float((clean[k] - reference[k]).abs().max()) for k in reference)
             scale = max(float(reference[k].abs().max()) for k in reference)

@@ -12,11 +12,12 @@ import boto3
 import psutil
 import pytest
 
+from jobs.loopback_s3 import free_port
+
 from .data_fixtures import Clip, write_dataset
 from .model_fixtures import tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
 
 # Tiny model, tiny clips: 9 frames at 32x32, two subjects at most.
 TINY = ["model.preset=tiny", "data.num_frames=9", "data.target_fps=null", "data.buckets=[[32,32]]",
@@ -24,18 +25,16 @@ TINY = ["model.preset=tiny", "data.num_frames=9", "data.target_fps=null", "data.
         "metrics.tensorboard=false", "optim.warmup_steps=0", "parallel.param_dtype=float32"]
 
 
+def torchrun(ranks: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}"]
+
+
 def train_cmd(out: Path, *overrides: str, ranks: int = 2) -> list[str]:
-    launcher = TORCHRUN[:3] + [f"--nproc_per_node={ranks}", f"--master_port={_port()}", TORCHRUN[4]] if ranks > 1 \
-        else [sys.executable]
+    launcher = torchrun(ranks) if ranks > 1 else [sys.executable]
     sets = [a for o in (*TINY, f"model.checkpoints={tiny_checkpoints()}", f"out_dir={out}", *overrides)
             for a in ("--set", o)]
     return [*launcher, "-m", "training", *sets]
-
-
-def _port() -> int:
-    from jobs.loopback_s3 import free_port
-
-    return free_port()
 
 
 def metrics(out: Path) -> dict[int, float]:
@@ -51,7 +50,7 @@ def samples(out: Path, rank: int) -> dict[tuple[int, int], list[str]]:
 
 
 def test_fsdp_two_ranks_match_single_process_gradients():
-    cmd = TORCHRUN + [f"--master_port={_port()}", "-m", "tests.fsdp_grad_worker", tiny_checkpoints()]
+    cmd = torchrun(2) + ["-m", "tests.fsdp_grad_worker", tiny_checkpoints()]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("GRADS-MATCH")), None)
     assert line, out.stdout[-2000:] + out.stderr[-3000:]

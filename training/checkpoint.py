@@ -103,7 +103,7 @@ def export_consolidated(model: nn.Module, path: str | Path, ema: dict[str, torch
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     _save_rank0(full, Path(path))
     if ema is not None:
-        gathered = {_clean_fqn(k): (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in ema.items()}
+        gathered = {clean_fqn(k): (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in ema.items()}
         _save_rank0(gathered, Path(path).with_suffix(".ema.safetensors"))
     _barrier()
 
@@ -116,7 +116,7 @@ def _save_rank0(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
 
 
-def _clean_fqn(name: str) -> str:
+def clean_fqn(name: str) -> str:
     """A parameter's name without the wrappers activation checkpointing and compile insert."""
     return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
 

@@ -151,9 +151,8 @@ def train(job: TrainJob) -> dict:
             if ema:
                 ema.update()
             loss = torch.stack(losses).mean()
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
-            if device.type != "cuda":
-                loss /= world  # gloo has no AVG
+            dist.all_reduce(loss)  # a sum: gloo has no AVG
+            loss /= world
             tokens, flops = _per_sample_cost(model, batch, job.stage)
             n = b * job.grad_accum
             extra = {"lr": scheduler.get_last_lr()[0], **_counters(loader)}
