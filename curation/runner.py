@@ -28,6 +28,7 @@ ROW_SCHEMA = pa.schema([
     ("frames", pa.list_(pa.binary())), ("keyframe", pa.binary()), ("pngs", pa.list_(pa.binary())),
 ])
 _BLOCK_BYTES = 64 << 20  # a chain hands rows on in blocks of about this size, so a long video streams
+_BLOCKS_PER_CPU = 32
 
 
 def to_table(rows: list[Row]) -> pa.Table:
@@ -81,12 +82,19 @@ class Chain:
 
     def _through(self, stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
         for batch in _chunks(rows, stage.batch_size):
-            t0 = time.perf_counter()
-            out = list(stage(batch))
+            # Rows go on as the stage makes them; only the time spent inside the stage counts as its busy time.
+            busy, made, errors = 0.0, 0, -sum(r["kind"] == "error" for r in batch)
+            out = iter(stage.stream(batch))
+            while True:
+                t0 = time.perf_counter()
+                row = next(out, None)
+                busy += time.perf_counter() - t0
+                if row is None:
+                    break
+                made, errors = made + 1, errors + (row["kind"] == "error")
+                yield row
             consumed = sum(r["kind"] in stage.consumes for r in batch)
-            errors = sum(r["kind"] == "error" for r in out) - sum(r["kind"] == "error" for r in batch)
-            self.progress.add.remote(stage.name, consumed, len(out) - len(batch) + consumed, errors, time.perf_counter() - t0)
-            yield from out
+            self.progress.add.remote(stage.name, consumed, made - len(batch) + consumed, errors, busy)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         rows: Iterable[Row] = from_table(table)
@@ -145,10 +153,14 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
     ctx.enable_progress_bars = False  # per-stage progress is printed by this runner instead
     ctx.print_on_execution_start = False
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    rows = to_table([{"kind": "source", "source_uri": u, "meta": {}, "mp4": None} for u in sources])
-    ds = ray.data.from_arrow([rows.slice(i, 1) for i in range(rows.num_rows)]) if len(sources) <= 4 * cpus else (
-        ray.data.from_arrow(rows).repartition(4 * cpus)
-    )
+    # One source per task, so that no worker runs two long videos back to back while another idles (a job with
+    # many more sources than CPUs gets _BLOCKS_PER_CPU blocks per CPU: its tail is a small share). Largest first:
+    # the last task to start is a short one. from_items builds the blocks in the driver, with no remote task.
+    blocks = min(len(sources), _BLOCKS_PER_CPU * cpus)
+    if len(sources) == blocks:
+        sources = Storage(cfg.storage).largest_first(sources)
+    items = [{"kind": "source", "source_uri": u, "meta": "{}", "mp4": None} for u in sources]
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
     gpus = ray.cluster_resources().get("GPU", 0)
     # Resources may come from the config (a caption stage's GPUs, batch size): read them from instances, which
     # are cheap to make (models load in setup(), in the workers).

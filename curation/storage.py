@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 import fsspec
@@ -90,6 +91,25 @@ class Storage:
         else:
             return [uri]  # a single file; a missing one becomes an error row when it is probed
         return sorted(proto + p for p in found if p.lower().endswith(exts))
+
+    def largest_first(self, uris: list[str]) -> list[str]:
+        """``uris`` biggest file first (stable; unknown sizes last): a worker that starts the longest videos
+        first never runs one alone at the end of a job while the others idle."""
+
+        def size(uri: str) -> int:
+            if uri.startswith(("http://", "https://")):
+                return -1  # no cheap way to ask
+            try:
+                if is_local(uri):
+                    return os.path.getsize(uri.removeprefix("file://"))
+                fs, path = self.fs(uri)
+                return int(fs.info(path).get("size") or -1)
+            except Exception:  # noqa: BLE001 - a missing or unreadable source fails at probe, with its own message
+                return -1
+
+        with ThreadPoolExecutor(16) as pool:
+            sizes = list(pool.map(size, uris))
+        return [u for _, u in sorted(zip(sizes, uris), key=lambda su: -su[0])]
 
     def write_atomic(self, uri: str, data: bytes | None = None, local_file: str | None = None) -> None:
         """Write to a temporary name beside ``uri``, then rename, so readers never see a partial object."""

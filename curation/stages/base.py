@@ -11,12 +11,14 @@ Stages know nothing of Ray (``curation.runner`` maps them onto it). A batch is a
 - ``error``: a source or clip that failed; ``meta`` holds uri, clip_id, stage, error_type, message
 
 A stage handles the kinds in ``consumes`` and passes every other row through untouched. A row that raises
-leaves as an error row, so one bad video or clip never fails the batch or the job.
+leaves as an error row, so one bad video or clip never fails the batch or the job. ``process`` may return a
+list or yield: the runner streams a stage's rows on as they come, so a long video's clips never sit in memory
+all at once.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Iterable, Iterator
 
 from ..video import VideoError
 
@@ -50,17 +52,18 @@ class Stage:
     def setup(self) -> None:
         """Load models or open clients, once per worker."""
 
-    def process(self, row: Row) -> list[Row]:
+    def process(self, row: Row) -> Iterable[Row]:
         raise NotImplementedError
 
-    def __call__(self, batch: list[Row]) -> list[Row]:
-        out: list[Row] = []
+    def stream(self, batch: list[Row]) -> Iterator[Row]:
         for row in batch:
             if row["kind"] not in self.consumes:
-                out.append(row)
+                yield row
                 continue
             try:
-                out += self.process(row)
+                yield from self.process(row)
             except Exception as e:  # noqa: BLE001 - any failure of one row becomes that row's error record
-                out.append(error_row(row, self.name, e))
-        return out
+                yield error_row(row, self.name, e)
+
+    def __call__(self, batch: list[Row]) -> list[Row]:
+        return list(self.stream(batch))

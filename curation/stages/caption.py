@@ -64,7 +64,7 @@ class CaptionStage(Stage):
         go_offline()
         self.generate = Captioner.load(self.cfg, device_for(self.num_gpus))
 
-    def __call__(self, batch: list[Row]) -> list[Row]:
+    def stream(self, batch: list[Row]) -> list[Row]:  # one batched model call for the whole batch
         out = list(batch)
         todo: list[tuple[int, np.ndarray]] = []
         for pos, row in enumerate(batch):

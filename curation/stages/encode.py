@@ -1,13 +1,32 @@
-"""Cut each clip frame-accurately from its source and encode it upright as H.264 (yuv420p) MP4."""
+"""Cut and encode the clips the scene pass could not encode from its own frames (see ``curation.one_pass``):
+frame-accurately from the source, upright, as H.264 (yuv420p) MP4. Clips that already carry their MP4 pass."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Iterator
 
 from ..config import JobConfig
 from ..storage import Storage
-from ..video import ClipCutter, ClipSpec
+from ..video import ClipCutter, ClipSpec, EncodedClip
 from .base import Row, Stage
+
+
+def with_clip(row: Row, clip: EncodedClip) -> Row:
+    """The clip row carrying its encoded MP4, with the size and rate it was encoded at."""
+    meta = {**row["meta"], "width": clip.width, "height": clip.height, "fps": clip.fps, "num_frames": clip.num_frames}
+    return {**row, "meta": meta, "mp4": clip.mp4}
+
+
+def clip_spec(meta: dict) -> ClipSpec:
+    return ClipSpec(
+        start_pts=meta["start_pts"],
+        end_pts=meta["end_pts"],
+        num_frames=meta["num_frames"],
+        first_pts=meta["first_pts"],
+        rotation=meta["rotation"],
+        source_fps=Fraction(meta["fps"]).limit_denominator(1001),
+    )
 
 
 class EncodeStage(Stage):
@@ -18,22 +37,12 @@ class EncodeStage(Stage):
         self.cfg = cfg
         self.cutter = ClipCutter(Storage(cfg.storage), cfg.encode)
 
-    def __call__(self, batch: list[Row]) -> list[Row]:
-        out = super().__call__(batch)
+    def stream(self, batch: list[Row]) -> Iterator[Row]:
+        yield from super().stream(batch)
         if any(r["kind"] == "summary" for r in batch):
             self.cutter.close()  # a source's summary follows its last clip: nothing more is cut from it
-        return out
 
     def process(self, row: Row) -> list[Row]:
-        m = row["meta"]
-        spec = ClipSpec(
-            start_pts=m["start_pts"],
-            end_pts=m["end_pts"],
-            num_frames=m["num_frames"],
-            first_pts=m["first_pts"],
-            rotation=m["rotation"],
-            source_fps=Fraction(m["fps"]).limit_denominator(1001),
-        )
-        clip = self.cutter.cut(row["source_uri"], spec)
-        meta = {**m, "width": clip.width, "height": clip.height, "fps": clip.fps, "num_frames": clip.num_frames}
-        return [{**row, "meta": meta, "mp4": clip.mp4}]
+        if row["mp4"] is not None:
+            return [row]
+        return [with_clip(row, self.cutter.cut(row["source_uri"], clip_spec(row["meta"])))]

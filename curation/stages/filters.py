@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from ..config import JobConfig
+from ..config import FiltersConfig, JobConfig
 from .base import Row, Stage, make_row
+
+
+def rejection(meta: dict, f: FiltersConfig) -> str | None:
+    """Why a clip is rejected, or None to keep it. The scene pass asks too, so it never encodes a reject."""
+    if meta["width"] < f.min_width or meta["height"] < f.min_height:
+        return "resolution"
+    if meta["motion"] < f.min_motion or (f.max_motion is not None and meta["motion"] > f.max_motion):
+        return "motion"
+    return None
 
 
 class FilterStage(Stage):
@@ -13,17 +22,8 @@ class FilterStage(Stage):
     def __init__(self, cfg: JobConfig):
         self.f = cfg.filters
 
-    def reason(self, meta: dict) -> str | None:
-        """Why a clip is rejected, or None to keep it."""
-        f = self.f
-        if meta["width"] < f.min_width or meta["height"] < f.min_height:
-            return "resolution"
-        if meta["motion"] < f.min_motion or (f.max_motion is not None and meta["motion"] > f.max_motion):
-            return "motion"
-        return None
-
     def process(self, row: Row) -> list[Row]:
-        why = self.reason(row["meta"])
+        why = rejection(row["meta"], self.f)
         if why is None:
             return [row]
         return [make_row("dropped", row["source_uri"], {**row["meta"], "dropped_by": why})]

