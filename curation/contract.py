@@ -9,7 +9,7 @@ import re
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "0.1.0"
+PIPELINE_VERSION = "0.2.0"
 MAX_SUBJECTS = 6
 
 SHARDS_DIR = "shards"
@@ -72,6 +72,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("num_frames", pa.int32()),
         ("motion", pa.float32()),
+        ("blank_frac", pa.float32()),  # share of black, white or flat frames inside the clip
+        ("luma", pa.float32()),  # mean gray level, 0..255
+        ("contrast", pa.float32()),  # mean standard deviation of the gray levels
         ("aesthetic", pa.float32()),
         ("caption", pa.string()),
         ("subjects", pa.list_(SUBJECT)),

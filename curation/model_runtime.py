@@ -35,3 +35,20 @@ def device_for(num_gpus: float) -> str:
     import torch
 
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def load_state_dict(path: str) -> dict:
+    """A state dict from ``.safetensors`` or from a torch file read with ``weights_only`` (tensors only: never
+    arbitrary pickled objects). Any failure names the file."""
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"weights file not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt or hostile file: say which, not a deep traceback
+        raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None

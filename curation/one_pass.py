@@ -1,14 +1,15 @@
 """Encode clips from the scene pass's own decoded frames, so most clips need no second decode of their source.
 
-``video.analyse`` hands every decoded frame, and the cuts its detectors report at it, to a ``OnePassEncoder``.
-It holds the frames of the open scene, up to ``max_bytes``. When a cut closes the scene, it plans the scene's
-clips with ``plan_clips`` (a scene longer than the longest clip is split evenly, which needs its length: hence
-holding), encodes those the filters keep from the held frames and appends the MP4s to an anonymous spill file, so
-memory stays bounded and nothing is left behind if the worker dies.
+``video.analyse`` hands every decoded frame, its scores and the breaks released at it to a ``OnePassEncoder``.
+It holds the frames of the open scene, up to ``max_bytes``. When a break closes the scene, it plans the scene with
+``planning.plan_scene`` (trimming needs the whole scene's scores, splitting a long scene evenly its length: hence
+holding), encodes the clips the filters keep from the held frames and appends the MP4s to an anonymous spill
+file, so memory stays bounded and nothing is left behind if the worker dies.
 
-It only guesses the plan: it accepts cuts as they come by the rule ``merge_cuts`` applies at the end. The scene
-stage takes a held clip only where the final plan has exactly that clip. The rest is cut from the source in a
-second decode (``ClipCutter``): a scene too big to hold, a scene a second detector cuts late.
+It accepts breaks as they come by the rule the final plan applies (``shots.BreakMerger``), so the two agree when
+breaks arrive in order, as ``analyse`` releases them. The scene stage still takes a held clip only where the final
+plan has exactly that clip; the rest is cut from the source in a second decode (``ClipCutter``): a scene too big
+to hold, a scene a detector broke later than it had settled.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from typing import Callable
 import av
 import numpy as np
 
-from .config import EncodeConfig
-from .video import ClipEncoder, ClipSpec, EncodedClip, clip_motion, plan_clips
-
-# While the open scene is not held whole, its last frames are still kept, so that the next scene can be held
-# when its cut is reported this many frames late (PySceneDetect's adaptive detector reports 2 frames late).
-LATE_FRAMES = 16
+from .config import EncodeConfig, TrimConfig
+from .planning import Scores, clip_scores, plan_scene
+from .shots import Break, BreakMerger
+from .video import ClipEncoder, ClipSpec, EncodedClip
 
 
 def _nbytes(frame: av.VideoFrame) -> int:
@@ -34,34 +33,38 @@ def _nbytes(frame: av.VideoFrame) -> int:
 
 
 class OnePassEncoder:
-    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, clip_s: tuple[float, float],
-                 min_gap: int, max_bytes: int, keep: Callable[[float], bool]):
-        self.cfg, self.rotation, self.source_fps, self.clip_s = cfg, rotation, source_fps, clip_s
-        self.min_gap, self.max_bytes, self.keep = min_gap, max_bytes, keep
+    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, limits: tuple[int, int],
+                 min_gap: int, max_bytes: int, trim: TrimConfig, keep: Callable[[dict], bool]):
+        self.cfg, self.rotation, self.source_fps, self.limits = cfg, rotation, source_fps, limits
+        self.max_bytes, self.trim, self.keep = max_bytes, trim, keep
+        self.merger = BreakMerger(min_gap)
         self.frames: deque[tuple[int, int, av.VideoFrame]] = deque()  # (index, pts, frame) from the open scene
         self.bytes = 0
+        self.next_index = 0  # the index of the next frame to come
         self.start = 0  # first frame of the open scene
         self.whole = True  # every frame of the open scene is held
-        self.last_cut = 0
-        self.motion: list[float] = []
+        self.scores: list[tuple[float, float, float]] = []  # (motion, luma, contrast) per frame so far
         self.spill = tempfile.TemporaryFile()
         self.held: dict[tuple[int, int], tuple[int, int, EncodedClip]] = {}  # (start, end) -> offset, size, clip sans mp4
 
-    def add(self, index: int, frame: av.VideoFrame, pts: int, motion: float, cuts: list[int]) -> None:
-        self.motion.append(motion)
-        self.frames.append((index, pts, frame))
-        self.bytes += _nbytes(frame)
-        for c in sorted(cuts):
-            self._cut(c)
+    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, float, float], breaks: list[Break],
+            settled: int) -> None:
+        self.scores.append(scores)
+        self.next_index = index + 1
+        if index >= self.start:  # not inside a transition already reported
+            self.frames.append((index, pts, frame))
+            self.bytes += _nbytes(frame)
+        for b in breaks:
+            self._break(b)
         if self.whole and self.bytes > self.max_bytes:
             self.whole = False  # too big to hold
-        while not self.whole and (len(self.frames) > LATE_FRAMES or self.bytes > self.max_bytes):
+        # A scene that is not held whole is cut in the second decode; keep only frames a later scene may start at.
+        while not self.whole and self.frames and (self.frames[0][0] < settled or self.bytes > self.max_bytes):
             self._pop()
 
-    def finish(self, num_frames: int, cuts: list[int]) -> None:
-        for c in sorted(cuts):
-            if c < num_frames:
-                self._cut(c)
+    def finish(self, num_frames: int, breaks: list[Break]) -> None:
+        for b in breaks:
+            self._break(b)
         self._close(num_frames)
         self.frames.clear()
 
@@ -81,29 +84,34 @@ class OnePassEncoder:
     def _pop(self) -> None:
         self.bytes -= _nbytes(self.frames.popleft()[2])
 
-    def _cut(self, c: int) -> None:
-        if c - self.last_cut < self.min_gap:  # merge_cuts' rule; also skips a cut reported behind an accepted one
+    def _break(self, b: Break) -> None:
+        kept = len(self.merger.kept)
+        accepted = self.merger.add(b)
+        if accepted is None:
             return
-        self.last_cut = c
-        self._close(c)
+        if len(self.merger.kept) > kept:  # a new break closes the open scene; an extended one only moves its start
+            self._close(accepted.start)
+        while self.frames and self.frames[0][0] < accepted.end:  # a transition's frames belong to no scene
+            self._pop()
+        self.start = max(self.start, accepted.end)
+        self.whole = self.frames[0][0] == self.start if self.frames else self.next_index <= self.start
 
     def _close(self, end: int) -> None:
         scene = []
         while self.frames and self.frames[0][0] < end:
             scene.append(self.frames[0])
             self._pop()
-        if self.whole and len(scene) == end - self.start:
-            for a, b in plan_clips(len(scene), [], float(self.source_fps), *self.clip_s):
-                self._encode(self.start + a, self.start + b, scene[a:b])
+        if end > self.start and self.whole and len(scene) == end - self.start:
+            s = Scores(*np.asarray(self.scores[self.start : end], dtype=np.float32).reshape(-1, 3).T)
+            for p in plan_scene(0, end - self.start, s, self.trim, self.limits):
+                if not p.blank and self.keep(clip_scores(s, p.start, p.end, self.trim)):
+                    self._encode(self.start + p.start, self.start + p.end, scene[p.start : p.end])
         self.start = end
-        self.whole = not self.frames or self.frames[0][0] == end
+        self.whole = self.frames[0][0] == end if self.frames else self.next_index <= end
 
     def _encode(self, start: int, end: int, scene: list[tuple[int, int, av.VideoFrame]]) -> None:
-        n = end - start
-        if not self.keep(clip_motion(np.asarray(self.motion[start:end], dtype=np.float32), 0, n)):
-            return
         first = scene[0][1]
-        spec = ClipSpec(first, None, n, first, self.rotation, self.source_fps)
+        spec = ClipSpec(first, None, end - start, first, self.rotation, self.source_fps)
         try:
             encoder = ClipEncoder(self.cfg, spec)
             for _, pts, frame in scene:

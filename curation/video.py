@@ -1,4 +1,4 @@
-"""Video I/O on PyAV: probe, one analysis pass (scene detection + motion), frame-accurate cut and H.264 encode.
+"""Video I/O on PyAV: probe, one analysis pass (shot detection + frame scores), frame-accurate cut and H.264 encode.
 
 Frames are identified by their presentation timestamp (pts) recorded during the analysis pass, so cuts stay
 exact for variable frame rate sources and for streams whose first timestamp is not 0.
@@ -7,7 +7,6 @@ exact for variable frame rate sources and for streams whose first timestamp is n
 from __future__ import annotations
 
 import io
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ from typing import Iterator, Protocol
 import av
 import cv2
 import numpy as np
-from scenedetect import FrameTimecode
-from scenedetect import detectors as sd
 
 from .config import EncodeConfig
+from .planning import Scores
+from .shots import Break, Detector
 from .storage import Storage, is_local
 
 
@@ -43,8 +42,8 @@ class VideoInfo:
 class Analysis:
     pts: np.ndarray  # int64, one per decoded frame, in presentation order
     time_base: Fraction
-    cuts: list[int]  # frame indices where a new scene starts (never 0)
-    motion: np.ndarray  # float32 per frame: mean |gray[i] - gray[i-1]| at analysis size (0 for frame 0)
+    breaks: list[Break]  # every detector's breaks, in order, not yet merged (``shots.merge_breaks``)
+    scores: Scores  # per frame, at analysis size
 
     @property
     def num_frames(self) -> int:
@@ -145,36 +144,24 @@ def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInf
         return VideoInfo(w, h, float(rate), duration, frames, rotation, stream.codec_context.name)
 
 
-def make_detector(name: str, args: dict):
-    """A PySceneDetect detector by name, with its own defaults unless ``args`` overrides them."""
-    classes = {
-        "adaptive": sd.AdaptiveDetector,
-        "content": sd.ContentDetector,
-        "threshold": sd.ThresholdDetector,
-        "histogram": sd.HistogramDetector,
-        "hash": sd.HashDetector,
-    }
-    try:
-        return classes[name](**args)
-    except TypeError as e:
-        raise ValueError(f"scenes.detector_args do not fit the {name} detector: {e}") from None
-
-
 class FrameSink(Protocol):
-    """Sees every frame the analysis pass decodes, with the cuts the detectors report at it (``one_pass``)."""
+    """Sees every frame the analysis pass decodes, with the breaks released at it (``one_pass``)."""
 
-    def add(self, index: int, frame: av.VideoFrame, pts: int, motion: float, cuts: list[int]) -> None: ...
+    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, float, float], breaks: list[Break],
+            settled: int) -> None: ...
 
-    def finish(self, num_frames: int, cuts: list[int]) -> None: ...
+    def finish(self, num_frames: int, breaks: list[Break]) -> None: ...
 
 
-def analyse(uri: str, storage: Storage, detectors: list, analysis_width: int, fps: float, min_scene_s: float,
+def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_width: int,
             sink: FrameSink | None = None) -> Analysis:
-    """Decode every frame once at reduced size: feed the scene detectors and measure frame-to-frame motion.
-    ``sink`` gets each full-size frame as well, so clips can be encoded in this same pass."""
+    """Decode every frame once at reduced size: feed the shot detectors and score each frame (motion, luma,
+    contrast). ``sink`` gets each full-size frame as well, so clips can be encoded in this same pass, and the
+    breaks in order of their start: a break is released once every detector has settled past its start."""
     pts: list[int] = []
-    motion: list[float] = []
-    cuts: list[int] = []
+    scores: list[tuple[float, float, float]] = []
+    pending: list[Break] = []
+    released: list[Break] = []
     prev = None
     with open_video(uri, storage) as (container, stream):
         stream.thread_type = "AUTO"
@@ -187,69 +174,38 @@ def analyse(uri: str, storage: Storage, detectors: list, analysis_width: int, fp
                 pts.append(frame.pts if frame.pts is not None else (pts[-1] + 1 if pts else 0))
                 small = _small_bgr(frame, size)
                 gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-                motion.append(0.0 if prev is None else float(cv2.absdiff(gray, prev).mean()))
+                mean, std = cv2.meanStdDev(gray)
+                motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
+                scores.append((motion, float(mean[0, 0]), float(std[0, 0])))
                 prev = gray
-                tc = FrameTimecode(i, fps)
-                new = [int(c.frame_num) for detector in detectors for c in detector.process_frame(tc, small)]
-                cuts += new
+                pending += [b for d in detectors for b in d.process(i, small)]
+                settled = min(d.settled() for d in detectors)
+                ready = sorted(b for b in pending if b.start < settled)
+                if ready:
+                    pending = [b for b in pending if b.start >= settled]
+                    released += ready
                 if sink is not None:
-                    sink.add(i, frame, pts[-1], motion[-1], new)
+                    sink.add(i, frame, pts[-1], scores[-1], ready, settled)
         except av.error.FFmpegError as e:
             if not pts:
                 raise VideoError(f"decoding failed before the first frame ({e})") from None
             # A damaged tail: keep the frames decoded so far, as players do.
         if not pts:
             raise VideoError("the video stream holds no frames")
-        last = [int(c.frame_num) for detector in detectors for c in detector.post_process(FrameTimecode(len(pts), fps))]
-        cuts += last
+        last = sorted(pending + [b for d in detectors for b in d.finish(len(pts))])
         if sink is not None:
             sink.finish(len(pts), last)
         time_base = Fraction(stream.time_base)
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     if np.any(order != np.arange(len(order))):
         raise VideoError("frame timestamps are not in presentation order")
+    columns = np.asarray(scores, dtype=np.float32).reshape(-1, 3).T
     return Analysis(
         pts=np.asarray(pts, dtype=np.int64),
         time_base=time_base,
-        cuts=merge_cuts(cuts, len(pts), min_gap_frames(min_scene_s, fps)),
-        motion=np.asarray(motion, dtype=np.float32),
+        breaks=sorted(released + last),
+        scores=Scores(*columns),
     )
-
-
-def min_gap_frames(min_scene_s: float, fps: float) -> int:
-    return max(1, round(min_scene_s * fps))
-
-
-def merge_cuts(cuts: list[int], num_frames: int, min_gap: int) -> list[int]:
-    """Combine the cuts of several detectors; a cut closer than ``min_gap`` frames to the previous one or to
-    the start is ignored (PySceneDetect's min_scene_len, applied across detectors and from frame 0)."""
-    kept: list[int] = []
-    for c in sorted(set(cuts)):
-        if min_gap <= c < num_frames and c - (kept[-1] if kept else 0) >= min_gap:
-            kept.append(c)
-    return kept
-
-
-def plan_clips(num_frames: int, cuts: list[int], fps: float, min_s: float, max_s: float) -> list[tuple[int, int]]:
-    """Scenes from cut points; drop those shorter than ``min_s``; split longer than ``max_s`` evenly."""
-    bounds = [0, *[c for c in cuts if 0 < c < num_frames], num_frames]
-    min_len = max(1, math.ceil(min_s * fps - 1e-6))
-    max_len = max(min_len, math.floor(max_s * fps + 1e-6))
-    clips = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        length = end - start
-        if length < min_len:
-            continue
-        parts = math.ceil(length / max_len)
-        edges = [start + round(k * length / parts) for k in range(parts + 1)]
-        clips += [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_len]
-    return clips
-
-
-def clip_motion(motion: np.ndarray, start: int, end: int) -> float:
-    """Mean frame difference inside a clip (the difference across its first frame belongs to the cut)."""
-    inner = motion[start + 1 : end]
-    return float(inner.mean()) if len(inner) else 0.0
 
 
 def output_size(width: int, height: int, max_short_side: int | None) -> tuple[int, int]:

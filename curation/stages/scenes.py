@@ -1,7 +1,8 @@
-"""Scene detection: one decode pass per source gives the cuts, frame timestamps and motion, and encodes every
-clip whose frames it could hold (``curation.one_pass``); the encode stage cuts the rest.
+"""Scene detection: one decode pass per source gives the shot boundaries, frame timestamps and scores, and encodes
+every clip whose frames it could hold (``curation.one_pass``); the encode stage cuts the rest.
 
-Emits one ``clip`` row per planned clip and a ``summary`` row for the source.
+Emits one ``clip`` row per planned clip, a ``dropped`` row per scene with no content (``blank``), and a
+``summary`` row for the source.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from typing import Iterator
 
 from ..config import JobConfig
 from ..contract import make_clip_id
+from ..model_runtime import device_for
 from ..one_pass import OnePassEncoder
+from ..planning import clip_scores, frame_limits, plan
+from ..shots import Detectors, merge_breaks, min_gap_frames, scenes
 from ..storage import Storage
-from ..video import analyse, clip_motion, make_detector, min_gap_frames, plan_clips
+from ..video import analyse
 from .base import Row, Stage, make_row
 from .encode import with_clip
 from .filters import rejection
@@ -26,29 +30,37 @@ class SceneStage(Stage):
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
+        self.num_gpus = cfg.scenes.num_gpus  # transnetv2 runs on it
         self.storage = Storage(cfg.storage)
+        self.detectors: Detectors | None = None
 
-    def _encoder(self, src: dict, fps: Fraction) -> OnePassEncoder | None:
+    def setup(self) -> None:
+        self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.num_gpus))
+
+    def _encoder(self, src: dict, fps: Fraction, limits: tuple[int, int]) -> OnePassEncoder | None:
         sc, hold = self.cfg.scenes, self.cfg.encode.hold_mb
         if not hold:
             return None
 
-        def keep(motion: float) -> bool:
-            return rejection({"width": src["width"], "height": src["height"], "motion": motion}, self.cfg.filters) is None
+        def keep(scores: dict) -> bool:
+            return rejection({"width": src["width"], "height": src["height"], **scores}, self.cfg.filters) is None
 
-        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, (sc.min_clip_s, sc.max_clip_s),
-                              min_gap_frames(sc.min_scene_s, src["fps"]), int(hold * 2**20), keep)
+        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, limits, min_gap_frames(sc.min_scene_s, src["fps"]),
+                              int(hold * 2**20), sc.trim, keep)
 
     def process(self, row: Row) -> Iterator[Row]:
         uri, src = row["source_uri"], row["meta"]
         sc = self.cfg.scenes
         fps = Fraction(src["fps"]).limit_denominator(1001)
-        detectors = [make_detector(d.kind, d.args) for d in sc.detectors]
-        held = self._encoder(src, fps)
+        limits = frame_limits(float(fps), sc.min_clip_s, sc.max_clip_s)
+        held = self._encoder(src, fps, limits)
         try:
-            a = analyse(uri, self.storage, detectors, sc.analysis_width, src["fps"], sc.min_scene_s, sink=held)
-            clips = plan_clips(a.num_frames, a.cuts, float(fps), sc.min_clip_s, sc.max_clip_s)
-            for start, end in clips:
+            a = analyse(uri, self.storage, self.detectors.for_source(src["fps"]), sc.analysis_width, sink=held)
+            breaks = merge_breaks(a.breaks, a.num_frames, min_gap_frames(sc.min_scene_s, src["fps"]))
+            shots = scenes(breaks, a.num_frames)
+            planned = plan(shots, a.scores, sc.trim, limits)
+            for p in planned:
+                start, end = p.start, p.end
                 meta = {
                     "clip_id": make_clip_id(src["source_sha1"], start, end),
                     "source_uri": uri,
@@ -61,23 +73,26 @@ class SceneStage(Stage):
                     "width": src["width"],
                     "height": src["height"],
                     "num_frames": end - start,
-                    "motion": clip_motion(a.motion, start, end),
+                    **clip_scores(a.scores, start, end, sc.trim),
                     # How to find the frames again: timestamps of the first frame, the end frame, the stream start.
                     "start_pts": int(a.pts[start]),
                     "end_pts": int(a.pts[end]) if end < a.num_frames else None,
                     "first_pts": int(a.pts[0]),
                     "rotation": src["rotation"],
                 }
+                if p.blank:
+                    yield make_row("dropped", uri, {**meta, "dropped_by": "blank"})
+                    continue
                 clip = make_row("clip", uri, meta)
                 encoded = held.take(start, end) if held is not None else None
                 yield clip if encoded is None else with_clip(clip, encoded)
             yield make_row("summary", uri, {
                 "source_sha1": src["source_sha1"],
-                "num_clips": len(clips),
+                "num_clips": len(planned),
                 "num_frames": a.num_frames,
-                "num_scenes": len(a.cuts) + 1,
+                "num_scenes": len(shots),
                 "duration_s": a.seconds(a.num_frames),
-                "clip_seconds": [a.seconds(e) - a.seconds(s) for s, e in clips],
+                "clip_seconds": [a.seconds(p.end) - a.seconds(p.start) for p in planned if not p.blank],
             })
         finally:
             if held is not None:

@@ -1,0 +1,132 @@
+"""Shot boundaries: what the detectors report as frames go by, and the one rule that merges their reports.
+
+A ``Break`` ends a shot at ``start`` and begins the next at ``end``. A hard cut is a point (start == end); a
+gradual transition (a dissolve, a fade) is a span whose frames belong to neither shot, so no clip includes them.
+
+Detectors see each analysis frame once (``process``) and may report a break late. Each says how far it has
+``settled``: it will report no more breaks that start before that frame, which lets the analysis pass hand breaks
+on in order (``curation.one_pass`` encodes clips as their scene closes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scenedetect import FrameTimecode
+from scenedetect import detectors as sd
+
+from .config import DetectorConfig
+
+# PySceneDetect's detectors report a cut a few frames late (adaptive: 2); this bounds how late we assume.
+SCENEDETECT_LAG = 16
+
+SCENEDETECT_KINDS = {
+    "adaptive": sd.AdaptiveDetector,
+    "content": sd.ContentDetector,
+    "threshold": sd.ThresholdDetector,
+    "histogram": sd.HistogramDetector,
+    "hash": sd.HashDetector,
+}
+
+
+@dataclass(frozen=True, order=True)
+class Break:
+    start: int  # first frame not in the previous shot
+    end: int  # first frame of the next shot (== start for a hard cut)
+
+
+class Detector(Protocol):
+    def process(self, index: int, small_bgr: np.ndarray) -> list[Break]: ...
+
+    def finish(self, num_frames: int) -> list[Break]: ...
+
+    def settled(self) -> int: ...
+
+
+class SceneDetectDetector:
+    """A PySceneDetect detector fed the analysis frames; its cuts become point breaks."""
+
+    def __init__(self, kind: str, args: dict, fps: float):
+        try:
+            self.detector = SCENEDETECT_KINDS[kind](**args)
+        except TypeError as e:
+            raise ValueError(f"scenes.detectors: the arguments {args} do not fit the {kind} detector: {e}") from None
+        self.fps = fps
+        self.seen = 0
+
+    def process(self, index: int, small_bgr: np.ndarray) -> list[Break]:
+        self.seen = index + 1
+        return [Break(int(c.frame_num), int(c.frame_num)) for c in self.detector.process_frame(FrameTimecode(index, self.fps), small_bgr)]
+
+    def finish(self, num_frames: int) -> list[Break]:
+        self.seen = None
+        return [Break(int(c.frame_num), int(c.frame_num)) for c in self.detector.post_process(FrameTimecode(num_frames, self.fps))]
+
+    def settled(self) -> int:
+        return self.seen - SCENEDETECT_LAG if self.seen is not None else 1 << 62
+
+
+class BreakMerger:
+    """Combines breaks given in order of ``start``: overlapping or touching breaks become one; a hard cut closer
+    than ``min_gap`` frames to the previous break (or to the start) is ignored, as PySceneDetect's min_scene_len.
+    Spans are always kept: their frames are transitions whatever their neighbours. The final plan and the online
+    encoder both apply this rule, so they agree whenever breaks arrive in order."""
+
+    def __init__(self, min_gap: int):
+        self.min_gap = min_gap
+        self.kept: list[Break] = []
+
+    @property
+    def last_end(self) -> int:
+        return self.kept[-1].end if self.kept else 0
+
+    def add(self, b: Break) -> Break | None:
+        """The break as accepted (a kept one it extends, or a new one), or None when it changes nothing."""
+        if self.kept and b.start <= self.last_end:
+            if b.end <= self.last_end:
+                return None
+            self.kept[-1] = Break(self.kept[-1].start, b.end)
+            return self.kept[-1]
+        if b.start == b.end and b.start - self.last_end < self.min_gap:
+            return None
+        self.kept.append(b)
+        return b
+
+
+def merge_breaks(breaks: list[Break], num_frames: int, min_gap: int) -> list[Break]:
+    merger = BreakMerger(min_gap)
+    for b in sorted(breaks):
+        if b.start < num_frames:
+            merger.add(Break(b.start, min(b.end, num_frames)))
+    return merger.kept
+
+
+def scenes(breaks: list[Break], num_frames: int) -> list[tuple[int, int]]:
+    """The shots between merged breaks, as [start, end) frame ranges (empty ones left out)."""
+    bounds = [0] + [x for b in breaks for x in (b.start, b.end)] + [num_frames]
+    return [(a, b) for a, b in zip(bounds[::2], bounds[1::2]) if b > a]
+
+
+def min_gap_frames(min_scene_s: float, fps: float) -> int:
+    return max(1, round(min_scene_s * fps))
+
+
+class Detectors:
+    """The job's detectors, built once per worker (TransNetV2 loads its weights here), then made fresh per source."""
+
+    def __init__(self, cfgs: list[DetectorConfig], device: str = "cpu"):
+        self.cfgs = cfgs
+        self.models = {}
+        for i, c in enumerate(cfgs):
+            if c.kind == "transnetv2":
+                from .transnet import TransNetV2Model
+
+                self.models[i] = TransNetV2Model.load(c.args, device)
+
+    def for_source(self, fps: float) -> list[Detector]:
+        from .transnet import TransNetV2Detector
+
+        return [TransNetV2Detector(self.models[i], c.args) if c.kind == "transnetv2" else SceneDetectDetector(c.kind, c.args, fps)
+                for i, c in enumerate(self.cfgs)]
