@@ -27,6 +27,7 @@ demo: setup
 # python -m benchmarks.train_bench, on a GPU machine.
 bench: setup
 	$(BIN)/python -m benchmarks.curation_bench
+	$(BIN)/python -m benchmarks.clean_clips
 	$(BIN)/python -m benchmarks.loader_bench
 	$(BIN)/python -m benchmarks.fsdp_bench
 	$(BIN)/python -m benchmarks.model_bench

@@ -4,6 +4,8 @@
     (one after another, and two at a time), at equal clip boundaries;
 (b) our pipeline vs the floor: one PyAV decode of every source + one H.264 encode of the kept clips, on all cores;
 (c) clips/s and video-seconds/s per core.
+(a)-(c) detect with adaptive alone and trim nothing, as split-video does; (d) runs the default detectors
+(TransNetV2 + adaptive, on the CPU) with trimming, against its own floor.
 Writes out/bench/curation.json (read by capacity planning).
 """
 
@@ -141,18 +143,34 @@ def main() -> None:
 
     # Scenes as PySceneDetect makes them: no minimum beyond its own 15 frames, no maximum.
     # The CPU half only: the model stages have their own benchmark (benchmarks/model_stages_bench.py).
-    overrides = ["caption.enabled=false", "scenes.min_clip_s=0.01", "scenes.max_clip_s=100000", "scenes.min_scene_s=0.5",
-                 f"encode.preset={PRESET}", f"encode.crf={CRF}", f"ray.num_cpus={CPUS}", "ray.progress_interval_s=1000"]
-    cfg = load_job(None, overrides, input=str(listing), output=str(work / "ours"))
-    t_ray, _ = timed(lambda: init_ray(cfg))
+    overrides = ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=0.01",
+                 "scenes.max_clip_s=100000", "scenes.min_scene_s=0.5", f"encode.preset={PRESET}", f"encode.crf={CRF}",
+                 f"ray.num_cpus={CPUS}", "ray.progress_interval_s=1000"]
+    as_split_video = ["scenes.detectors=[{kind: adaptive}]", "scenes.trim.black_luma=0", "scenes.trim.white_luma=255",
+                      "scenes.trim.flat_contrast=0", "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1"]
+
+    def ours(name: str, extra: list[str]):
+        cfg = load_job(None, overrides + extra, input=str(listing), output=str(work / name))
+        t, result = timed(lambda: run(cfg))
+        clips = read_parquet_dir(Storage(), str(work / name / C.MANIFEST_DIR), C.MANIFEST_SCHEMA).to_pylist()
+        per_source: dict[str, list] = {}
+        for c in clips:
+            per_source.setdefault(c["source_uri"], []).append((c["start_frame"], c["end_frame"]))
+        return t, result, per_source
+
+    def floor(per_source: dict) -> tuple[float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with ProcessPoolExecutor(CPUS) as ex:
+            t, _ = timed(lambda: list(ex.map(floor_one, [(v, sorted(per_source.get(str(v), []))) for v in videos])))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers have exited: their CPU time counts
+        return t, (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+
+    t_ray, _ = timed(lambda: init_ray(load_job(None, overrides, input=str(listing), output=str(work / "ours"))))
     import ray
 
     ray.shutdown()
-    t_ours, result = timed(lambda: run(cfg))
-    clips = read_parquet_dir(Storage(), str(work / "ours" / C.MANIFEST_DIR), C.MANIFEST_SCHEMA).to_pylist()
-    per_source: dict[str, list] = {}
-    for c in clips:
-        per_source.setdefault(c["source_uri"], []).append((c["start_frame"], c["end_frame"]))
+    t_ours, result, per_source = ours("ours", as_split_video)
+    t_default, result_default, per_source_default = ours("default", [])
 
     def seq():
         for v in videos:
@@ -164,11 +182,8 @@ def main() -> None:
 
     t_sd_seq, _ = timed(seq)
     t_sd_par, _ = timed(par)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with ProcessPoolExecutor(CPUS) as ex:
-        t_floor, _ = timed(lambda: list(ex.map(floor_one, [(v, sorted(per_source.get(str(v), []))) for v in videos])))
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers have exited: their CPU time counts
-    floor_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    t_floor, floor_cpu = floor(per_source)
+    t_floor_default, _ = floor(per_source_default)
 
     # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
     agree = total = 0
@@ -191,6 +206,12 @@ def main() -> None:
         "steady_video_s_per_s_per_core": total_s / t_steady / CPUS,
         "stage_busy_s": {name: c[3] for name, c in result.stage_counts.items()},
         "bytes_written": result.stats.bytes_written,
+        "default_detectors": {
+            "ours_s": t_default, "clips": result_default.stats.clips_written, "floor_s": t_floor_default,
+            "ratio_vs_floor": t_default / t_floor_default,
+            "ratio_vs_floor_without_ray_start": (t_default - t_ray) / t_floor_default,
+            "stage_busy_s": {name: c[3] for name, c in result_default.stage_counts.items()},
+        },
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
     print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")
@@ -203,6 +224,10 @@ def main() -> None:
           f"vs the floor's {floor_cpu:.1f} CPU-s; ours spent {t_steady * CPUS - busy:.1f} core-s outside stages")
     print(f"(c) {res['clips_per_s']:.2f} clips/s, {res['video_s_per_s_per_core']:.2f} video-s/s per core "
           f"({res['steady_video_s_per_s_per_core']:.2f} without Ray start-up)")
+    d = res["default_detectors"]
+    print(f"(d) default detectors (TransNetV2 + adaptive on the CPU, trimming): {t_default:.1f} s, {d['clips']} clips; "
+          f"/ its floor ({t_floor_default:.1f} s): {d['ratio_vs_floor']:.2f}x, "
+          f"{d['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up; scenes busy {d['stage_busy_s']['scenes']:.1f} s")
     out = ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "curation.json").write_text(json.dumps(res, indent=2))

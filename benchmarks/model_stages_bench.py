@@ -1,11 +1,13 @@
-"""Throughput of the model stages (caption prep, caption, subjects), and how much of each is model compute.
+"""Throughput of the model stages (caption prep, aesthetic, caption, subjects), and how much of each is model compute.
 
     python -m benchmarks.model_stages_bench          # CPU, tiny models, clips cut from the real sample videos
     python -m benchmarks.model_stages_bench --gpu    # one GPU: real-size model classes with random weights
 
---gpu builds Qwen2-VL-7B (its published config) in bf16 straight on the GPU, a YOLO-World-L and SAM vit_h, feeds
-them 720p clips (synthetic: the GPU machine has no sample videos) at the production input sizes (8 frames at
-640x360 for the MLLM, the full keyframe for detection and SAM), and projects GPU-hours for 1.46M clips.
+--gpu builds Qwen2-VL-7B (its published config) in bf16 straight on the GPU, a YOLO-World-L and SAM vit_h, and
+takes openai/clip-vit-large-patch14 from the local HF cache (else its published architecture, random) in fp16 with
+the LAION aesthetic head (--aesthetic-head, else a random one of its shape); feeds them 720p clips (synthetic: the
+GPU machine has no sample videos) at the production input sizes (8 frames at 640x360 for the MLLM, 3 of them for
+CLIP, the full keyframe for detection and SAM), and projects GPU-hours for 1.46M clips.
 Random weights never stop generating, so every caption runs to max_new_tokens (an upper bound on real captions).
 Prints JSON and writes out/bench/model_stages.json.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from curation.config import load_job
 from curation.model_runtime import go_offline
+from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.subjects import SubjectStage
 from curation.tiny_models import save_tiny_models, tiny_overrides
@@ -31,6 +34,7 @@ from curation.tiny_models import save_tiny_models, tiny_overrides
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 TARGET_CLIPS = 1_460_000
+CLIP_L14 = "openai/clip-vit-large-patch14"  # the CLIP the LAION aesthetic head sac+logos+ava1-l14 is trained on
 LABELS = ["person", "car", "dog", "ball", "tree"]  # what the subject stage looks for in every clip
 
 
@@ -72,14 +76,16 @@ def measure(stage, rows: list[dict], clock: ModelClock | None) -> tuple[dict, li
     return result, out
 
 
-def clock_models(caption: CaptionStage, subjects: SubjectStage, cuda: bool) -> tuple[ModelClock, ModelClock]:
-    cap_clock, sub_clock = ModelClock(cuda), ModelClock(cuda)
+def clock_models(aesthetic: AestheticStage, caption: CaptionStage, subjects: SubjectStage,
+                 cuda: bool) -> tuple[ModelClock, ModelClock, ModelClock]:
+    aes_clock, cap_clock, sub_clock = ModelClock(cuda), ModelClock(cuda), ModelClock(cuda)
+    aes_clock.wrap(aesthetic.score.clip, "forward")
     cap_clock.wrap(caption.generate.model, "generate")
     sub_clock.wrap(subjects.detect.model, "predict")
     sub_clock.wrap(subjects.detect, "text")
     sub_clock.wrap(subjects.segment.predictor, "set_torch_image")
     sub_clock.wrap(subjects.segment.predictor, "predict_torch")
-    return cap_clock, sub_clock
+    return aes_clock, cap_clock, sub_clock
 
 
 def labelled(rows: list[dict]) -> list[dict]:
@@ -106,12 +112,13 @@ def cpu_bench() -> dict:
     cfg = load_job(None, tiny_overrides(paths) + ["caption.max_new_tokens=128", "caption.retries=0",
                    "subjects.box_threshold=0", "subjects.max_boxes_per_label=2"], input="-", output="-")
     clips = real_clips(cfg)
-    caption, subjects = CaptionStage(cfg), SubjectStage(cfg)
-    caption.setup()
-    subjects.setup()
-    cap_clock, sub_clock = clock_models(caption, subjects, cuda=False)
+    aesthetic, caption, subjects = AestheticStage(cfg), CaptionStage(cfg), SubjectStage(cfg)
+    for stage in (aesthetic, caption, subjects):
+        stage.setup()
+    aes_clock, cap_clock, sub_clock = clock_models(aesthetic, caption, subjects, cuda=False)
     stages = {}
     stages["caption_prep"], prepped = measure(CaptionPrepStage(cfg), clips, None)
+    stages["aesthetic"], _ = measure(aesthetic, prepped, aes_clock)
     stages["caption"], _ = measure(caption, prepped, cap_clock)
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
     sizes = sorted({f"{c['meta']['width']}x{c['meta']['height']}" for c in clips})
@@ -180,7 +187,39 @@ def save_full_size_detector(folder: Path, tokenizer_from: Path) -> tuple[Path, P
     return weights, text
 
 
-def gpu_bench(num_clips: int, batch_sizes: list[int], max_new_tokens: int) -> dict:
+def clip_l14(folder: Path) -> str:
+    """openai/clip-vit-large-patch14 from the local HF cache, else a random vision tower of its published
+    architecture, with CLIP's 224-px preprocessing (the image processor's defaults)."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if isinstance(try_to_load_from_cache(CLIP_L14, "config.json"), str):
+        return CLIP_L14
+    path = folder / "clip_vit_l14_vision"
+    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=224, patch_size=14, projection_dim=768)
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    CLIPImageProcessor().save_pretrained(path)
+    return str(path)
+
+
+def random_l14_head(folder: Path) -> str:
+    """A head of the LAION predictor's shape over ViT-L/14's 768-d embeddings, random: the same compute."""
+    from safetensors.torch import save_file
+
+    from curation.aesthetic import AestheticHead
+
+    path = folder / "aesthetic_head_l14_random.safetensors"
+    save_file(AestheticHead(768).state_dict(), path)
+    return str(path)
+
+
+def cycled(rows: list[dict], n: int) -> list[dict]:
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: list[int], max_new_tokens: int,
+              aesthetic_head: str | None) -> dict:
     import torch
 
     from curation.captioning import Captioner
@@ -190,7 +229,10 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], max_new_tokens: int) -> di
     folder.mkdir(parents=True, exist_ok=True)
     paths = save_tiny_models(folder / "tiny")  # processors and tokenizers; the models below are full size
     detector, text = save_full_size_detector(folder, paths["text_encoder"])
+    clip_model, head = clip_l14(folder), aesthetic_head or random_l14_head(folder)
     overrides = tiny_overrides(paths) + [
+        f"aesthetic.clip_model={clip_model}", f"aesthetic.head={head}", "aesthetic.num_frames=3",
+        "aesthetic.num_gpus=1", "aesthetic.dtype=float16",
         f"caption.max_new_tokens={max_new_tokens}", "caption.num_frames=8",
         f"caption.max_pixels={640 * 360}", "caption.retries=0", f"subjects.detector_weights={detector}",
         f"subjects.text_encoder={text}", "subjects.imgsz=640", "subjects.sam_model_type=vit_h",
@@ -211,27 +253,34 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], max_new_tokens: int) -> di
     model.eval().generation_config.min_new_tokens = max_new_tokens
     caption = CaptionStage(cfg)
     caption.generate = Captioner(processor, model, cfg.caption)
-    subjects = SubjectStage(cfg)
+    aesthetic, subjects = AestheticStage(cfg), SubjectStage(cfg)
+    aesthetic.setup()
     subjects.setup()
 
-    cap_clock, sub_clock = clock_models(caption, subjects, cuda=True)
+    aes_clock, cap_clock, sub_clock = clock_models(aesthetic, caption, subjects, cuda=True)
     stages = {}
     stages["caption_prep"], prepped = measure(CaptionPrepStage(cfg), clips, None)
+    for b in aesthetic_batch_sizes:  # cheap per clip: the prepped clips, repeated up to two batches
+        aesthetic.batch_size = b
+        stages[f"aesthetic_batch_{b}"], _ = measure(aesthetic, cycled(prepped, 2 * b), aes_clock)
     for b in batch_sizes:
         caption.batch_size = b
         stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock)
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
-    best_caption = max(stages[f"caption_batch_{b}"]["clips_per_s"] for b in batch_sizes)
-    subject_rate = stages["subjects"]["clips_per_s"]
-    hours = {"caption": TARGET_CLIPS / best_caption / 3600, "subjects": TARGET_CLIPS / subject_rate / 3600}
+    best = {name: max(stages[f"{name}_batch_{b}"]["clips_per_s"] for b in sizes)
+            for name, sizes in (("aesthetic", aesthetic_batch_sizes), ("caption", batch_sizes))}
+    per_gpu = {**best, "subjects": stages["subjects"]["clips_per_s"]}
+    hours = {name: TARGET_CLIPS / rate / 3600 for name, rate in per_gpu.items()}
     return {
         "mode": "gpu, real-size models, random weights",
         "device": torch.cuda.get_device_name(),
+        "aesthetic_model": f"{clip_model} (fp16), 3 frames 640x360 -> 224, "
+                           f"head {aesthetic_head or 'random, LAION shape'}",
         "caption_model": "Qwen2-VL-7B (bf16), 8 frames 640x360, max_new_tokens=%d" % max_new_tokens,
         "subject_models": "YOLO-World-L (fp16, 640) + CLIP ViT-B/32 text + SAM vit_h (fp32), 720p keyframe",
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "stages": stages,
-        "clips_per_s_per_gpu": {"caption": best_caption, "subjects": subject_rate},
+        "clips_per_s_per_gpu": per_gpu,
         "gpu_hours_for_1.46M_clips": {k: round(v) for k, v in hours.items()} | {"total": round(sum(hours.values()))},
     }
 
@@ -241,10 +290,14 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="real-size models on one GPU")
     parser.add_argument("--clips", type=int, default=64, help="--gpu: synthetic clips (>= 2x the largest batch)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32], help="--gpu: caption batch sizes")
+    parser.add_argument("--aesthetic-batch-sizes", type=int, nargs="+", default=[32, 128],
+                        help="--gpu: aesthetic batch sizes")
+    parser.add_argument("--aesthetic-head", help="--gpu: the LAION head file (default: a random one of its shape)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="--gpu: caption length in tokens")
     args = parser.parse_args()
     go_offline()
-    result = gpu_bench(args.clips, args.batch_sizes, args.max_new_tokens) if args.gpu else cpu_bench()
+    result = (gpu_bench(args.clips, args.batch_sizes, args.aesthetic_batch_sizes, args.max_new_tokens,
+                        args.aesthetic_head) if args.gpu else cpu_bench())
     out = ROOT / "out" / "bench" / "model_stages.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -4,7 +4,8 @@ Pure arithmetic over the JSON files the benchmarks write (no Ray, no models):
 
 - ``curation.json`` (``make bench``): busy CPU-seconds per CPU stage, clips, video seconds, wall time, cores.
 - ``model_stages.json`` (``python -m benchmarks.model_stages_bench [--gpu]``): caption prep clips/s (a CPU stage,
-  model-free) and, in ``--gpu`` mode, clips/s per GPU for captioning and subjects.
+  model-free, the frames of every model stage) and, in ``--gpu`` mode, clips/s per GPU for aesthetic scoring,
+  captioning and subjects.
 
 The runner chains every CPU stage (probe ... encode, caption prep) in one task per source and every GPU stage on
 GPU actors, all streaming at once: the job needs a CPU pool and a GPU pool, and the slower pool bounds it.
@@ -132,7 +133,7 @@ def load_bench(folder: str | Path, job: JobConfig) -> Bench:
         rates.append(StageRate(OVERHEAD, "cpu", overhead / clips,
                                f"(ours_s - ray_start_s) x cores - busy, / clips ({where})"))
     bench = Bench(clips, video_s, cores, cur.get("bytes_written"), rates)
-    if job.caption.enabled:
+    if job.aesthetic.enabled or job.caption.enabled:
         _model_rates(Path(folder) / "model_stages.json", job, bench)
     return bench
 
@@ -144,24 +145,34 @@ def _model_rates(path: Path, job: JobConfig, bench: Bench) -> None:
     # Caption prep is decode + resize, no model: its CPU rate holds whatever mode the bench ran in.
     bench.rates.append(StageRate("caption_prep", "cpu", 1 / prep["clips_per_s"],
                                  f"model_stages.json stages.caption_prep.clips_per_s, one process ({data['mode']})"))
+    # The GPU stages in pipeline order, with the batch size of those benchmarked at several.
+    gpu = [(name, batch) for name, batch, on in (
+        ("aesthetic", job.aesthetic.batch_size, job.aesthetic.enabled),
+        ("caption", job.caption.batch_size, job.caption.enabled),
+        ("subjects", None, job.caption.enabled and job.subjects.enabled),
+    ) if on]
     per_gpu = data.get("clips_per_s_per_gpu")
     if per_gpu is None:
-        bench.unmeasured += ["caption"] + (["subjects"] if job.subjects.enabled else [])
+        bench.unmeasured += [name for name, _ in gpu]
         bench.notes.append(f"GPU stages not measured ({path.name} holds '{data['mode']}' results): "
                            f"run {GPU_MODEL_CMD} for their GPU-hours")
         return
-    measured = stages.get(f"caption_batch_{job.caption.batch_size}")
-    if measured:
-        caption_rate, caption_src = measured["clips_per_s"], f"stages.caption_batch_{job.caption.batch_size}"
-    else:
-        caption_rate, caption_src = per_gpu["caption"], "clips_per_s_per_gpu.caption (best batch size)"
-        bench.notes.append(f"caption.batch_size={job.caption.batch_size} was not benchmarked: "
-                           "the best measured batch size's rate is used")
     device = data.get("device", "GPU")
-    bench.rates.append(StageRate("caption", "gpu", 1 / caption_rate, f"model_stages.json {caption_src}, {device}"))
-    if job.subjects.enabled:
-        bench.rates.append(StageRate("subjects", "gpu", 1 / per_gpu["subjects"],
-                                     f"model_stages.json clips_per_s_per_gpu.subjects, {device}"))
+    for name, batch in gpu:
+        measured = stages.get(f"{name}_batch_{batch}") if batch is not None else None
+        if measured:
+            rate, src = measured["clips_per_s"], f"stages.{name}_batch_{batch}"
+        elif name not in per_gpu:
+            bench.unmeasured.append(name)
+            bench.notes.append(f"{name} not measured ({path.name} comes from an older bench): rerun {GPU_MODEL_CMD}")
+            continue
+        else:
+            rate, src = per_gpu[name], f"clips_per_s_per_gpu.{name}"
+            if batch is not None:
+                src += " (best batch size)"
+                bench.notes.append(f"{name}.batch_size={batch} was not benchmarked: "
+                                   "the best measured batch size's rate is used")
+        bench.rates.append(StageRate(name, "gpu", 1 / rate, f"model_stages.json {src}, {device}"))
 
 
 def manifest_row_bytes(job: JobConfig) -> float:

@@ -83,8 +83,9 @@ class Chain:
     def _through(self, stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
         for batch in _chunks(rows, stage.batch_size):
             # Rows go on as the stage makes them; only the time spent inside the stage counts as its busy time.
-            busy, made, errors = 0.0, 0, -sum(r["kind"] == "error" for r in batch)
-            out = iter(stage.stream(batch))
+            t0 = time.perf_counter()
+            out = iter(stage.stream(batch))  # a stage that returns a list does all its work here
+            busy, made, errors = time.perf_counter() - t0, 0, -sum(r["kind"] == "error" for r in batch)
             while True:
                 t0 = time.perf_counter()
                 row = next(out, None)
@@ -170,9 +171,10 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
         if num_gpus > gpus:
             # Ray would wait for ever for a GPU that never comes: say so instead.
             names = ", ".join(s.name for s in group)
+            # Each GPU stage is named after its config section (aesthetic, caption, subjects, scenes).
+            fix = " ".join(f"{s.name}.num_gpus=0" for s in group)
             raise ConfigError(f"stage(s) {names} need {num_gpus:g} GPU(s) per worker but the Ray cluster has "
-                               f"{gpus:g}: add GPU nodes, or run them on CPU with caption.num_gpus=0 and "
-                               "subjects.num_gpus=0")
+                               f"{gpus:g}: add GPU nodes, or run them on CPU with {fix}")
         if num_gpus:
             # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
             ds = ds.map_batches(

@@ -4,6 +4,10 @@
 
 - ``qwen2vl/``: a tiny Qwen2-VL with a real processor (``cinema_model.tiny_checkpoints``), for ``caption.model``
 - ``clip_text/``: a tiny CLIP text encoder + tokenizer (``save_pretrained``), for ``subjects.text_encoder``
+- ``clip_vision/``: a tiny CLIP vision tower with projection + its image processor (32 px), for
+  ``aesthetic.clip_model``
+- ``aesthetic_head.safetensors``: a head of the LAION aesthetic predictor's shape over that projection, for
+  ``aesthetic.head``
 - ``yolov8t-worldv2.pt``: a YOLO-World at a tiny width, saved by ultralytics, for ``subjects.detector_weights``
 - ``sam_tiny.pth``: a segment-anything state dict for ``sam_model_type=tiny``
 - ``grounding_dino/``: a tiny GroundingDINO + processor, for ``subjects.detector=grounding_dino``
@@ -11,7 +15,8 @@
   tiny models gets parsed captions and subject labels (random weights only ever produce unparsable text)
 
 ``tiny_overrides(paths)`` turns them into ``--set`` overrides. Real runs instead point the same fields at real
-checkpoints: ``caption.model=Qwen/Qwen2-VL-7B-Instruct``, ``subjects.detector_weights=yolov8x-worldv2.pt``,
+checkpoints: ``caption.model=Qwen/Qwen2-VL-7B-Instruct``, ``aesthetic.clip_model=openai/clip-vit-large-patch14
+aesthetic.head=/path/sac+logos+ava1-l14-linearMSE.pth``, ``subjects.detector_weights=yolov8x-worldv2.pt``,
 ``subjects.text_encoder=openai/clip-vit-base-patch32``, ``subjects.sam_model_type=vit_h
 subjects.sam_checkpoint=/path/sam_vit_h_4b8939.pth`` (or vit_b with ``sam_vit_b_01ec64.pth``), or
 ``subjects.detector=grounding_dino subjects.detector_weights=IDEA-Research/grounding-dino-base``.
@@ -54,6 +59,26 @@ def _save_clip_text(path: Path) -> Path:
     )
     CLIPTextModelWithProjection(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def _save_clip_vision(path: Path) -> Path:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=24)
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _save_aesthetic_head(clip_vision: Path, path: Path) -> Path:
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig
+
+    from .aesthetic import AestheticHead
+
+    save_file(AestheticHead(CLIPVisionConfig.from_pretrained(clip_vision).projection_dim).state_dict(), path)
     return path
 
 
@@ -149,7 +174,7 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     mllm = save_tiny_qwen2vl(folder / "qwen2vl")
-    return {
+    paths = {
         "mllm": mllm,
         "mllm_fixed": _save_fixed_answer_mllm(mllm, folder / "qwen2vl_fixed"),
         "text_encoder": _save_clip_text(folder / "clip_text"),
@@ -157,6 +182,10 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
         "sam": _save_sam(folder / "sam_tiny.pth"),
         "grounding_dino": _save_grounding_dino(folder / "grounding_dino"),
     }
+    # Built after the others, which so keep the random weights they get from the seed whatever is added here.
+    paths["clip_vision"] = _save_clip_vision(folder / "clip_vision")
+    paths["aesthetic_head"] = _save_aesthetic_head(paths["clip_vision"], folder / "aesthetic_head.safetensors")
+    return paths
 
 
 def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[str]:
@@ -171,6 +200,10 @@ def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[s
         "caption.num_gpus=0",
         "subjects.num_gpus=0",
         "caption.max_new_tokens=48",
+        f"aesthetic.clip_model={paths['clip_vision']}",
+        f"aesthetic.head={paths['aesthetic_head']}",
+        "aesthetic.batch_size=8",
+        "aesthetic.num_gpus=0",
         f"subjects.detector_weights={paths['detector']}",
         f"subjects.text_encoder={paths['text_encoder']}",
         "subjects.imgsz=320",

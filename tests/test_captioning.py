@@ -7,8 +7,10 @@ import pytest
 
 from curation.captioning import Caption, CaptionFormatError, caption_videos, parse_caption
 from curation.frames import PATCH, decode_image
+from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.model_stages import MODEL_STAGES, enabled_model_stages
+from curation.stages.subjects import SubjectStage
 from curation.tiny_models import FIXED_ANSWER
 
 from .model_stage_fixtures import clip_rows, job, run, taught_mllm  # noqa: F401
@@ -115,8 +117,8 @@ def test_prep_samples_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_ro
     for clip, row in zip(clip_rows, out):
         m = row["meta"]
         n = m["num_frames"]
-        assert len(row["frames"]) == 5 and m["caption_frames"] == sorted(set(m["caption_frames"]))
-        assert m["caption_frames"][0] < n / 5 and m["caption_frames"][-1] >= n * 4 / 5 and m["caption_frames"][-1] < n
+        assert len(row["frames"]) == 5 and m["frame_indices"] == sorted(set(m["frame_indices"]))
+        assert m["frame_indices"][0] < n / 5 and m["frame_indices"][-1] >= n * 4 / 5 and m["frame_indices"][-1] < n
         h, w, _ = decode_image(row["frames"][0]).shape
         assert h % PATCH == 0 and w % PATCH == 0 and h * w <= 20000
         assert abs(w / h - m["width"] / m["height"]) < 0.25  # aspect kept up to the 28-px rounding
@@ -152,6 +154,12 @@ def test_real_untrained_model_output_is_retried_then_recorded(tiny_paths, clip_r
 
 
 def test_stage_list_follows_the_config(tiny_paths):
-    assert enabled_model_stages(job(tiny_paths)) == list(MODEL_STAGES)
-    assert enabled_model_stages(job(tiny_paths, "subjects.enabled=false")) == list(MODEL_STAGES[:2])
-    assert enabled_model_stages(job(tiny_paths, "caption.enabled=false")) == []  # subject labels come from captions
+    def stages(*overrides):
+        return enabled_model_stages(job(tiny_paths, *overrides))
+
+    assert stages() == list(MODEL_STAGES) == [CaptionPrepStage, AestheticStage, CaptionStage, SubjectStage]
+    assert stages("subjects.enabled=false") == [CaptionPrepStage, AestheticStage, CaptionStage]
+    # Subject labels come from captions; the aesthetic stage runs on its own.
+    assert stages("caption.enabled=false") == [CaptionPrepStage, AestheticStage]
+    assert stages("aesthetic.enabled=false") == [CaptionPrepStage, CaptionStage, SubjectStage]
+    assert stages("caption.enabled=false", "aesthetic.enabled=false") == []

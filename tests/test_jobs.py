@@ -33,8 +33,13 @@ def test_gpu_cluster_job_runs_the_real_models_on_gpus():
     assert cfg.caption.enabled and cfg.caption.model == "Qwen/Qwen2-VL-7B-Instruct" and cfg.caption.num_gpus == 1
     s = cfg.subjects
     assert s.enabled and s.detector == "yolo_world" and s.sam_model_type == "vit_h"
-    # Equal GPU shares chain caption and subjects in one actor per GPU (curation.runner.chains).
-    assert s.num_gpus == cfg.caption.num_gpus
+    a = cfg.aesthetic
+    # The LAION head scores only the embeddings of the CLIP it was trained on.
+    assert a.enabled and a.clip_model == "openai/clip-vit-large-patch14"
+    assert a.head == "/models/sac+logos+ava1-l14-linearMSE.pth"
+    assert a.min_score is not None and 1 < a.min_score < 10
+    # Equal GPU shares chain aesthetic, caption and subjects in one actor per GPU (curation.runner.chains).
+    assert a.num_gpus == s.num_gpus == cfg.caption.num_gpus
 
 
 @pytest.mark.parametrize("name", TRAIN_JOBS)

@@ -15,13 +15,16 @@ from curation.plan import Cluster, PlanError, load_bench, make_plan
 # (70 - 10) s x 4 cores = 240 core-s against 200 busy: 0.4 s/clip of overhead. 5 MB of shards per clip.
 CURATION = {"clips": 100, "video_seconds": 500.0, "cores": 4, "ours_s": 70.0, "ray_start_s": 10.0,
             "bytes_written": 500_000_000, "stage_busy_s": {"probe": 10.0, "scenes": 50.0, "filter": 0.0, "encode": 140.0}}
-# Caption prep 0.5 CPU-s/clip; caption 2 GPU-s/clip at batch 8 (1 at batch 32); subjects 0.25 GPU-s/clip.
+# Caption prep 0.5 CPU-s/clip; aesthetic 0.05 GPU-s/clip at batch 32 (0.025 at batch 128); caption 2 GPU-s/clip at
+# batch 8 (1 at batch 32); subjects 0.25 GPU-s/clip.
 GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
-              "stages": {"caption_prep": {"clips_per_s": 2.0}, "caption_batch_8": {"clips_per_s": 0.5},
+              "stages": {"caption_prep": {"clips_per_s": 2.0}, "aesthetic_batch_32": {"clips_per_s": 20.0},
+                         "aesthetic_batch_128": {"clips_per_s": 40.0}, "caption_batch_8": {"clips_per_s": 0.5},
                          "caption_batch_32": {"clips_per_s": 1.0}, "subjects": {"clips_per_s": 4.0}},
-              "clips_per_s_per_gpu": {"caption": 1.0, "subjects": 4.0}}
+              "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0}}
 CPU_STAGES = {"mode": "cpu, tiny models", "stages": {"caption_prep": {"clips_per_s": 2.0},
-                                                     "caption": {"clips_per_s": 3.0}, "subjects": {"clips_per_s": 3.0}}}
+                                                     "aesthetic": {"clips_per_s": 9.0}, "caption": {"clips_per_s": 3.0},
+                                                     "subjects": {"clips_per_s": 3.0}}}
 
 
 def bench_dir(tmp_path: Path, curation: dict | None = CURATION, model: dict | None = GPU_STAGES) -> Path:
@@ -43,14 +46,14 @@ def plan(tmp_path: Path, cluster: Cluster = Cluster(), clips: int = 720_000, hou
 def test_hand_computed_plan(tmp_path):
     p = plan(tmp_path)
     per_clip = {s.stage: s.seconds_per_clip for s in p.stages}
-    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "filter": 0.0, "encode": 1.4,
-                                      "cpu overhead": 0.4, "caption_prep": 0.5, "caption": 2.0, "subjects": 0.25})
-    # 720k clips x 2.9 CPU-s = 580 CPU-h -> 58 CPUs for 10 h; x 2.25 GPU-s = 450 GPU-h -> 45 GPUs.
+    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "filter": 0.0, "encode": 1.4, "cpu overhead": 0.4,
+                                      "caption_prep": 0.5, "aesthetic": 0.05, "caption": 2.0, "subjects": 0.25})
+    # 720k clips x 2.9 CPU-s = 580 CPU-h -> 58 CPUs for 10 h; x 2.3 GPU-s = 460 GPU-h -> 46 GPUs.
     pools = {q.pool: q for q in p.pools}
     assert pools["cpu"].hours == pytest.approx(580) and pools["cpu"].units_for_target == 58
-    assert pools["gpu"].hours == pytest.approx(450) and pools["gpu"].units_for_target == 45
-    # 45 GPUs need 6 nodes of 8; on 48 GPUs 9.375 h, on 576 CPUs about 1 h: the GPUs (captioning) bound it.
-    assert p.nodes == 6 and p.wall_hours == pytest.approx(9.375) and p.wall_hours <= 10
+    assert pools["gpu"].hours == pytest.approx(460) and pools["gpu"].units_for_target == 46
+    # 46 GPUs need 6 nodes of 8; on 48 GPUs 9.58 h, on 576 CPUs about 1 h: the GPUs (captioning) bound it.
+    assert p.nodes == 6 and p.wall_hours == pytest.approx(460 / 48) and p.wall_hours <= 10
     assert pools["cpu"].wall_hours == pytest.approx(580 / 576)
     assert (p.bottleneck_pool, p.bottleneck_stage) == ("gpu", "caption")
     assert p.video_hours == pytest.approx(720_000 * 5 / 3600)
@@ -59,24 +62,25 @@ def test_hand_computed_plan(tmp_path):
     assert p.manifest_bytes == pytest.approx(720_000 * (300 + 1024 + 6 * (64 + 6400)))
 
 
-def test_caption_batch_size_picks_its_measured_rate(tmp_path):
-    cfg = job("caption.batch_size=32")
+@pytest.mark.parametrize("stage, benchmarked, seconds", [("caption", 32, 1.0), ("aesthetic", 128, 0.025)])
+def test_batch_size_picks_its_measured_rate(tmp_path, stage, benchmarked, seconds):
+    cfg = job(f"{stage}.batch_size={benchmarked}")
     p = make_plan(load_bench(bench_dir(tmp_path), cfg), cfg, 720_000, 10.0, Cluster())
-    assert {q.pool: q.hours for q in p.pools}["gpu"] == pytest.approx(720_000 * 1.25 / 3600)
+    assert {s.stage: s.seconds_per_clip for s in p.stages}[stage] == pytest.approx(seconds)
     assert not any("batch_size" in n for n in p.notes)
-    cfg = job("caption.batch_size=16")  # not benchmarked: the best measured rate, said in a note
+    cfg = job(f"{stage}.batch_size=16")  # not benchmarked: the best measured rate (here the larger batch), in a note
     p = make_plan(load_bench(bench_dir(tmp_path), cfg), cfg, 720_000, 10.0, Cluster())
-    assert {s.stage: s.seconds_per_clip for s in p.stages}["caption"] == pytest.approx(1.0)
-    assert any("caption.batch_size=16 was not benchmarked" in n for n in p.notes)
+    assert {s.stage: s.seconds_per_clip for s in p.stages}[stage] == pytest.approx(seconds)
+    assert any(f"{stage}.batch_size=16 was not benchmarked" in n for n in p.notes)
 
 
 def test_bottleneck_follows_the_cluster_shape(tmp_path):
-    # One node of 8 CPUs + 8 GPUs: 580/8 = 72.5 h of CPU work against 450/8 = 56.25 h of GPU work.
+    # One node of 8 CPUs + 8 GPUs: 580/8 = 72.5 h of CPU work against 460/8 = 57.5 h of GPU work.
     p = plan(tmp_path, Cluster(cpus_per_node=8, gpus_per_node=8, nodes=1))
     assert (p.bottleneck_pool, p.bottleneck_stage) == ("cpu", "encode")
     assert p.nodes == 1 and p.wall_hours == pytest.approx(72.5)
     p = plan(tmp_path, Cluster(cpus_per_node=16, gpus_per_node=8, nodes=1))
-    assert (p.bottleneck_pool, p.bottleneck_stage, p.wall_hours) == ("gpu", "caption", pytest.approx(56.25))
+    assert (p.bottleneck_pool, p.bottleneck_stage, p.wall_hours) == ("gpu", "caption", pytest.approx(57.5))
     with pytest.raises(PlanError, match="--nodes must be >= 1"):
         plan(tmp_path, Cluster(nodes=0))
     with pytest.raises(PlanError, match="no GPUs"):
@@ -85,15 +89,32 @@ def test_bottleneck_follows_the_cluster_shape(tmp_path):
 
 def test_cpu_only_model_bench_leaves_gpu_stages_unmeasured(tmp_path):
     p = plan(tmp_path, model=CPU_STAGES)
-    assert [q.pool for q in p.pools] == ["cpu"] and p.unmeasured == ["caption", "subjects"]
+    assert [q.pool for q in p.pools] == ["cpu"] and p.unmeasured == ["aesthetic", "caption", "subjects"]
     assert p.bottleneck_pool == "cpu" and p.nodes == 1
     assert any("model_stages_bench --gpu" in n for n in p.notes)
 
 
-def test_caption_disabled_needs_no_model_bench(tmp_path):
-    cfg = job("caption.enabled=false", "subjects.enabled=false")
+def test_no_model_stages_need_no_model_bench(tmp_path):
+    cfg = job("caption.enabled=false", "aesthetic.enabled=false")
     bench = load_bench(bench_dir(tmp_path, model=None), cfg)
     assert [r.stage for r in bench.rates] == ["probe", "scenes", "filter", "encode", "cpu overhead"]
+
+
+def test_aesthetic_without_captions_costs_its_prep_and_its_gpu_time(tmp_path):
+    cfg = job("caption.enabled=false")
+    bench = load_bench(bench_dir(tmp_path), cfg)
+    assert [(r.stage, r.pool, r.seconds_per_clip) for r in bench.rates[-2:]] == [
+        ("caption_prep", "cpu", 0.5), ("aesthetic", "gpu", pytest.approx(0.05))]
+    assert not bench.unmeasured
+
+
+def test_gpu_bench_from_before_the_aesthetic_stage_leaves_it_unmeasured(tmp_path):
+    old = {**GPU_STAGES, "stages": {k: v for k, v in GPU_STAGES["stages"].items() if not k.startswith("aesthetic")},
+           "clips_per_s_per_gpu": {"caption": 1.0, "subjects": 4.0}}
+    cfg = job()
+    p = make_plan(load_bench(bench_dir(tmp_path, model=old), cfg), cfg, 720_000, 10.0, Cluster())
+    assert p.unmeasured == ["aesthetic"] and {"caption", "subjects"} <= {s.stage for s in p.stages}
+    assert any("aesthetic not measured" in n and "model_stages_bench --gpu" in n for n in p.notes)
 
 
 def test_missing_files_are_named_with_their_command(tmp_path):

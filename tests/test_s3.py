@@ -17,7 +17,8 @@ def test_curation_from_and_to_object_storage(s3_server, tmp_path):
     for name in ("counter.mp4", "fades.mp4"):
         s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
     s3.put_object(Bucket="raw", Key="videos/broken.mp4", Body=b"\x00" * 1000)
-    cfg = load_job(None, [f"storage.endpoint_url={s3_server}", "scenes.min_clip_s=0.5", "ray.num_cpus=2", "caption.enabled=false"],
+    cfg = load_job(None, [f"storage.endpoint_url={s3_server}", "scenes.min_clip_s=0.5", "ray.num_cpus=2",
+                          "caption.enabled=false", "aesthetic.enabled=false"],
                    input="s3://raw/videos/", output="s3://data/curated")
     result = run(cfg)
     assert result.sources_total == 3 and result.stats.sources_failed == 1

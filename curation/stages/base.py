@@ -13,7 +13,7 @@ Stages know nothing of Ray (``curation.runner`` maps them onto it). A batch is a
 A stage handles the kinds in ``consumes`` and passes every other row through untouched. A row that raises
 leaves as an error row, so one bad video or clip never fails the batch or the job. ``process`` may return a
 list or yield: the runner streams a stage's rows on as they come, so a long video's clips never sit in memory
-all at once.
+all at once. A stage whose model takes the whole batch in one call subclasses ``BatchedStage``.
 """
 
 from __future__ import annotations
@@ -67,3 +67,44 @@ class Stage:
 
     def __call__(self, batch: list[Row]) -> list[Row]:
         return list(self.stream(batch))
+
+
+class BatchedStage(Stage):
+    """A stage whose model runs once per batch: ``inputs(row)`` for each row it consumes (a row whose inputs fail
+    becomes an error row), one ``predict(items)`` for all of them, then ``finish(row, result)`` per row. A result
+    that is an exception fails its row only, and a ``predict`` that raises is retried item by item, so one bad
+    clip never costs the others."""
+
+    def inputs(self, row: Row):
+        raise NotImplementedError
+
+    def predict(self, items: list) -> list:
+        raise NotImplementedError
+
+    def finish(self, row: Row, result) -> Row:
+        raise NotImplementedError
+
+    def stream(self, batch: list[Row]) -> list[Row]:
+        out = list(batch)
+        todo = []
+        for pos, row in enumerate(batch):
+            if row["kind"] not in self.consumes:
+                continue
+            try:
+                todo.append((pos, self.inputs(row)))
+            except Exception as e:  # noqa: BLE001 - unreadable inputs fail this row only
+                out[pos] = error_row(row, self.name, e)
+        for (pos, _), result in zip(todo, self._isolated([item for _, item in todo])):
+            row = out[pos]
+            out[pos] = error_row(row, self.name, result) if isinstance(result, Exception) else self.finish(row, result)
+        return out
+
+    def _isolated(self, items: list) -> list:
+        if not items:
+            return []
+        try:
+            return self.predict(items)
+        except Exception as e:  # noqa: BLE001 - isolate the item that broke the batched call
+            if len(items) == 1:
+                return [e]
+            return [r for item in items for r in self._isolated([item])]

@@ -1,0 +1,246 @@
+"""Shot boundaries and clean clips: TransNetV2 on real videos with its packaged weights, streaming in bounded
+memory, blank and fade trimming on synthetic scores, a synthetic video and real ones."""
+
+import random
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.clean_clips import evaluate, labelled_videos
+from curation.config import DetectorConfig, TrimConfig, load_job
+from curation.planning import Planned, Scores, frame_limits, plan_scene
+from curation.shots import Break, Detectors
+from curation.stages import CPU_STAGES, make_row
+from curation.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
+from curation.video import analyse, probe
+from curation.storage import Storage
+
+from .conftest import VIDEOS
+
+TRIM = TrimConfig()
+
+
+@pytest.fixture(scope="module")
+def model() -> TransNetV2Model:
+    return TransNetV2Model.load({}, "cpu")
+
+
+def small_frames(path, start=0, end=None) -> list[np.ndarray]:
+    """The analysis pass's frames (BGR at width 256) of [start, end)."""
+    import cv2
+
+    out = []
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if end is not None and i >= end:
+                break
+            if i >= start:
+                bgr = f.to_ndarray(format="bgr24")
+                out.append(cv2.resize(bgr, (256, round(bgr.shape[0] * 256 / bgr.shape[1] / 2) * 2), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def stream(model, frames, **args) -> list[Break]:
+    det = TransNetV2Detector(model, args)
+    breaks = [b for i, f in enumerate(frames) for b in det.process(i, f)]
+    return breaks + det.finish(len(frames))
+
+
+def runs_above(p: np.ndarray, threshold=0.5) -> list[Break]:
+    """Breaks from whole-video probabilities by the package's rule (first frame of a run stays in the shot before)."""
+    out, start = [], None
+    for i, above in enumerate(list(p > threshold) + [False]):
+        if above and start is None:
+            start = i
+        elif not above and start is not None:
+            out.append(Break(start + 1, i))
+            start = None
+    return out
+
+
+def test_streamed_windows_give_the_package_reference_predictions(model):
+    # testvideo frames [150, 420): a hard cut, black, a fade in, a fade out, black. The reference runs the whole
+    # clip through the package's own predict_frames (padding, windows, middle frames); the detector streams it.
+    import cv2
+
+    frames = small_frames(VIDEOS / "testvideo.mp4", 150, 420)
+    rgb = torch.from_numpy(np.stack([cv2.cvtColor(cv2.resize(f, SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB) for f in frames]))
+    with torch.inference_mode(), model.autocast:
+        single, many = model.net.predict_frames(rgb, quiet=True)
+    expected = runs_above(np.maximum(single.float().numpy(), many.float().numpy()))
+    assert expected and any(b.end - b.start > 10 for b in expected)  # a hard cut and gradual spans
+    assert stream(model, frames) == expected
+    assert stream(model, frames, windows=3) == expected  # batched windows change nothing
+
+
+def test_transnetv2_sees_the_labelled_cuts_and_transitions_of_testvideo(model):
+    # labels.json, by eye: cuts at 30 and 180; fades and the dissolve [211,240) [331,360) [394,424) [529,558) [664,693).
+    breaks = stream(model, small_frames(VIDEOS / "testvideo.mp4"))
+    cuts = [b.start for b in breaks if b.start == b.end]
+    spans = [(b.start, b.end) for b in breaks if b.end > b.start]
+    assert cuts == [30, 180]
+    truth = [(211, 240), (331, 360), (394, 424), (529, 558), (664, 693)]
+    assert len(spans) == len(truth) and all(abs(s - a) <= 3 and abs(e - b) <= 3 for (s, e), (a, b) in zip(spans, truth)), spans
+
+
+def test_weights_load_from_a_path_through_the_same_code(model, tmp_path):
+    from safetensors.torch import save_file
+
+    from curation.model_runtime import load_state_dict
+
+    path = tmp_path / "transnetv2.safetensors"
+    save_file(load_state_dict(packaged_weights()), str(path))
+    window = np.random.default_rng(0).integers(0, 255, (1, WINDOW, 27, 48, 3), dtype=np.uint8)
+    assert np.array_equal(TransNetV2Model.load({"weights": str(path)}, "cpu")(window), model(window))
+    (tmp_path / "other.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="other.safetensors"):
+        TransNetV2Model.load({"weights": str(tmp_path / "other.safetensors")}, "cpu")
+
+
+def test_loading_leaves_the_process_as_it_was():
+    # The package's own constructor seeds every RNG and turns on deterministic algorithms process-wide.
+    random.seed(1234)
+    expected = random.random()
+    random.seed(1234)
+    TransNetV2Model.load({}, "cpu")
+    assert random.random() == expected and not torch.are_deterministic_algorithms_enabled()
+
+
+class FakeNet:
+    """Stands in for the network: a frame's probability is read from the frame itself (its first pixel)."""
+
+    def __call__(self, windows):
+        return windows[:, CONTEXT : CONTEXT + STRIDE, 0, 0, 0].astype(np.float32) / 255.0
+
+
+def test_long_video_streams_in_bounded_memory():
+    n = 20_000
+    transitions = [(1_000, 1_001), (5_000, 5_040), (12_345, 12_346), (19_990, n)]
+    det = TransNetV2Detector(FakeNet(), {"windows": 4})
+    frames_held, breaks = 0, []
+    for i in range(n):
+        small = np.zeros((54, 96, 3), np.uint8)  # an analysis frame; the detector halves it to 48x27
+        small[:2, :2, 2] = 255 if any(a <= i < b for a, b in transitions) else 0  # red, top-left: FakeNet's input
+        breaks += det.process(i, small)
+        frames_held = max(frames_held, len(det.buf))
+        assert det.settled() <= i + 1
+    breaks += det.finish(n)
+    assert frames_held <= WINDOW + 3 * STRIDE  # one batch of windows, whatever the length
+    assert breaks == [Break(1_001, 1_001), Break(5_001, 5_040), Break(12_346, 12_346), Break(19_991, n)]
+
+
+def scene_scores(luma, contrast) -> Scores:
+    luma, contrast = np.asarray(luma, np.float32), np.asarray(contrast, np.float32)
+    return Scores(np.ones_like(luma), luma, contrast)
+
+
+def test_black_white_flat_and_fading_ends_are_trimmed():
+    # 10 fps, clips 1 s to 4 s. Black (3), a fade-in (4, contrast rising to 50), content (30), white (2), flat grey (2).
+    luma = [2] * 3 + [30, 50, 70, 90] + [100] * 30 + [250] * 2 + [128] * 2
+    contrast = [1] * 3 + [10, 20, 30, 40] + [50] * 30 + [3] * 2 + [0] * 2
+    planned = plan_scene(0, len(luma), scene_scores(luma, contrast), TRIM, frame_limits(10, 1, 4))
+    assert planned == [Planned(7, 37, False)]  # the last fade frame has 0.8 of the content's contrast: < 0.85
+
+
+def test_a_scene_without_content_is_one_blank_candidate_and_a_short_one_is_nothing():
+    limits = frame_limits(10, 1, 4)
+    assert plan_scene(0, 30, scene_scores([1] * 30, [0] * 30), TRIM, limits) == [Planned(0, 30, True)]
+    assert plan_scene(0, 8, scene_scores([1] * 8, [0] * 8), TRIM, limits) == []
+    # Content shorter than the shortest clip once trimmed: blank too (nothing of it is kept).
+    luma = [1] * 20 + [100] * 5
+    assert plan_scene(0, 25, scene_scores(luma, [0] * 20 + [50] * 5), TRIM, limits) == [Planned(0, 25, True)]
+
+
+def write_synthetic(path, fps=25):
+    """Three textured shots joined by a fade through black and a dissolve, with known frames:
+    A [0,50) fade-out [50,62) black [62,70) fade-in B [70,82) B [82,140) dissolve B->C [140,160) C [160,220)."""
+    rng = np.random.default_rng(0)
+    shots = [rng.integers(0, 255, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
+
+    def shot(k, i):  # a textured picture that moves, so motion and content are real
+        import cv2
+
+        big = cv2.resize(shots[k], (192, 112), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        return np.roll(big, 2 * i, axis=1)
+
+    def frame(i):
+        if i < 50:
+            return shot(0, i)
+        if i < 62:
+            return shot(0, i) * (1 - (i - 49) / 13)
+        if i < 70:
+            return np.zeros((112, 192, 3), np.float32)
+        if i < 82:
+            return shot(1, i) * ((i - 69) / 13)
+        if i < 140:
+            return shot(1, i)
+        if i < 160:
+            a = (i - 139) / 21
+            return shot(1, i) * (1 - a) + shot(2, i) * a
+        return shot(2, i)
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt, s.options = 192, 112, "yuv420p", {"crf": "12"}
+        for i in range(220):
+            f = av.VideoFrame.from_ndarray(np.clip(frame(i), 0, 255).astype(np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, fps)
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    return {"frames": 220, "black": [[62, 70]], "cuts": [], "zones": [[50, 62], [70, 82], [140, 160]]}
+
+
+def curate(path, *overrides):
+    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=1", *overrides],
+                   input="x", output="unused")
+    rows = [make_row("source", str(path), {})]
+    for cls in CPU_STAGES[:3]:
+        stage = cls(cfg)
+        stage.setup()
+        rows = stage(rows)
+    assert not [r for r in rows if r["kind"] == "error"]
+    return rows
+
+
+def kept(rows):
+    return [(r["meta"]["start_frame"], r["meta"]["end_frame"]) for r in rows if r["kind"] == "clip"]
+
+
+def test_synthetic_fades_and_dissolve_stay_out_of_clips(tmp_path):
+    label = write_synthetic(tmp_path / "synthetic.mp4")
+    rows = curate(tmp_path / "synthetic.mp4")
+    r = evaluate({"v": kept(rows)}, {"v": label})
+    assert r["clean_rate"] == 1.0 and r["coverage"] > 0.9, r
+
+
+def test_default_detectors_keep_only_clean_clips_of_real_videos():
+    paths, labels = labelled_videos()
+    names = ["testvideo.mp4", "bikes.mp4"]
+    clips = {n: kept(curate(paths[n])) for n in names}
+    r = evaluate(clips, {n: labels[n] for n in names})
+    assert r["clean_rate"] == 1.0 and r["coverage"] > 0.95, r
+
+
+def test_blank_sources_and_scenes_become_dropped_rows_with_their_scores():
+    # fades.mp4: flat frames fading to white and to black, no content at all. TransNetV2 sees its fades as
+    # transitions and leaves only scenes too short to keep; adaptive sees one scene: all of it blank.
+    assert not kept(curate(VIDEOS / "fades.mp4"))
+    rows = curate(VIDEOS / "fades.mp4", "scenes.detectors=[{kind: adaptive}]")
+    dropped = [r["meta"] for r in rows if r["kind"] == "dropped"]
+    assert not kept(rows) and dropped and all(m["dropped_by"] == "blank" and m["blank_frac"] > 0.9 for m in dropped)
+    rows = curate(VIDEOS / "testvideo.mp4")  # [0, 30) is all black
+    blank = [r["meta"] for r in rows if r["kind"] == "dropped" and r["meta"]["start_frame"] == 0]
+    assert blank and blank[0]["dropped_by"] == "blank" and blank[0]["luma"] < 5
+    for m in (r["meta"] for r in rows if r["kind"] == "clip"):
+        assert m["blank_frac"] == 0 and m["luma"] > 50 and m["contrast"] > 20
+
+
+def test_videos_with_odd_chroma_rows_decode():
+    # 160x90: each chroma plane is 80x45, which does not fill whole rows of PyAV's packed yuv420p array.
+    paths, labels = labelled_videos()
+    info = probe(str(paths["test.mp4"]), Storage())
+    a = analyse(str(paths["test.mp4"]), Storage(), Detectors([DetectorConfig("adaptive")]).for_source(info.fps), 256)
+    assert a.num_frames == labels["test.mp4"]["frames"] and len(a.breaks) > 100
