@@ -116,15 +116,30 @@ def _need(data: dict, key: str, path: Path, command: str):
     return data[key]
 
 
+def detector_kinds(job: JobConfig) -> str:
+    """The job's detector kinds as the curation bench names its runs, e.g. ``adaptive+transnetv2``."""
+    return "+".join(sorted({d.kind for d in job.scenes.detectors}))
+
+
 def load_bench(folder: str | Path, job: JobConfig) -> Bench:
     """Per-clip costs of the job's stages from the bench files in ``folder``."""
     path = Path(folder) / "curation.json"
     cur = _read(path, CURATION_CMD)
+    # The scene pass costs what its detectors cost (TransNetV2 on a CPU: ~20x PySceneDetect's): take the bench run
+    # made with this job's detector kinds where there is one.
+    kinds = detector_kinds(job)
+    measured = cur.get("detectors", "adaptive")
+    notes = []
+    if kinds in cur.get("runs", {}):
+        cur, measured = {**cur, **cur["runs"][kinds]}, kinds
+    elif kinds != measured:
+        notes.append(f"the scene pass was measured with detectors {measured}, not this job's {kinds}: "
+                     f"its cost differs (rerun {CURATION_CMD} with a run of these detectors)")
     clips, cores, busy, wall, video_s = (_need(cur, k, path, CURATION_CMD)
                                          for k in ("clips", "cores", "stage_busy_s", "ours_s", "video_seconds"))
     if clips < 1:
         raise PlanError(f"{path}: the bench wrote no clips, so it gives no per-clip cost: rerun {CURATION_CMD}")
-    where = f"curation.json, {clips} clips, {cores} cores of this machine"
+    where = f"curation.json, {clips} clips, detectors {measured}, {cores} cores of this machine"
     rates = [StageRate(s, "cpu", _need(busy, s, path, CURATION_CMD) / clips, f"stage_busy_s.{s} / clips ({where})")
              for s in CPU_STAGES]
     # What the stages' busy time leaves out: Ray scheduling, the driver writing shards, idle tails.
@@ -132,7 +147,7 @@ def load_bench(folder: str | Path, job: JobConfig) -> Bench:
     if overhead > 0:
         rates.append(StageRate(OVERHEAD, "cpu", overhead / clips,
                                f"(ours_s - ray_start_s) x cores - busy, / clips ({where})"))
-    bench = Bench(clips, video_s, cores, cur.get("bytes_written"), rates)
+    bench = Bench(clips, video_s, cores, cur.get("bytes_written"), rates, notes=notes)
     if job.aesthetic.enabled or job.caption.enabled:
         _model_rates(Path(folder) / "model_stages.json", job, bench)
     return bench

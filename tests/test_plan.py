@@ -117,6 +117,20 @@ def test_gpu_bench_from_before_the_aesthetic_stage_leaves_it_unmeasured(tmp_path
     assert any("aesthetic not measured" in n and "model_stages_bench --gpu" in n for n in p.notes)
 
 
+def test_the_scene_pass_costs_what_the_jobs_detectors_cost(tmp_path):
+    # The bench's top level ran adaptive alone; its runs hold the default set (TransNetV2 + adaptive): 2 s/clip.
+    slow = {**CURATION, "detectors": "adaptive", "runs": {"adaptive+transnetv2": {
+        "ours_s": 120.0, "stage_busy_s": {**CURATION["stage_busy_s"], "scenes": 200.0}}}}
+    folder = bench_dir(tmp_path, curation=slow)
+    scenes = {j: next(r for r in load_bench(folder, job(*j)).rates if r.stage == "scenes") for j in
+              [(), ("scenes.detectors=[{kind: adaptive}]",)]}
+    assert scenes[()].seconds_per_clip == 2.0 and "detectors adaptive+transnetv2" in scenes[()].source
+    assert scenes[("scenes.detectors=[{kind: adaptive}]",)].seconds_per_clip == 0.5
+    # Kinds no run measured: the plan says its scene cost comes from other detectors.
+    other = load_bench(folder, job("scenes.detectors=[{kind: threshold}]"))
+    assert any("measured with detectors adaptive, not this job's threshold" in n for n in other.notes)
+
+
 def test_missing_files_are_named_with_their_command(tmp_path):
     with pytest.raises(PlanError, match=r"curation\.json is missing: run `make bench`"):
         load_bench(tmp_path, job())
@@ -133,7 +147,7 @@ def test_plan_command(tmp_path, capsys):
     assert main([*args, str(bench_dir(tmp_path)), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "bottleneck: the GPU pool, mostly caption" in printed and "2 cores" not in printed
-    assert "stage_busy_s.encode / clips (curation.json, 100 clips, 4 cores of this machine)" in printed
+    assert "stage_busy_s.encode / clips (curation.json, 100 clips, detectors adaptive, 4 cores of this machine)" in printed
     saved = json.loads(out.read_text())
     assert saved["bottleneck_pool"] == "gpu" and saved["clips"] == 720_000
     assert main([*args, str(tmp_path / "none")]) == 2
