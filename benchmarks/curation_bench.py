@@ -209,7 +209,7 @@ def main() -> None:
         "bytes_written": result.stats.bytes_written,
         "detectors": "adaptive",
         # Per detector kinds (curation.plan takes the job's): the default set, on the CPU, with trimming.
-        "runs": {detector_kinds(load_job(None, [])): {
+        "runs": {detector_kinds(load_job(None, [], input="-", output="-")): {
             "ours_s": t_default, "clips": result_default.stats.clips_written, "floor_s": t_floor_default,
             "ratio_vs_floor": t_default / t_floor_default,
             "ratio_vs_floor_without_ray_start": (t_default - t_ray) / t_floor_default,
