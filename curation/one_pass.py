@@ -20,7 +20,6 @@ from fractions import Fraction
 from typing import Callable
 
 import av
-import numpy as np
 
 from .config import EncodeConfig, TrimConfig
 from .planning import Scores, clip_scores, plan_scene
@@ -93,8 +92,7 @@ class OnePassEncoder:
             self._close(accepted.start)
         while self.frames and self.frames[0][0] < accepted.end:  # a transition's frames belong to no scene
             self._pop()
-        self.start = max(self.start, accepted.end)
-        self.whole = self.frames[0][0] == self.start if self.frames else self.next_index <= self.start
+        self._open(max(self.start, accepted.end))
 
     def _close(self, end: int) -> None:
         scene = []
@@ -102,12 +100,16 @@ class OnePassEncoder:
             scene.append(self.frames[0])
             self._pop()
         if end > self.start and self.whole and len(scene) == end - self.start:
-            s = Scores(*np.asarray(self.scores[self.start : end], dtype=np.float32).reshape(-1, 3).T)
+            s = Scores.of(self.scores[self.start : end])
             for p in plan_scene(0, end - self.start, s, self.trim, self.limits):
                 if not p.blank and self.keep(clip_scores(s, p.start, p.end, self.trim)):
                     self._encode(self.start + p.start, self.start + p.end, scene[p.start : p.end])
-        self.start = end
-        self.whole = self.frames[0][0] == end if self.frames else self.next_index <= end
+        self._open(end)
+
+    def _open(self, start: int) -> None:
+        """The next scene starts at ``start``: it is held whole if its first frame is held or still to come."""
+        self.start = start
+        self.whole = self.frames[0][0] == start if self.frames else self.next_index <= start
 
     def _encode(self, start: int, end: int, scene: list[tuple[int, int, av.VideoFrame]]) -> None:
         first = scene[0][1]

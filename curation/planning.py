@@ -24,6 +24,11 @@ class Scores:
     luma: np.ndarray  # mean gray level, 0..255
     contrast: np.ndarray  # standard deviation of the gray levels
 
+    @classmethod
+    def of(cls, frames: list[tuple[float, float, float]]) -> "Scores":
+        """From (motion, luma, contrast) per frame, as the analysis pass records them."""
+        return cls(*np.asarray(frames, dtype=np.float32).reshape(-1, 3).T)
+
 
 @dataclass
 class Planned:

@@ -207,12 +207,11 @@ def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_widt
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     if np.any(order != np.arange(len(order))):
         raise VideoError("frame timestamps are not in presentation order")
-    columns = np.asarray(scores, dtype=np.float32).reshape(-1, 3).T
     return Analysis(
         pts=np.asarray(pts, dtype=np.int64),
         time_base=time_base,
         breaks=sorted(released + last),
-        scores=Scores(*columns),
+        scores=Scores.of(scores),
     )
 
 

@@ -37,26 +37,27 @@ class SceneStage(Stage):
     def setup(self) -> None:
         self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.num_gpus))
 
-    def _encoder(self, src: dict, fps: Fraction, limits: tuple[int, int]) -> OnePassEncoder | None:
-        sc, hold = self.cfg.scenes, self.cfg.encode.hold_mb
+    def _encoder(self, src: dict, fps: Fraction, limits: tuple[int, int], min_gap: int) -> OnePassEncoder | None:
+        hold = self.cfg.encode.hold_mb
         if not hold:
             return None
 
         def keep(scores: dict) -> bool:
             return rejection({"width": src["width"], "height": src["height"], **scores}, self.cfg.filters) is None
 
-        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, limits, min_gap_frames(sc.min_scene_s, src["fps"]),
-                              int(hold * 2**20), sc.trim, keep)
+        return OnePassEncoder(self.cfg.encode, src["rotation"], fps, limits, min_gap, int(hold * 2**20),
+                              self.cfg.scenes.trim, keep)
 
     def process(self, row: Row) -> Iterator[Row]:
         uri, src = row["source_uri"], row["meta"]
         sc = self.cfg.scenes
         fps = Fraction(src["fps"]).limit_denominator(1001)
         limits = frame_limits(float(fps), sc.min_clip_s, sc.max_clip_s)
-        held = self._encoder(src, fps, limits)
+        min_gap = min_gap_frames(sc.min_scene_s, src["fps"])
+        held = self._encoder(src, fps, limits, min_gap)
         try:
             a = analyse(uri, self.storage, self.detectors.for_source(src["fps"]), sc.analysis_width, sink=held)
-            breaks = merge_breaks(a.breaks, a.num_frames, min_gap_frames(sc.min_scene_s, src["fps"]))
+            breaks = merge_breaks(a.breaks, a.num_frames, min_gap)
             shots = scenes(breaks, a.num_frames)
             planned = plan(shots, a.scores, sc.trim, limits)
             for p in planned:
