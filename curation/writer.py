@@ -34,6 +34,7 @@ from .stages.base import Row
 from .storage import Storage
 
 log = logging.getLogger("curation")
+REJECTED_EXAMPLES = 4  # dropped clips kept per filter (their metadata) for the report
 
 
 def done_marker_name(uri: str) -> str:
@@ -75,7 +76,8 @@ class RunStats:
     dropped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     motion_all: list[float] = field(default_factory=list)  # every candidate clip, kept or dropped
-    samples: list[tuple[str, bytes]] = field(default_factory=list)  # (clip_id, mp4) for the contact sheet
+    samples: list[tuple[str, bytes, list[bytes]]] = field(default_factory=list)  # (clip_id, mp4, subject PNGs)
+    rejected: dict[str, list[dict]] = field(default_factory=dict)  # filter -> a few dropped clips' metadata
 
 
 class DatasetWriter:
@@ -148,10 +150,16 @@ class DatasetWriter:
         elif kind == "dropped":
             self.stats.motion_all.append(meta["motion"])
             self.stats.dropped[meta["dropped_by"]] += 1
+            self._reject_example(meta)
             src.settled += 1
         elif kind == "summary":
             src.expected = meta["num_clips"]
             self.stats.source_seconds += meta["duration_s"]
+            if not meta["num_clips"] and meta.get("num_scenes"):
+                # Every scene was shorter than scenes.min_clip_s: no candidate clip, so no dropped row says why.
+                self.stats.dropped["too_short"] += meta["num_scenes"]
+                self._reject_example({"source_uri": uri, "start_s": 0.0, "end_s": meta["duration_s"],
+                                      "num_scenes": meta["num_scenes"], "dropped_by": "too_short"})
         elif kind == "error":
             self.stats.errors[meta["error_type"]] += 1
             key = (meta["uri"], meta["clip_id"], meta["stage"])
@@ -166,6 +174,11 @@ class DatasetWriter:
             raise ValueError(f"unexpected row kind {kind!r}")
         if self._rows and (self._bytes >= self.cfg.target_size_mb * 1e6 or len(self._rows) >= self.cfg.max_clips):
             self.flush()
+
+    def _reject_example(self, meta: dict) -> None:
+        examples = self.stats.rejected.setdefault(meta["dropped_by"], [])
+        if len(examples) < REJECTED_EXAMPLES:
+            examples.append(meta)
 
     def _append(self, meta: dict, row: Row) -> None:
         if self._tar is None:
@@ -189,7 +202,7 @@ class DatasetWriter:
         self._rows.append(record)
         self.stats.clip_seconds += meta["end_s"] - meta["start_s"]
         if len(self.stats.samples) < self.sample_clips:
-            self.stats.samples.append((key, row["mp4"]))
+            self.stats.samples.append((key, row["mp4"], row.get("pngs") or []))
 
     # -- commit ---------------------------------------------------------------------------------------------
     def flush(self) -> None:
