@@ -1,5 +1,6 @@
 """python -m curation run JOB.yaml [--input URI] [--output URI] [--set key=value ...]
-python -m curation plan JOB.yaml --clips N [--hours H | --nodes N] [--bench DIR] [--out plan.json]"""
+python -m curation plan JOB.yaml --clips N [--hours H | --nodes N] [--bench DIR] [--out plan.json]
+python -m curation stats OUTPUT [--json] | validate OUTPUT | show OUTPUT CLIP_ID [--out PNG]  (an existing dataset)"""
 
 from __future__ import annotations
 
@@ -31,9 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--bench", default="out/bench", help="folder of the bench JSON files")
     pl.add_argument("--out", default="out/plan.json", help="where to write the plan as JSON")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    on_dataset = {"stats": "clips, hours, per source, filter scores, subjects per clip of a dataset",
+                  "validate": "check that manifest and shards match, and that shards are readable and safe",
+                  "show": "one clip's frames, subject crops and metadata as a PNG"}
+    for name, text in on_dataset.items():
+        q = sub.add_parser(name, help=text)
+        q.add_argument("output", help="the dataset: a local folder or s3://bucket/prefix")
+        q.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)")
+        if name == "stats":
+            q.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "show":
+            q.add_argument("clip_id")
+            q.add_argument("--out", help="PNG to write (default: CLIP_ID.png)")
     args = p.parse_args(argv)
     if args.command == "plan":
         return _plan(args)
+    if args.command in on_dataset:
+        return _inspect(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_job(args.job, args.overrides, args.input, args.output)
@@ -55,7 +70,37 @@ def main(argv: list[str] | None = None) -> int:
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     text = summary_text(result.stats, result.seconds, result.sources_total, result.sources_skipped, cpus)
     print(text)
-    print(f"report: {write_report(cfg.output, Storage(cfg.storage), result.stats, text)}")
+    report = write_report(cfg, Storage(cfg.storage), result.stats, text, result.stage_counts, result.seconds)
+    print(f"report: {report}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import StorageConfig
+    from .inspect_dataset import dataset_stats, format_stats, show_clip, validate
+    from .storage import Storage
+
+    storage = Storage(StorageConfig(endpoint_url=args.endpoint_url))
+    output = args.output.rstrip("/")
+    try:
+        if args.command == "stats":
+            s = dataset_stats(output, storage)
+            print(json.dumps(s, indent=2) if args.json else format_stats(s))
+        elif args.command == "validate":
+            problems = validate(output, storage)
+            for problem in problems:
+                print(problem)
+            print(f"{len(problems)} problem(s) in {output}" if problems else f"valid: {output}")
+            return 1 if problems else 0
+        else:
+            out = args.out or f"{args.clip_id}.png"
+            show_clip(output, storage, args.clip_id).save(out)
+            print(f"{args.clip_id}: {out}")
+    except (LookupError, OSError) as e:
+        print(f"{args.command}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

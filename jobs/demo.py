@@ -5,7 +5,8 @@
    stage (scenes, clips, captions, subjects);
 3. trains the tiny CINEMA model with 2 FSDP2 ranks (gloo) streaming those shards from the bucket;
 4. generates a video from a prompt and two subject crops taken out of the dataset;
-and prints where the report, the contact sheets, the loss curve and the video are.
+and prints where the report, the contact sheets, the loss curve and the video are, and the commands to look at
+each. The bucket goes with the server, so the dataset is mirrored to out/demo/dataset first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .loopback_s3 import free_port, loopback_s3
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 OUT = ROOT / "out" / "demo"
+DATASET = OUT / "dataset"
 CINEMA_TINY = ROOT / "out" / "tiny_checkpoints"
 
 
@@ -57,8 +59,8 @@ def train(endpoint: str) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def subject_crops(storage, count: int = 2) -> tuple[str, list[Path]]:
-    """The caption and ``count`` subject crops of the first clip in the dataset that has that many subjects."""
+def subject_crops(storage, count: int = 2) -> tuple[dict, list[Path]]:
+    """The manifest row and ``count`` subject crops of the first clip in the dataset that has that many subjects."""
     from curation import contract as C
     from curation.writer import read_parquet_dir
 
@@ -72,7 +74,7 @@ def subject_crops(storage, count: int = 2) -> tuple[str, list[Path]]:
         for member in tar:  # streamed; member bytes are read, never extracted to the paths they name
             if member.name in wanted:
                 crops[wanted[member.name]].write_bytes(tar.extractfile(member).read())
-    return clip["caption"], crops
+    return clip, crops
 
 
 def generate(prompt: str, crops: list[Path]) -> None:
@@ -99,21 +101,30 @@ def main() -> int:
         from curation.storage import Storage
 
         storage = Storage(StorageConfig(endpoint_url=endpoint))
-        # The bucket disappears with the server: keep a local copy of what people look at.
-        for name in ("report.html", "contact_sheet.png"):
-            (OUT / name).write_bytes(storage.read_bytes(f"s3://cinema/dataset/{name}"))
+        # The bucket disappears with the server: keep a local copy of the dataset (a few MB) to look at.
+        shutil.rmtree(DATASET, ignore_errors=True)
+        fs, path = storage.fs("s3://cinema/dataset")
+        fs.get(path + "/", str(DATASET), recursive=True)
         step("3/4 training the tiny CINEMA model: 2 FSDP2 ranks streaming the shards from the bucket")
         train(endpoint)
-        caption, crops = subject_crops(storage)
-    step(f"4/4 generating a video for {caption!r} with two subject crops from the dataset")
-    generate(caption, crops)
+        clip, crops = subject_crops(storage)
+    step(f"4/4 generating a video for {clip['caption']!r} with two subject crops from the dataset")
+    generate(clip["caption"], crops)
     print("\ndone:")
-    print(f"  curation report:        {OUT / 'report.html'}")
-    print(f"  clips contact sheet:    {OUT / 'contact_sheet.png'}")
+    print(f"  curated dataset:        {DATASET}  (a copy of s3://cinema/dataset)")
+    print(f"  curation report:        {DATASET / 'report.html'}")
+    print(f"  clips contact sheet:    {DATASET / 'contact_sheet.png'}")
     print(f"  loss curve:             {OUT / 'train' / 'loss_curve.png'}")
     print(f"  trained weights:        {OUT / 'train' / 'trained.safetensors'}")
     print(f"  generated video:        {OUT / 'video.mp4'} (a tiny model trained for seconds: expect noise)")
     print(f"  generation sheet:       {OUT / 'video.png'}  (subjects left, frames right)")
+    dataset, py = DATASET.relative_to(ROOT), ".venv/bin/python"
+    print("\nlook at it:")
+    print(f"  {py} -m curation stats {dataset}")
+    print(f"  {py} -m curation validate {dataset}")
+    print(f"  {py} -m curation show {dataset} {clip['clip_id']} --out {OUT.relative_to(ROOT) / 'clip.png'}")
+    print(f"  .venv/bin/tensorboard --logdir {(OUT / 'train' / 'tensorboard').relative_to(ROOT)}")
+    print(f"  chromium {dataset / 'report.html'}   (or any browser)")
     return 0
 
 

@@ -64,18 +64,6 @@ def test_shards_are_readable_by_tar_webdataset_and_ray(curated):
         assert all(m.isfile() and "/" not in m.name and ".." not in m.name for m in t.getmembers())
 
 
-def test_report_and_contact_sheet(curated):
-    from curation.report import summary_text, write_report
-    from curation.storage import Storage
-
-    cfg, result, _ = curated
-    uri = write_report(cfg.output, Storage(), result.stats, summary_text(result.stats, result.seconds, 12, 0, 2))
-    page = Path(uri).read_text()
-    assert "Sample clips" in page and "Errors" in page and "missing.mp4" in page
-    assert page.count("data:image/png;base64") == 4  # 3 histograms + contact sheet
-    assert (Path(cfg.output) / "contact_sheet.png").stat().st_size > 10_000
-
-
 def test_rerun_of_finished_job_is_a_noop(curated):
     cfg, _, _ = curated
     before = {p: p.stat().st_mtime_ns for p in Path(cfg.output).rglob("*") if p.is_file() and p.name != "report.html"}

@@ -1,0 +1,57 @@
+"""report.html of a small job, looked at for its content; a source with only too-short scenes is accounted for."""
+
+import re
+from pathlib import Path
+
+from curation.config import ShardsConfig, load_job
+from curation.report import summary_text, write_report
+from curation.storage import Storage
+from curation.writer import DatasetWriter
+
+from .data_fixtures import clip_row, standard_clips
+
+
+def test_report_of_the_small_job(curated):
+    cfg, result, _ = curated
+    s = result.stats
+    uri = write_report(cfg, Storage(), s, summary_text(s, result.seconds, 12, 0, 2), result.stage_counts, result.seconds)
+    page = Path(uri).read_text()
+    # Every filter, with its threshold from the job config and its pass rate.
+    for rule in ("scenes.min_clip_s = 0.5 s", "filters.max_blank_frac = 0.05", "filters.min_motion = 0",
+                 "filters.min_width = 0", "aesthetic.min_score not set"):
+        assert rule in page
+    assert page.count("<tr><td><b>") >= 5 and re.search(r"<td>\d+(\.\d)?%</td>", page)
+    # Time and throughput per stage, in pipeline order.
+    section = page[page.index("<h2>Stages"):page.index("<h2>Errors")]
+    stages = re.findall(r"<tr><td>(\w+)</td><td>\d+</td>", section)
+    assert stages == ["probe", "scenes", "filter", "encode", "caption_prep", "aesthetic", "caption", "subjects"]
+    # Errors grouped by stage and type with counts and the first messages.
+    assert re.search(r"<td>probe</td><td>VideoError</td><td>\d+</td>", page) and "file not found" in page
+    # One card per sample clip: frames, scores, caption, crops on a checkerboard with their labels.
+    assert page.count("class='card'") == len(s.samples) > 0
+    assert page.count('class="alpha"') == sum(len(pngs) for _, _, pngs in s.samples) > 0
+    assert "motion " in page and "A person" in page
+    assert page.count("data:image/png;base64") >= 5 + sum(len(pngs) for _, _, pngs in s.samples)  # histograms + crops
+    assert (Path(cfg.output) / "contact_sheet.png").stat().st_size > 10_000
+    assert (Path(cfg.output) / "README.md").read_text().startswith("---\nconfigs:")
+
+
+def test_a_source_whose_scenes_are_all_too_short_is_reported(tmp_path):
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), Storage(), ShardsConfig())
+    writer.recover()
+    kept = clip_row(standard_clips()[1])
+    writer.add(kept)
+    writer.add({"kind": "summary", "source_uri": kept["source_uri"],
+                "meta": {"num_clips": 1, "num_scenes": 1, "duration_s": 1.0, "source_sha1": "0" * 40}})
+    short = "/videos/short_scene.mp4"
+    writer.add({"kind": "summary", "source_uri": short,
+                "meta": {"num_clips": 0, "num_scenes": 1, "duration_s": 0.9, "source_sha1": "1" * 40}})
+    writer.close()
+    assert writer.stats.dropped == {"too_short": 1}
+    assert writer.stats.rejected["too_short"][0]["source_uri"] == short
+    cfg = load_job(None, ["scenes.min_clip_s=2"], input="unused", output=str(out))
+    page = Path(write_report(cfg, Storage(), writer.stats, "summary", {}, 1.0)).read_text()
+    assert re.search(r"<td>/videos/short_scene.mp4</td><td>0</td><td>no scene as long as scenes.min_clip_s</td>", page)
+    assert re.search(r"<b>too_short</b></td><td>every scene of the source shorter than scenes.min_clip_s = 2 s", page)
+    assert "short_scene.mp4: 0.90 s in 1 scene(s)" in page
