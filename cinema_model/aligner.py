@@ -14,6 +14,8 @@ from cinema_model.config import AlignerConfig
 
 
 class AlignerNet(nn.Module):
+    no_weight_decay = ("queries",)  # learned tokens, like embeddings: decay would only shrink them
+
     def __init__(self, cfg: AlignerConfig, in_dim: int, out_dim: int, num_queries: int):
         super().__init__()
         self.in_proj = nn.Linear(in_dim, cfg.width)

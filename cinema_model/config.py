@@ -99,14 +99,18 @@ class FlowConfig:
 
 @dataclass
 class VideoConfig:
-    num_frames: int = 45
+    # 1 + 8k frames: CogVideoX's VAE decodes its latents in pairs after the first three, so only an odd latent count
+    # (1 + 4 * even) keeps each latent's frames in place; the paper's 45 (12 latents) would shift the first four
+    # frames' latent into frames 4-9. 49 = 13 latents is CogVideoX's training length.
+    num_frames: int = 49
     height: int = 480
     width: int = 720
     fps: int = 8
 
     def validate(self):
-        if (self.num_frames - 1) % 4:
-            raise ValueError("video.num_frames must be 1 + 4k (the VAE's 4x causal time compression)")
+        if self.num_frames < 1 or (self.num_frames - 1) % 8:
+            raise ValueError(f"video.num_frames={self.num_frames}: must be 1 + 8k (9, 17, ..., 49), an odd number of "
+                             "latent frames, for the CogVideoX VAE to decode every frame in place")
         if self.height % 16 or self.width % 16:
             raise ValueError("video.height and video.width must be multiples of 16 (VAE 8x times patch 2)")
 
@@ -205,6 +209,6 @@ def replace(cfg: CinemaConfig, **changes: dict) -> CinemaConfig:
 
 
 def latent_frames(num_frames: int) -> int:
-    """Latent frames of the CogVideoX VAE: the first frame alone, then one per 4 (45 -> 12, 49 -> 13)."""
+    """Latent frames of the CogVideoX VAE: the first frame alone, then one per 4 (49 -> 13)."""
     return (num_frames - 1) // 4 + 1
 

@@ -181,4 +181,4 @@ class CinemaModel(nn.Module):
             return v_cond, None if uncond is None else self.dit(x, t, uncond)
 
         latents = euler_sample(velocity, noise, steps, flow.shift, guidance)
-        return self.vae.decode(latents, video.num_frames)
+        return self.vae.decode(latents)

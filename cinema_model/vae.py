@@ -1,8 +1,10 @@
 """Frozen 3D causal VAE: diffusers' CogVideoX VAE (8x spatial, 4x temporal compression, 16 latent channels).
 
-Frame counts: the first frame is encoded alone, then one latent frame per 4 frames, in chunks of 8 frames, so the
-round trip is exact for 1 + 8k frames (49 -> 13 latent frames, CogVideoX's training length). The paper's 45 frames
-encode to 12 latent frames; an even count decodes to 4 frames per latent (48), of which we keep the first 45.
+Frame counts: the first frame is encoded alone, then one latent frame per 4 frames. diffusers decodes the first
+three latents together, then two at a time, and its time upsampler keeps a first frame apart only in an odd-sized
+chunk: an odd latent count (1 + 8k frames, 49 -> 13 latents) decodes each latent to its own frames, an even one
+(45 -> 12) stretches latent 0 over four frames and shifts all the others by three. ``VideoConfig`` admits only
+1 + 8k frames.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class VideoVae(nn.Module):
         return out
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(B, T, C, h, w) -> (B, num_frames, 3, H, W) in [-1, 1]."""
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, 1 + 4 (T - 1), 3, H, W) in [-1, 1]."""
         dtype = next(self.vae.parameters()).dtype
         video = self.vae.decode(latents.transpose(1, 2).to(dtype) / self.vae.config.scaling_factor).sample
-        return video.transpose(1, 2)[:, :num_frames].float().clamp(-1, 1)
+        return video.transpose(1, 2).float().clamp(-1, 1)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny model, tiny clips: 9 frames at 32x32, two subjects at most.
 TINY = ["model.preset=tiny", "data.num_frames=9", "data.target_fps=null", "data.buckets=[[32,32]]",
-        "data.subject_size=32", "data.num_workers=0", "data.shuffle_buffer=4", "metrics.every=1",
+        "data.num_workers=0", "data.shuffle_buffer=4", "metrics.every=1",
         "metrics.tensorboard=false", "optim.warmup_steps=0", "parallel.param_dtype=float32"]
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cinema_model.config import preset
 from cinema_model.typed_config import ConfigError, apply_overrides, from_dict, load
 from curation.contract import MAX_SUBJECTS
+
+
+class JobError(ValueError):
+    """What stops a run that the user must fix (data that cannot be read, a checkpoint that cannot be used): one
+    message, no traceback. ``shared`` says every rank raised the same one, so rank 0 alone reports it."""
+
+    def __init__(self, message: str, shared: bool = False):
+        super().__init__(message)
+        self.shared = shared
 
 
 @dataclass
@@ -21,12 +31,11 @@ class DataConfig:
     urls: list[str] = field(default_factory=list)
     endpoint_url: str | None = None  # any S3-compatible endpoint; None means AWS
     anon: bool = False
-    num_frames: int = 45
+    num_frames: int = 49  # must equal the model's video.num_frames: 1 + 8k, CogVideoX's 49 by default
     target_fps: float | None = 8.0  # frames are taken every round(clip fps / target_fps) frames; None: every frame
     # (height, width); each clip goes to the bucket nearest its aspect ratio, resized to cover it and centre-cropped.
     buckets: list[tuple[int, int]] = field(default_factory=lambda: [(480, 720), (720, 480), (480, 480)])
-    max_subjects: int = MAX_SUBJECTS
-    subject_size: int = 256  # subject crops are letterboxed into a transparent square of this side
+    max_subjects: int = MAX_SUBJECTS  # subject crops are framed at the clip's bucket size (cinema_model.subjects)
     batch_size: int = 1  # per rank
     num_workers: int = 4  # loader processes per rank; 0 reads in the training process
     prefetch_factor: int = 2  # batches each worker prepares ahead
@@ -38,8 +47,8 @@ class DataConfig:
     def validate(self) -> None:
         if not self.urls:
             raise ConfigError("data.urls: give at least one dataset root or shard URL")
-        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or self.subject_size < 1:
-            raise ConfigError("data: num_frames, batch_size, shuffle_buffer and subject_size must be >= 1")
+        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
+            raise ConfigError("data: num_frames, batch_size and shuffle_buffer must be >= 1")
         if self.target_fps is not None and self.target_fps <= 0:
             raise ConfigError("data.target_fps must be > 0 (or null for every frame)")
         if not self.buckets or any(h < 1 or w < 1 for h, w in self.buckets):
@@ -53,8 +62,7 @@ class DataConfig:
 # Presets are overrides of the defaults (which are the full, paper-scale settings).
 DATA_PRESETS: dict[str, dict] = {
     "full": {},
-    "tiny": dict(num_frames=9, target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], subject_size=32,
-                 num_workers=0, shuffle_buffer=4),
+    "tiny": dict(num_frames=9, target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], num_workers=0, shuffle_buffer=4),
 }
 
 
@@ -103,6 +111,10 @@ class CheckpointConfig:
     every: int = 500  # steps; a checkpoint is also written at the last step
     keep: int = 3
     resume: bool = True  # continue from the latest complete checkpoint in folder
+    # Parts of the checkpoint not to load, as torchtitan's exclude_from_loading: "optimizer" starts AdamW's moments
+    # afresh, "data" starts the sample stream afresh (e.g. on a new dataset). Weights, EMA, step and LR schedule
+    # always load.
+    exclude_from_loading: list[Literal["optimizer", "data"]] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.every < 1 or self.keep < 1:
@@ -132,6 +144,11 @@ class TrainJob:
     def validate(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
             raise ConfigError("steps and grad_accum must be >= 1")
+        frames = preset(self.model.preset, self.model.checkpoints, self.model.overrides).video.num_frames
+        if self.stage == "cinema" and self.data.num_frames != frames:
+            raise ConfigError(f"data.num_frames={self.data.num_frames} but the model's video.num_frames={frames} "
+                              f"(preset {self.model.preset}): the loader must cut the clips the model is built for; "
+                              "set both to the same value")
 
 
 def load_train_job(path: str | None, overrides: list[str] = ()) -> TrainJob:

@@ -19,10 +19,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from cinema_model.config import latent_frames, preset
 from cinema_model.flops import dit_train_flops
 from cinema_model.model import CinemaModel
+from cinema_model.typed_config import to_dict
 
 from .batch import model_batch, sample_generators
-from .checkpoint import Checkpointer, TrainState, export_consolidated
-from .config import TrainJob
+from .checkpoint import Checkpointer, TrainState, clean_fqn, export_consolidated
+from .config import JobError, TrainJob
 from .data.loader import ShardLoader
 from .metrics import Metrics
 from .parallelize import parallelize
@@ -47,9 +48,24 @@ def distributed():
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        dist.barrier()  # not after an error: the other ranks may be waiting in another collective
     finally:
-        dist.barrier()
         dist.destroy_process_group()
+
+
+def on_every_rank(fn):
+    """Run a setup step on every rank. A JobError on any rank becomes one JobError on all of them, with each
+    distinct message once, so that rank 0 alone reports it."""
+    try:
+        result, error = fn(), None
+    except JobError as e:
+        result, error = None, str(e)
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)  # between our own ranks only
+    failed = list(dict.fromkeys(e for e in errors if e))
+    if failed:
+        raise JobError("; ".join(failed), shared=True)
+    return result
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -61,7 +77,8 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 class Ema:
-    """Exponential moving average of the trained weights, kept in each parameter's own (sharded) layout."""
+    """Exponential moving average of the trained weights, kept in each parameter's own (sharded) layout, under the
+    parameters' own names (what activation checkpointing and compile wrap around them left out)."""
 
     def __init__(self, params: dict[str, nn.Parameter], decay: float):
         self.params, self.decay = params, decay
@@ -71,6 +88,17 @@ class Ema:
     def update(self) -> None:
         for k, p in self.params.items():
             self.shadow[k].lerp_(p.detach(), 1 - self.decay)
+
+
+def param_groups(trained: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only, none on norms, biases (1-D) and the learned tokens a
+    module lists in ``no_weight_decay`` (AlignerNet's queries)."""
+    exempt = {clean_fqn(f"{name}.{p}") for name, module in trained.named_modules()
+              for p in getattr(module, "no_weight_decay", ())}
+    decay, no_decay = [], []
+    for name, p in trained.named_parameters():
+        (no_decay if p.ndim < 2 or clean_fqn(name) in exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build(job: TrainJob, device: torch.device) -> tuple[CinemaModel, nn.ModuleDict]:
@@ -94,7 +122,8 @@ def _per_sample_cost(model: CinemaModel, batch: dict, stage: str) -> tuple[int, 
         return cfg.t5.max_length, 0.0
     frames, _, height, width = batch["video"].shape[1:]
     t, h, w = latent_frames(frames), height // 8, width // 8
-    k = int(batch["num_subjects"].float().mean().round()) if cfg.ablation.subject_tokens else 0
+    # Subject slots are padded to the batch's largest count: the DiT computes them all.
+    k = int(batch["num_subjects"].max()) if cfg.ablation.subject_tokens and len(batch["num_subjects"]) else 0
     tokens = cfg.t5.max_length + (t + k) * (h // cfg.dit.patch_size) * (w // cfg.dit.patch_size)
     return tokens, float(dit_train_flops(cfg.dit, t, h, w, cfg.t5.max_length, k))
 
@@ -105,22 +134,25 @@ def train(job: TrainJob) -> dict:
         rank, world = dist.get_rank(), dist.get_world_size()
         out = Path(job.out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        # First what the user may have got wrong, so that it fails in seconds. The aligner stage reads captions
+        # only: no clip is decoded, none is too short.
+        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=job.stage == "cinema"))
         model, trained = build(job, device)
-        params = dict(trained.named_parameters())
-        optimizer = torch.optim.AdamW(params.values(), lr=job.optim.lr, betas=job.optim.betas,
-                                      weight_decay=job.optim.weight_decay)
+        params = {clean_fqn(k): p for k, p in trained.named_parameters()}
         o = job.optim
+        optimizer = torch.optim.AdamW(param_groups(trained, o.weight_decay), lr=o.lr, betas=o.betas)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, o.warmup_steps, job.steps, o.min_lr_ratio))
         ema = Ema(params, o.ema_decay) if o.ema_decay else None
         state = TrainState(trained, optimizer, scheduler, rank, ema.shadow if ema else None)
         ckpt_dir = Path(job.checkpoint.folder)
         checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
-        loader = ShardLoader(job.data, rank, world)
         latest = checkpointer.latest() if job.checkpoint.resume else None
         if latest is not None:
-            checkpointer.load(state, latest)
-            loader.load_state_dict(state.data)
+            exclude = set(job.checkpoint.exclude_from_loading)
+            on_every_rank(lambda: checkpointer.load(state, latest, exclude))
+            if state.saved_data is not None:
+                on_every_rank(lambda: loader.load_state_dict(state.saved_data))
         metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard)
         batches = iter(loader)
         # Which samples each step saw, per rank: to audit a resume or trace a loss spike back to its clips.
@@ -129,7 +161,7 @@ def train(job: TrainJob) -> dict:
         row = None
         b = job.data.batch_size
         for step in range(state.step + 1, job.steps + 1):
-            wait = 0.0
+            wait, tokens, flops = 0.0, 0, 0.0
             losses = []
             for micro in range(job.grad_accum):
                 t0 = time.perf_counter()
@@ -142,6 +174,8 @@ def train(job: TrainJob) -> dict:
                     parts = model.loss(model_batch(batch, device), gens)
                 (parts["loss"] / job.grad_accum).backward()
                 losses.append(parts["loss"].detach())
+                sample_tokens, sample_flops = _per_sample_cost(model, batch, job.stage)
+                tokens, flops = tokens + b * sample_tokens, flops + b * sample_flops
                 seen.write(json.dumps({"step": step, "micro": micro, "keys": list(batch["key"])}) + "\n")
             grad_norm = (torch.nn.utils.clip_grad_norm_(list(params.values()), o.grad_clip)
                          if o.grad_clip else None)
@@ -150,29 +184,31 @@ def train(job: TrainJob) -> dict:
             optimizer.zero_grad(set_to_none=True)
             if ema:
                 ema.update()
-            loss = torch.stack(losses).mean()
-            dist.all_reduce(loss)  # a sum: gloo has no AVG
-            loss /= world
-            tokens, flops = _per_sample_cost(model, batch, job.stage)
-            n = b * job.grad_accum
-            extra = {"lr": scheduler.get_last_lr()[0], **_counters(loader)}
+            # One all-reduce (a sum: gloo has no AVG) for the loss and the loader counters of every rank.
+            totals = torch.cat([torch.stack(losses).mean().double().reshape(1),
+                                torch.tensor(_counters(loader), dtype=torch.float64, device=device)])
+            dist.all_reduce(totals)
+            loss, skipped, retries = totals.tolist()
+            extra = {"lr": scheduler.get_last_lr()[0], "data_skipped": int(skipped), "data_retries": int(retries)}
             if grad_norm is not None:
                 extra["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            row = metrics.step(step, float(loss), n, n * tokens, n * flops, wait, extra) or row
+            row = metrics.step(step, loss / world, b * job.grad_accum, tokens, flops, wait, extra) or row
             state.step = step
             if step % job.checkpoint.every == 0 or step == job.steps:
                 state.data = loader.state_dict()
                 checkpointer.save(state)
         seen.close()
-        export_consolidated(trained, out / "trained.safetensors", ema.shadow if ema else None)
+        about = {"preset": job.model.preset, "stage": job.stage, "step": str(state.step),
+                 "config": json.dumps(to_dict(job))}  # a file found later says what it is
+        export_consolidated(trained, out / "trained.safetensors", ema.shadow if ema else None, about)
         curve = metrics.close()
         if rank == 0:
             print(f"trained weights: {out / 'trained.safetensors'}; loss curve: {curve}", flush=True)
         return row or {}
 
 
-def _counters(loader: ShardLoader) -> dict:
-    """What the loader skipped so far (bad samples, bad shards), for the metrics line."""
+def _counters(loader: ShardLoader) -> list[int]:
+    """This rank's (samples and shards skipped, read retries) so far, for the metrics line once summed over ranks."""
     c = loader.counters()
     skipped = ("samples_corrupt", "samples_too_short", "shards_corrupt", "shards_failed", "members_rejected")
-    return {"data_skipped": sum(c.get(k, 0) for k in skipped), "data_retries": c.get("read_retries", 0)}
+    return [sum(c.get(k, 0) for k in skipped), c.get("read_retries", 0)]

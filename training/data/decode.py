@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from cinema_model.subjects import frame_subject
 from curation import contract as C
 
 from ..config import DataConfig
@@ -39,8 +40,8 @@ DECODE_ERRORS = (SampleError, av.error.FFmpegError, OSError, ValueError, Image.D
 class Sample:
     key: str
     bucket: int
-    video: torch.Tensor  # (F, 3, H, W) uint8
-    subjects: torch.Tensor  # (K, 4, S, S) uint8 RGBA, K <= max_subjects
+    video: torch.Tensor | None  # (F, 3, H, W) uint8; None when only captions are read
+    subjects: torch.Tensor | None  # (K, 3, H, W) uint8 RGB, framed as generate frames them; K <= max_subjects
     caption: str
     meta: dict
 
@@ -81,29 +82,34 @@ def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
     return bucket, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
 
 
-def decode_subject(png: bytes, size: int) -> torch.Tensor:
-    """(4, size, size) uint8 RGBA: the crop fitted into the square, centred, transparent around it."""
+def decode_subject(png: bytes, height: int, width: int) -> torch.Tensor:
+    """(3, height, width) uint8: the RGBA crop framed as ``generate`` frames a subject image."""
     with Image.open(io.BytesIO(png), formats=["PNG"]) as image:
-        rgba = image.convert("RGBA")
-    scale = min(size / rgba.width, size / rgba.height)
-    fitted = rgba.resize((max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale))), Image.BICUBIC)
-    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
-    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
+        return frame_subject(image, height, width)
 
 
-def decode_sample(raw: RawSample, cfg: DataConfig) -> Sample:
+def media_field(name: str) -> bool:
+    """Members that need a decode: the clip and the subject crops."""
+    return name == C.MP4 or name.endswith(".png")
+
+
+def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample:
+    """The sample's tensors; with ``media=False`` only its caption and metadata (bucket 0, no video, nothing that
+    needs a decode, no frame count to meet)."""
     m = raw.members
-    if C.MP4 not in m:
-        raise SampleError("no mp4 member")
-    bucket, video = decode_clip(m[C.MP4], cfg)
     meta = json.loads(m[C.JSON]) if C.JSON in m else {}
     if not isinstance(meta, dict):
         raise SampleError("json member is not an object")
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
+    if not media:
+        return Sample(raw.key, 0, None, None, caption, meta)
+    if C.MP4 not in m:
+        raise SampleError("no mp4 member")
+    bucket, video = decode_clip(m[C.MP4], cfg)
+    height, width = cfg.buckets[bucket]
     pngs = [m[name] for name in (C.subject_member(k) for k in range(cfg.max_subjects)) if name in m]
-    subjects = torch.stack([decode_subject(p, cfg.subject_size) for p in pngs]) if pngs else \
-        torch.zeros(0, 4, cfg.subject_size, cfg.subject_size, dtype=torch.uint8)
+    subjects = torch.stack([decode_subject(p, height, width) for p in pngs]) if pngs else \
+        torch.zeros(0, 3, height, width, dtype=torch.uint8)
     return Sample(raw.key, bucket, video, subjects, caption, meta)
 
 
@@ -118,23 +124,24 @@ def _batch_tensor(*shape: int) -> torch.Tensor:
 
 
 def collate(samples: list[Sample], max_subjects: int) -> dict:
-    """One batch of samples from the same bucket, as uint8: video pixels and RGBA subjects zero-padded to
+    """One batch of samples from the same bucket, as uint8: video pixels and framed subjects zero-padded to
     max_subjects with a presence mask. Pixels stay uint8 until the training device (``training.batch``): a clip is
-    47 MB as uint8 at 45x480x720 and 190 MB as float, and handing batches between processes costs per byte."""
+    51 MB as uint8 at 49x480x720 and 203 MB as float, and handing batches between processes costs per byte.
+    Caption-only samples give key, caption and meta."""
+    text = {"key": [s.key for s in samples], "caption": [s.caption for s in samples], "meta": [s.meta for s in samples]}
+    if samples[0].video is None:
+        return text
     video = _batch_tensor(len(samples), *samples[0].video.shape)
     for i, s in enumerate(samples):
         video[i].copy_(s.video)
     counts = torch.tensor([len(s.subjects) for s in samples], dtype=torch.long)
-    size = samples[0].subjects.shape[-1]
-    subjects = _batch_tensor(len(samples), max_subjects, 4, size, size).zero_()
+    subjects = _batch_tensor(len(samples), max_subjects, *samples[0].subjects.shape[1:]).zero_()
     for i, s in enumerate(samples):
         subjects[i, :len(s.subjects)] = s.subjects
     return {
-        "key": [s.key for s in samples],
+        **text,
         "video": video,
         "subjects": subjects,
         "num_subjects": counts,
         "subject_mask": torch.arange(max_subjects)[None] < counts[:, None],
-        "caption": [s.caption for s in samples],
-        "meta": [s.meta for s in samples],
     }

@@ -12,7 +12,7 @@ import fsspec
 
 from curation import contract as C
 
-from ..config import DataConfig
+from ..config import DataConfig, JobError
 
 
 def is_local(url: str) -> bool:
@@ -52,11 +52,11 @@ def list_shards(cfg: DataConfig) -> list[str]:
             shards.append(url)
             continue
         if url.startswith(("http://", "https://")):
-            raise ValueError(f"{url}: http(s) cannot be listed; give the shard URLs (ending in .tar) instead")
+            raise JobError(f"{url}: http(s) cannot be listed; give the shard URLs (ending in .tar) instead")
         root = url.rstrip("/")
         parts = _names(f"{root}/{C.MANIFEST_DIR}", cfg, ".parquet")
         found = [f"{root}/{C.SHARDS_DIR}/{p.removesuffix('.parquet')}.tar" for p in parts]
         if not found:
-            raise ValueError(f"{url}: no committed shards (nothing in {C.MANIFEST_DIR}/)")
+            raise JobError(f"{url}: no committed shards (nothing in {C.MANIFEST_DIR}/)")
         shards.extend(found)
     return shards

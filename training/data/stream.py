@@ -4,6 +4,12 @@ and a position that can be saved and restored exactly.
 Everything a slot yields is a function of (seed, shard list, slot, number of slots) and its saved state, so a
 resumed run yields the same batches as one that never stopped. The stream never ends (epochs repeat; the
 trainer counts steps), so no rank runs out of data before another.
+
+A run resumed with another number of slots (world size x loader workers) takes over from every old slot's state
+(``handover``): it starts at the oldest epoch any old slot was in, reads the new slots' plans of that epoch and the
+next, and skips every sample an old slot's cursor had passed in the same epoch (``history``); the samples the old
+slots had read but not yet batched (shuffle buffers, part-filled buckets) are dealt to the new slots. So no sample
+is trained twice in an epoch across the change and none is lost; only the order differs from the old world's.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from typing import Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..config import DataConfig
-from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample
+from ..config import DataConfig, JobError
+from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
 from .storage import open_url
-from .tar_samples import RawSample, ShardCorrupt, iter_samples
+from .tar_samples import RawSample, ShardCorrupt, is_contract_field, iter_samples
 
 log = logging.getLogger("training.data")
 
@@ -46,6 +52,10 @@ def plan_epoch(num_shards: int, epoch: int, seed: int, slot: int, num_slots: int
     return [(order[slot % num_shards], len(sharing), slot // num_shards)]
 
 
+CHANGED_DATASET = ("the data position in the checkpoint is of another shard list: the dataset changed since. Resume "
+                   "with checkpoint.exclude_from_loading=[data] to start its stream afresh")
+
+
 def shard_digest(shards: list[str]) -> int:
     return zlib.crc32("\n".join(shards).encode())
 
@@ -58,8 +68,12 @@ class ShardStream(IterableDataset):
     re-read and decoded on restore; never decoded tensors.
     """
 
-    def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int):
-        self.cfg, self.shards, self.rank, self.world_size = cfg, shards, rank, world_size
+    def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int, media: bool = True,
+                 handover: list[dict] | None = None):
+        """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
+        another number of slots, in slot order (module docstring)."""
+        self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
+        self.handover = handover
         self._reset()
 
     def _reset(self) -> None:
@@ -70,6 +84,11 @@ class ShardStream(IterableDataset):
         self.counters = Counter({name: 0 for name in COUNTERS})
         self._warned: set[tuple[str, str | None]] = set()
         self._failures_in_row = 0
+        # Cursors of earlier worlds (num_slots, [epoch, plan_pos, index] per slot) while their epochs last, and
+        # the samples they had read in the current epoch: shard -> (cursor, plan position, stride, phase).
+        self.history: list[dict] = []
+        self._read_before_epoch: int | None = None
+        self._read_before_table: dict[int, list] = {}
 
     # -- slots ----------------------------------------------------------------------------------------------
     def slot(self) -> tuple[int, int]:
@@ -86,6 +105,7 @@ class ShardStream(IterableDataset):
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Plain ints, lists and dicts (JSON-serialisable)."""
+        self._take_over()
         slot, num_slots = self.slot()
         return {
             "slot": slot, "num_slots": num_slots, "shards": shard_digest(self.shards),
@@ -95,6 +115,7 @@ class ShardStream(IterableDataset):
             "buffer": [s.position for s in self.buffer],
             "pending": [[pos for pos, _ in bucket] for bucket in self.pending],
             "counters": dict(self.counters),
+            "history": self.history,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -103,13 +124,14 @@ class ShardStream(IterableDataset):
             raise ValueError(f"loader state is of slot {state['slot']} of {state['num_slots']}, this worker is slot "
                              f"{slot} of {num_slots}: world size and num_workers must match the saved run")
         if state["shards"] != shard_digest(self.shards):
-            raise ValueError("loader state was saved for a different shard list: the dataset changed since")
+            raise JobError(CHANGED_DATASET)
         # The buffered samples are re-read from their positions and the part-filled buckets decoded again.
         self._reset()
         self.epoch, self.plan_pos, self.read_in_epoch = state["epoch"], state["plan_pos"], state["read_in_epoch"]
         self.offset, self.index = state["offset"], state["index"]
         self._rng().setstate((3, tuple(state["rng"]), None))
         self.counters.update(state["counters"])
+        self.history = state["history"]
         self.buffer = [raw for raw in map(self._read_at, state["buffer"]) if raw is not None]
         for b, positions in enumerate(state["pending"]):
             for pos in positions:
@@ -117,6 +139,40 @@ class ShardStream(IterableDataset):
                 sample = raw and self._decode(raw)
                 if sample is not None:
                     self.pending[b].append((pos, sample))
+
+    def _take_over(self) -> None:
+        """Start from the old slots' states of ``handover`` (module docstring), once."""
+        if self.handover is None:
+            return
+        old, self.handover = self.handover, None
+        slot, num_slots = self.slot()
+        cursors = [[s["epoch"], s["plan_pos"], s["index"]] for s in old]
+        oldest = min(range(len(old)), key=lambda i: cursors[i][0])  # its history is the least pruned
+        self.history = [*old[oldest]["history"], {"num_slots": len(old), "cursors": cursors}]
+        self.epoch = cursors[oldest][0]
+        held = [pos for s in old for pos in [*s["buffer"], *(p for bucket in s["pending"] for p in bucket)]]
+        self.buffer = [raw for raw in map(self._read_at, held[slot::num_slots]) if raw is not None]
+        if slot == 0:  # the old counts are carried once, so the totals over slots go on
+            for s in old:
+                self.counters.update(s["counters"])
+
+    def _read_before(self, shard: int, index: int) -> bool:
+        """Whether a world before a change of slot count already read sample ``index`` of ``shard`` in this
+        epoch."""
+        if self._read_before_epoch != self.epoch:
+            self.history = [w for w in self.history if max(c[0] for c in w["cursors"]) >= self.epoch]
+            self._read_before_table = {}
+            for world in self.history:
+                for old_slot, cursor in enumerate(world["cursors"]):
+                    plan = plan_epoch(len(self.shards), self.epoch, self.cfg.seed, old_slot, world["num_slots"])
+                    for pos, (s, stride, phase) in enumerate(plan):
+                        self._read_before_table.setdefault(s, []).append((cursor, pos, stride, phase))
+            self._read_before_epoch = self.epoch
+        for (epoch, plan_pos, next_index), pos, stride, phase in self._read_before_table.get(shard, ()):
+            if index % stride == phase and (epoch > self.epoch or epoch == self.epoch and (
+                    pos < plan_pos or pos == plan_pos and index < next_index)):
+                return True
+        return False
 
     def _read_at(self, position: list[int]) -> RawSample | None:
         shard, offset, index = position
@@ -146,7 +202,8 @@ class ShardStream(IterableDataset):
         while True:
             try:
                 with open_url(url, self.cfg) as f:
-                    for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase, self._reject(url)):
+                    for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase,
+                                                           self._reject(url), self._wanted):
                         failures = 0
                         yield raw, offset, index
                 return
@@ -169,6 +226,9 @@ class ShardStream(IterableDataset):
                             url, offset, failures, self.cfg.retries, e)
                 time.sleep(self.cfg.retry_backoff_s * 2 ** (failures - 1))
 
+    def _wanted(self, field: str) -> bool:
+        return is_contract_field(field) and (self.media or not media_field(field))
+
     def raw_samples(self) -> Iterator[RawSample]:
         """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
         slot, num_slots = self.slot()
@@ -178,12 +238,14 @@ class ShardStream(IterableDataset):
                 shard, stride, phase = plan[self.plan_pos]
                 for raw, self.offset, self.index in self._read_shard(shard, self.offset, self.index, stride, phase):
                     self.read_in_epoch += 1
+                    if self.history and self._read_before(shard, raw.index):
+                        continue
                     self.counters["samples_read"] += 1
                     yield raw
                 self.plan_pos, self.offset, self.index = self.plan_pos + 1, 0, 0
             if self.read_in_epoch == 0:
                 urls = [self.shards[s] for s, _, _ in plan]
-                raise RuntimeError(f"rank {self.rank}, slot {slot}: no readable sample in a whole epoch of its "
+                raise JobError(f"rank {self.rank}, slot {slot}: no readable sample in a whole epoch of its "
                                    f"shards {urls[:3]}{'...' if len(urls) > 3 else ''}; see the warnings above")
             self.epoch, self.plan_pos, self.read_in_epoch = self.epoch + 1, 0, 0
             self.counters["epochs"] += 1
@@ -191,7 +253,7 @@ class ShardStream(IterableDataset):
     # -- decoding and batching ------------------------------------------------------------------------------
     def _decode(self, raw: RawSample) -> Sample | None:
         try:
-            sample = decode_sample(raw, self.cfg)
+            sample = decode_sample(raw, self.cfg, self.media)
             self._failures_in_row = 0
             return sample
         except TooShort as e:
@@ -202,25 +264,25 @@ class ShardStream(IterableDataset):
             self._warn(self.shards[raw.shard], raw.key, f"undecodable sample skipped: {type(e).__name__}: {e}")
         self._failures_in_row += 1
         if self._failures_in_row >= MAX_FAILURES_IN_ROW:
-            raise RuntimeError(f"rank {self.rank}, slot {self.slot()[0]}: {MAX_FAILURES_IN_ROW} samples in a row "
+            raise JobError(f"rank {self.rank}, slot {self.slot()[0]}: {MAX_FAILURES_IN_ROW} samples in a row "
                                "could not be used; see the warnings above")
         return None
 
     def __iter__(self) -> Iterator[dict]:
+        self._take_over()
         rng = self._rng()
         for raw in self.raw_samples():
-            if len(self.buffer) < self.cfg.shuffle_buffer:
-                self.buffer.append(raw)
-                continue
-            i = rng.randrange(len(self.buffer))
-            out, self.buffer[i] = self.buffer[i], raw
-            sample = self._decode(out)
-            if sample is None:
-                continue
-            bucket = self.pending[sample.bucket]
-            bucket.append((out.position, sample))
-            if len(bucket) == self.cfg.batch_size:
-                batch = collate([s for _, s in bucket], self.cfg.max_subjects)
-                bucket.clear()
-                self.counters["samples_yielded"] += len(batch["key"])
-                yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}
+            self.buffer.append(raw)
+            # A taken-over buffer can hold more than shuffle_buffer: it drains to that size as samples are batched.
+            while len(self.buffer) > self.cfg.shuffle_buffer:
+                out = self.buffer.pop(rng.randrange(len(self.buffer)))
+                sample = self._decode(out)
+                if sample is None:
+                    continue
+                bucket = self.pending[sample.bucket]
+                bucket.append((out.position, sample))
+                if len(bucket) == self.cfg.batch_size:
+                    batch = collate([s for _, s in bucket], self.cfg.max_subjects)
+                    bucket.clear()
+                    self.counters["samples_yielded"] += len(batch["key"])
+                    yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}

@@ -54,10 +54,12 @@ def _end_of_data(info: tarfile.TarInfo) -> int:
 
 
 def iter_samples(f: IO[bytes], shard: int, offset: int, index: int, stride: int = 1, phase: int = 0,
-                 reject: Callable[[str, str], None] = lambda name, why: None) -> Iterator[tuple[RawSample, int, int]]:
+                 reject: Callable[[str, str], None] = lambda name, why: None,
+                 fields: Callable[[str], bool] = is_contract_field) -> Iterator[tuple[RawSample, int, int]]:
     """Samples ``index, index+1, ...`` of the tar in ``f`` from byte ``offset`` (a sample's first header), keeping
     those whose number is ``phase`` modulo ``stride``. Yields (sample, offset, index) of the sample after it, the
-    position to resume from. Members of other samples are seeked over, not read. A truncated or corrupt tar
+    position to resume from. Only the members whose field ``fields`` admits (contract fields) are read; the rest,
+    and the members of other samples, are seeked over. A truncated or corrupt tar
     raises ShardCorrupt after the samples before the damage; I/O errors propagate for the caller to retry."""
     f.seek(offset)
     key, start, members, last = None, offset, {}, None
@@ -78,7 +80,7 @@ def iter_samples(f: IO[bytes], shard: int, offset: int, index: int, stride: int 
                         yield RawSample(shard, start, index, key, members), info.offset, index + 1
                     index += 1
                 key, start, members = member_key, info.offset, {}
-            if index % stride == phase and is_contract_field(field):
+            if index % stride == phase and fields(field):
                 members[field] = tar.extractfile(info).read()
             last = info
         end = _end_of_data(last) if last is not None else offset
