@@ -19,6 +19,7 @@ from training.data import ShardLoader, list_shards
 from training.data import stream as stream_module
 from training.data.decode import decode_clip, nearest_bucket
 from training.data.stream import ShardStream
+from training.data.tar_samples import iter_samples
 
 from .data_fixtures import Clip, clip_row, frame_level, standard_clips, tiny_clip, write_dataset
 
@@ -65,12 +66,12 @@ def test_samples_round_trip(dataset):
         assert b["meta"][0]["width"] == clip.width and len(b["meta"][0]["subjects"]) == clip.num_subjects
         assert b["num_subjects"].tolist() == [clip.num_subjects]
         assert b["subject_mask"].tolist() == [[k < clip.num_subjects for k in range(6)]]
-        subjects = b["subjects"][0]
-        assert subjects.shape == (6, 4, 32, 32) and subjects.dtype == torch.uint8
+        subjects, (height, width) = b["subjects"][0], b["video"].shape[-2:]
+        assert subjects.shape == (6, 3, height, width) and subjects.dtype == torch.uint8  # framed at the bucket size
         assert not subjects[clip.num_subjects:].any()  # padding
-        for k in range(clip.num_subjects):  # an opaque red disc, transparent corners
-            assert subjects[k, 3, 16, 16] == 255 and subjects[k, 3, 0, 0] == 0
-            assert subjects[k, 0, 16, 16] > 204 and subjects[k, 1, 16, 16] < 26
+        for k in range(clip.num_subjects):  # an opaque red disc on white
+            assert subjects[k, :, 0, 0].tolist() == [255, 255, 255]
+            assert subjects[k, 0, height // 2, width // 2] > 204 and subjects[k, 1, height // 2, width // 2] < 26
         video = b["video"][0]
         assert video.dtype == torch.uint8 and video.shape[:2] == (3, 3)
         levels = video[:, :, :, -1].float().mean(dim=(1, 2))  # right edge: the grey part
@@ -137,7 +138,7 @@ def test_resume_continues_the_exact_sample_stream(dataset, workers):
     counters = loader.counters()
 
     resumed = ShardLoader(cfg)
-    resumed.load_state_dict(json.loads(saved))
+    resumed.load_state_dict([json.loads(saved)])
     got = take(resumed, 5)
     assert [b["key"] for b in got] == [b["key"] for b in expected]
     for a, b in zip(got, expected):
@@ -148,10 +149,67 @@ def test_resume_continues_the_exact_sample_stream(dataset, workers):
     assert fresh != [b["key"] for b in got], "the resumed loader started over"
 
 
-def test_resume_with_another_world_size_is_refused(dataset):
-    state = ShardLoader(config([dataset]), rank=1, world_size=2).state_dict()
-    with pytest.raises(ValueError, match="world size 2"):
-        ShardLoader(config([dataset]), rank=1, world_size=3).load_state_dict(state)
+@pytest.mark.parametrize("old,new", [(2, 1), (1, 2), (4, 3), (9, 2)])
+def test_a_changed_slot_count_reads_no_sample_twice_in_an_epoch(tmp_path, monkeypatch, old, new):
+    """Slots (ranks x workers) stopped at different places, some already in the next epoch, hand over to another
+    number of slots: in each epoch the old and the new reads together take every sample exactly once, and the
+    samples the old slots held unbatched are dealt to the new ones."""
+    write_dataset(tmp_path / "ds", [Clip(f"c{i:02d}", 32, 32, num_frames=3) for i in range(20)], clips_per_shard=3)
+    cfg = config([tmp_path / "ds"], shuffle_buffer=3)
+    shards = list_shards(cfg)
+    reads = []
+    raw_samples = ShardStream.raw_samples
+
+    def recorded(self):
+        for raw in raw_samples(self):
+            reads.append((self.epoch, raw.key))
+            yield raw
+
+    monkeypatch.setattr(ShardStream, "raw_samples", recorded)
+    before = [ShardStream(cfg, shards, rank, old) for rank in range(old)]
+    for rank, stream in enumerate(before):
+        take(iter(stream), 2 + 3 * rank)
+    states = json.loads(json.dumps([s.state_dict() for s in before]))
+    first = min(s["epoch"] for s in states)
+    held = sorted(p for s in states for p in [*s["buffer"], *(q for bucket in s["pending"] for q in bucket)])
+    after = [ShardStream(cfg, shards, rank, new, handover=states) for rank in range(new)]
+    streams = [iter(s) for s in after]
+    assert sorted(r.position for s in after for r in (s._take_over() or s.buffer)) == held
+    for stream in streams:
+        take(stream, 60)
+    for epoch in (first, first + 1):
+        keys = [k for e, k in reads if e == epoch]
+        assert sorted(keys) == [f"c{i:02d}" for i in range(20)], epoch
+
+
+def test_a_changed_world_resumes_through_the_loader_and_a_changed_dataset_is_refused(dataset, tmp_path):
+    old = [ShardLoader(config([dataset]), rank, world_size=2) for rank in range(2)]
+    seen = {k for loader in old for b in take(loader, 3) for k in b["key"]}
+    states = json.loads(json.dumps([loader.state_dict() for loader in old]))
+    resumed = ShardLoader(config([dataset]), 0, world_size=1)
+    resumed.load_state_dict(states)
+    rest = [k for b in take(resumed, len(GOOD) - len(seen)) for k in b["key"]]
+    assert sorted([*seen, *rest]) == sorted(GOOD)  # the epoch goes on: nothing twice, nothing lost
+    assert resumed.counters()["samples_yielded"] == len(GOOD)  # the old counts carried over
+    other = tmp_path / "other"
+    write_dataset(other, CLIPS[:4], clips_per_shard=4)
+    with pytest.raises(ValueError, match="exclude_from_loading=\\[data\\]"):
+        ShardLoader(config([other]), 0, world_size=1).load_state_dict(states)
+
+
+def test_captions_only_stream_decodes_nothing_and_keeps_short_clips(dataset, monkeypatch):
+    from training.data import decode
+
+    monkeypatch.setattr(decode, "decode_clip", lambda *a: pytest.fail("a clip was decoded"))
+    monkeypatch.setattr(decode, "frame_subject", lambda *a: pytest.fail("a subject was decoded"))
+    opened = []
+    monkeypatch.setattr(stream_module, "iter_samples", lambda *a: opened.append(a[-1]) or iter_samples(*a))
+    batches = take(ShardLoader(config([dataset]), media=False), len(CLIPS))
+    assert sorted(k for b in batches for k in b["key"]) == sorted(c.clip_id for c in CLIPS)  # "short" too
+    assert all(set(b) == {"key", "caption", "meta"} for b in batches)
+    assert {b["caption"][0] for b in batches} == {c.caption for c in CLIPS}
+    wanted = opened[0]
+    assert wanted("caption.txt") and wanted("json") and not wanted("mp4") and not wanted("subject_0.png")
 
 
 def test_corrupt_samples_and_damaged_shards_are_skipped_and_counted(tmp_path, caplog):

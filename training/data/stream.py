@@ -272,17 +272,24 @@ class ShardStream(IterableDataset):
         self._take_over()
         rng = self._rng()
         for raw in self.raw_samples():
-            self.buffer.append(raw)
-            # A taken-over buffer can hold more than shuffle_buffer: it drains to that size as samples are batched.
-            while len(self.buffer) > self.cfg.shuffle_buffer:
-                out = self.buffer.pop(rng.randrange(len(self.buffer)))
-                sample = self._decode(out)
-                if sample is None:
-                    continue
-                bucket = self.pending[sample.bucket]
-                bucket.append((out.position, sample))
-                if len(bucket) == self.cfg.batch_size:
-                    batch = collate([s for _, s in bucket], self.cfg.max_subjects)
-                    bucket.clear()
-                    self.counters["samples_yielded"] += len(batch["key"])
-                    yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}
+            if len(self.buffer) < self.cfg.shuffle_buffer:
+                self.buffer.append(raw)
+                continue
+            i = rng.randrange(len(self.buffer))
+            out, self.buffer[i] = self.buffer[i], raw
+            yield from self._batched(out)
+            while len(self.buffer) > self.cfg.shuffle_buffer:  # a taken-over buffer drains to its size
+                yield from self._batched(self.buffer.pop(rng.randrange(len(self.buffer))))
+
+    def _batched(self, raw: RawSample) -> Iterator[dict]:
+        """Decode one sample into its bucket; yield the bucket's batch once it is full."""
+        sample = self._decode(raw)
+        if sample is None:
+            return
+        bucket = self.pending[sample.bucket]
+        bucket.append((raw.position, sample))
+        if len(bucket) == self.cfg.batch_size:
+            batch = collate([s for _, s in bucket], self.cfg.max_subjects)
+            bucket.clear()
+            self.counters["samples_yielded"] += len(batch["key"])
+            yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}
