@@ -131,27 +131,88 @@ def test_tiny_model_learns_on_curated_clips(curated, tmp_path):
     assert (out / "loss_curve.png").stat().st_size > 5_000
 
 
-def test_subject_crops_become_letterboxed_rgb_on_white():
+def test_a_subject_from_a_shard_and_the_same_png_given_to_generate_reach_the_model_identically(tmp_path):
+    """Wide, tall and square crops in a wide bucket: the loader + model_batch path and generate's path
+    (``subject_tensor`` on the PNG file) give the same tensors, the crop fitted into the frame on white."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from cinema_model.subjects import subject_tensor
+    from training.batch import model_batch
+    from training.config import data_preset
+    from training.data import ShardLoader
+
+    from .data_fixtures import clip_row
+
+    write_dataset(tmp_path / "ds", [Clip("wide", 48, 32, num_frames=3, num_subjects=4)], clips_per_shard=1)
+    cfg = data_preset("tiny", urls=[str(tmp_path / "ds")], num_frames=3, buckets=[(32, 48)], shuffle_buffer=1)
+    batch = model_batch(next(iter(ShardLoader(cfg))), torch.device("cpu"))
+    pngs = clip_row(Clip("wide", 48, 32, num_subjects=4))["pngs"]  # 8x12, 12x12, 16x12 and 20x12 red discs
+    for k, png in enumerate(pngs):
+        (tmp_path / f"s{k}.png").write_bytes(png)
+        given = subject_tensor(Image.open(tmp_path / f"s{k}.png"), 32, 48)
+        assert torch.equal(batch["subjects"][0, k], given), k
+        red = (given[0] > 0.5) & (given[1] < -0.5)
+        cols, rows = red.any(0).nonzero().flatten(), red.any(1).nonzero().flatten()
+        w, h = Image.open(io.BytesIO(png)).size
+        # Fitted into 48x32, not into a square first: the 20x12 disc spans about 48 columns, not 32.
+        assert abs((cols.max() - cols.min() + 1) - min(48, w * 32 / h)) <= 3 and rows.max() - rows.min() + 1 >= 28
+
+
+def test_no_weight_decay_on_norms_biases_and_the_aligner_queries():
+    from torch import nn
+
+    from cinema_model.model import CinemaModel
+    from training.parallelize import apply_activation_checkpointing
+    from training.trainer import param_groups
+
+    from .model_fixtures import tiny_config
+
+    model = CinemaModel(tiny_config())
+    apply_activation_checkpointing(model)  # the wrappers' names must not hide the exemptions
+    trained = nn.ModuleDict(model.trainable_parts())
+    decay, no_decay = param_groups(trained, 0.01)
+    names = {id(p): n for n, p in trained.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    one_d = {n for n, p in trained.named_parameters() if p.ndim < 2}
+    assert exempt == one_d | {"aligner.queries"}
+    assert any("norm" in n for n in one_d) and any(n.endswith("bias") for n in one_d)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_mfu_counts_the_subject_slots_compute_runs_at():
     import torch
 
-    from training.batch import subjects_for_model
+    from cinema_model.config import latent_frames
+    from cinema_model.flops import dit_train_flops
+    from cinema_model.model import CinemaModel
+    from training.trainer import _per_sample_cost
 
-    rgba = torch.zeros(1, 6, 4, 8, 8)
-    rgba[0, 0, 0] = 1.0  # an opaque red square
-    rgba[0, 0, 3] = 1.0
-    rgba[0, 1, 1] = 1.0  # a fully transparent green one: background only
-    out = subjects_for_model(rgba, torch.tensor([2]), 16, 32)
-    assert out.shape == (1, 2, 3, 16, 32)  # padded slots beyond the largest count are dropped
-    red, clear = out[0, 0], out[0, 1]
-    assert torch.allclose(red[:, 8, 16], torch.tensor([1.0, -1.0, -1.0]), atol=1e-4)  # centre: red
-    assert torch.allclose(red[:, 8, 2], torch.ones(3))  # letterbox margin: white
-    assert torch.allclose(clear, torch.ones_like(clear), atol=1e-4)  # transparent: white everywhere
+    from .model_fixtures import tiny_config
+
+    model = CinemaModel(tiny_config())
+    batch = {"video": torch.zeros(3, 9, 3, 32, 32, dtype=torch.uint8), "num_subjects": torch.tensor([0, 0, 3])}
+    _, flops = _per_sample_cost(model, batch, "cinema")
+    assert flops == dit_train_flops(model.cfg.dit, latent_frames(9), 4, 4, model.cfg.t5.max_length, 3)  # not the mean 1
+
+
+def test_data_and_video_frame_counts_must_agree():
+    from training.config import ConfigError, load_train_job
+
+    with pytest.raises(ConfigError, match=r"data.num_frames=45 but the model's video.num_frames=49 \(preset full\)"):
+        load_train_job(None, ["model.preset=full", "data.num_frames=45", "data.urls=[x]"])
+    assert load_train_job(None, ["model.preset=full"]).data.num_frames == 49
 
 
 def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):
     from training.checkpoint import Checkpointer
 
-    (tmp_path / "step-00000002").mkdir()
+    from .test_checkpoint_safety import state
+
+    Checkpointer(tmp_path, keep=3).save(state(step=2))
     partial = tmp_path / "step-00000004.partial"  # what a kill during a save leaves: files, but no rename
     partial.mkdir()
     (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
