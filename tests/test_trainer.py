@@ -217,3 +217,61 @@ def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):
     partial.mkdir()
     (partial / "__0_0.distcp").write_bytes(b"\0" * 100)
     assert Checkpointer(tmp_path, keep=3).latest() == tmp_path / "step-00000002"
+
+
+def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_path):
+    """2 ranks (AC on) -> 1 rank (AC off) -> 2 ranks (AC on), each from the last one's checkpoint, with an EMA: the
+    step and LR schedule go on, no sample of the epoch is trained twice, and the loader counters of every rank
+    reach the metrics (rank 1's first sample is not a video)."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from training.data.stream import plan_epoch
+
+    clips = [Clip(f"c{i:02d}", 32, 32, num_frames=9, num_subjects=i % 3, caption=f"a ball number {i}")
+             for i in range(16)]
+    shard = plan_epoch(8, 0, 0, 1, 2)[0][0]  # the shard rank 1 reads first (seed 0, 2 slots, 8 shards)
+    clips[2 * shard].mp4 = b"not a video" * 50
+    write_dataset(tmp_path / "ds", clips, clips_per_shard=2)
+    args = ["checkpoint.every=2", "data.shuffle_buffer=1", f"data.urls=[{tmp_path / 'ds'}]", "optim.lr=1e-3",
+            "optim.ema_decay=0.9"]
+
+    def run(name, ranks, steps, *more, resume_from=None):
+        out = tmp_path / name
+        if resume_from is not None:
+            shutil.copytree(resume_from, out / "checkpoints" / resume_from.name)
+        done = subprocess.run(train_cmd(out, f"steps={steps}", *args, *more, ranks=ranks), cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return out, [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()], done.stderr
+
+    a, rows_a, _ = run("a", 2, 4)
+    assert [r["data_skipped"] for r in rows_a] == [1, 1, 1, 1]  # rank 1's, summed over ranks
+    b, rows_b, log_b = run("b", 1, 4, "parallel.activation_checkpointing=false",
+                           resume_from=a / "checkpoints" / "step-00000002")
+    assert "re-derived" in log_b and "no sample is seen twice in an epoch" in log_b
+    assert [r["step"] for r in rows_b] == [3, 4]
+    assert [r["lr"] for r in rows_b] == [r["lr"] for r in rows_a[2:]]  # the schedule went on
+    assert abs(rows_b[0]["loss"] - rows_a[2]["loss"]) < 0.3, (rows_a, rows_b)  # other samples, the same weights
+    c, rows_c, _ = run("c", 2, 6, resume_from=b / "checkpoints" / "step-00000004")
+    assert [r["step"] for r in rows_c] == [5, 6]
+    trained = [k for out, ranks, steps in ((a, 2, (1, 2)), (b, 1, (3, 4)), (c, 2, (5, 6)))
+               for rank in range(ranks) for step in steps for k in samples(out, rank)[(step, 0)]]
+    assert len(trained) == 10 and len(set(trained)) == 10, trained  # one epoch of 15 good clips: none twice
+    assert clips[2 * shard].clip_id not in trained
+    weights = c / "trained.safetensors"
+    assert weights.stat().st_mode & 0o777 == 0o644
+    with safe_open(str(weights), "pt") as f:
+        about = f.metadata()
+    assert (about["preset"], about["stage"], about["step"]) == ("tiny", "cinema", "6")
+    assert json.loads(about["config"])["parallel"]["activation_checkpointing"] is True
+
+
+def test_a_data_error_is_one_message_not_a_traceback_per_rank(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run(train_cmd(tmp_path / "run", f"data.urls=[{tmp_path / 'empty'}]"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.count("no committed shards") == 1, done.stderr
+    assert f'File "{ROOT / "training"}' not in done.stderr  # no rank's traceback (torchrun adds its own summary)
