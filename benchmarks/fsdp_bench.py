@@ -33,7 +33,7 @@ def run(ranks: int, work: Path, checkpoints: Path) -> float:
     sets = ["model.preset=mid", f"model.checkpoints={checkpoints}",
             f"model.overrides=[video.num_frames={FRAMES}, video.height={HEIGHT}, video.width={WIDTH}]",
             f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
-            f"data.buckets=[[{HEIGHT}, {WIDTH}]]", "data.subject_size=64", "data.num_workers=0",
+            f"data.buckets=[[{HEIGHT}, {WIDTH}]]", "data.num_workers=0",
             f"data.batch_size={GLOBAL_BATCH // ranks}", f"steps={STEPS}", "metrics.every=1",
             "metrics.tensorboard=false", f"checkpoint.every={STEPS}", f"out_dir={out}",
             "parallel.param_dtype=float32", "parallel.activation_checkpointing=false"]

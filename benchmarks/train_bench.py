@@ -5,7 +5,7 @@ with its DiT widened to the full model's width (48 heads x 64) and ``--layers`` 
 ``--height`` x ``--width``, and reports what the trainer's own metrics say: samples/s, tokens/s, MFU (GPU),
 data-wait fraction and peak memory. Writes out/bench/train.json.
 
-    python -m benchmarks.train_bench                      # GPU: 45x480x720, 8 full-width blocks
+    python -m benchmarks.train_bench                      # GPU: 49x480x720, 8 full-width blocks
     python -m benchmarks.train_bench --smoke              # CPU: a toy size, to check the script runs
 """
 
@@ -66,7 +66,7 @@ def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--frames", type=int, default=45)
+    p.add_argument("--frames", type=int, default=49)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=720)
     p.add_argument("--steps", type=int, default=30)
@@ -93,7 +93,7 @@ def main() -> None:
         "model.preset=mid", f"model.checkpoints={checkpoints}",
         f"model.overrides=[{', '.join([*heads, f'dit.layers={args.layers}', f'video.num_frames={args.frames}', f'video.height={args.height}', f'video.width={args.width}'])}]",
         f"data.urls=[{work / 'data'}]", f"data.num_frames={args.frames}", "data.target_fps=null",
-        f"data.buckets=[[{args.height}, {args.width}]]", "data.subject_size=64", f"data.num_workers={args.workers}",
+        f"data.buckets=[[{args.height}, {args.width}]]", f"data.num_workers={args.workers}",
         "data.batch_size=1", "data.shuffle_buffer=4", f"steps={args.steps}", f"metrics.every={max(1, args.steps // 6)}",
         "metrics.tensorboard=false", f"checkpoint.every={args.steps}", f"out_dir={work / 'run'}",
         f"parallel.activation_checkpointing={str(not args.no_ac).lower()}",
