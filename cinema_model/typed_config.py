@@ -121,7 +121,10 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] = (), extra
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None), then ``extra`` values, then overrides."""
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

@@ -49,21 +49,34 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(args)
     if args.command in on_dataset:
         return _inspect(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # This job's own log at INFO; libraries (botocore, Ray, transformers) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("curation").setLevel(logging.INFO)
     try:
         cfg = load_job(args.job, args.overrides, args.input, args.output)
     except (ConfigError, OSError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from .faults import JobStopped
+    from .lease import LeaseHeld
     from .report import summary_text, write_report
     from .runner import run
     from .storage import Storage
 
     try:
         result = run(cfg)
-    except ConfigError as e:  # the job does not fit the cluster it runs on
+    except ConfigError as e:  # the job cannot run as configured, or does not fit the cluster it runs on
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except LeaseHeld as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 4
+    except (JobStopped, OSError) as e:
+        # The environment's fault (disk, network, permissions): what was committed stays, nothing is marked done
+        # that was not, and the same command goes on once it is fixed.
+        what = "stopped" if isinstance(e, JobStopped) else "storage error"
+        print(f"{what}: {e}\nnothing committed is lost; fix this and run the same command again", file=sys.stderr)
+        return 3
     if result.sources_total and result.sources_total == result.sources_skipped:
         print("nothing to do: every source is already done")
         return 0
@@ -72,6 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     report = write_report(cfg, Storage(cfg.storage), result.stats, text, result.stage_counts, result.seconds)
     print(f"report: {report}")
+    print(f"run record (resolved config, stats.json): {result.record}")
+    return _verdict(result, cfg.max_error_rate)
+
+
+def _verdict(result, max_error_rate: float) -> int:
+    """0 when the run did its work; 1 when it wrote no clip at all, or more of its sources failed than allowed."""
+    s = result.stats
+    settled = s.sources_done + s.sources_failed
+    failed = sum(m["status"] == "error" for m in s.sources.values())
+    if settled and failed / settled > max_error_rate:
+        print(f"failed: {failed} of {settled} sources had errors, above max_error_rate={max_error_rate:g} "
+              "(the errors table in the report says why)", file=sys.stderr)
+        return 1
+    if s.environment:
+        print(f"incomplete: {len(s.environment)} environment fault(s) left their sources for the rerun, the first: "
+              f"{s.environment[0]}", file=sys.stderr)
+        return 3
+    if not s.clips_written and not s.clips_duplicate:
+        print("failed: the job wrote no clip (see the dropped and errors counts above)", file=sys.stderr)
+        return 1
     return 0
 
 

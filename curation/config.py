@@ -100,6 +100,8 @@ class EncodeConfig:
             raise ConfigError("encode.fps must be > 0")
         if self.threads < 1 or self.hold_mb < 0:
             raise ConfigError("encode: need threads >= 1 and hold_mb >= 0")
+        if self.max_short_side is not None and self.max_short_side < 16:
+            raise ConfigError(f"encode.max_short_side must be >= 16 (or null to keep the size), not {self.max_short_side}")
 
 
 @dataclass
@@ -111,10 +113,15 @@ class FiltersConfig:
     min_motion: float = 0.0  # mean absolute frame difference at analysis size, 0..255
     max_motion: float | None = None
     max_blank_frac: float = 0.05  # clips with a larger share of blank frames inside (after trimming) are dropped
+    # Clips with more frames the decoder reported damaged are dropped (None keeps them: the manifest's
+    # damaged_frames column flags them).
+    max_damaged_frames: int | None = 0
 
     def validate(self) -> None:
         if not 0 <= self.max_blank_frac <= 1:
             raise ConfigError("filters.max_blank_frac must be within 0..1")
+        if self.max_damaged_frames is not None and self.max_damaged_frames < 0:
+            raise ConfigError("filters.max_damaged_frames must be >= 0 (or null to keep damaged clips)")
 
 
 @dataclass
@@ -132,6 +139,12 @@ class RayConfig:
     address: str | None = None  # None starts a local Ray on 127.0.0.1; "auto" joins the cluster this runs on
     num_cpus: int | None = None  # local Ray only: CPUs to use (None = all)
     progress_interval_s: float = 5.0
+
+    def validate(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"ray.num_cpus must be >= 1 (or null for all), not {self.num_cpus}")
+        if self.progress_interval_s < 0.5:
+            raise ConfigError(f"ray.progress_interval_s must be >= 0.5, not {self.progress_interval_s}")
 
 
 @dataclass
@@ -236,6 +249,7 @@ class JobConfig:
     extensions: list[str] = field(default_factory=lambda: [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"])
     limit: int | None = None  # process at most this many sources (after resume skips done ones)
     retry_errors: bool = False  # on rerun, retry sources that failed before instead of skipping them
+    max_error_rate: float = 0.5  # the job exits non-zero (1) when a larger share of its sources had errors
     max_source_pixels: int = 7680 * 4320  # larger frames (8K UHD) are refused at probe: decoding them costs GBs
     storage: StorageConfig = field(default_factory=StorageConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
@@ -253,6 +267,12 @@ class JobConfig:
             raise ConfigError("input: no input given (set it in the job file or pass --input)")
         if not self.output:
             raise ConfigError("output: no output given (set it in the job file or pass --output)")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (or null for no limit), not {self.limit}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigError(f"max_error_rate must be within 0..1, not {self.max_error_rate}")
+        if self.max_source_pixels < 1:
+            raise ConfigError(f"max_source_pixels must be >= 1, not {self.max_source_pixels}")
 
 
 def load_job(path: str | None, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobConfig:

@@ -9,7 +9,7 @@ import re
 
 import pyarrow as pa
 
-PIPELINE_VERSION = "0.2.0"
+PIPELINE_VERSION = "0.3.0"
 MAX_SUBJECTS = 6
 
 SHARDS_DIR = "shards"
@@ -75,6 +75,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("blank_frac", pa.float32()),  # share of black, white or flat frames inside the clip
         ("luma", pa.float32()),  # mean gray level, 0..255
         ("contrast", pa.float32()),  # mean standard deviation of the gray levels
+        ("damaged_frames", pa.int32()),  # frames the decoder reported damaged (filters.max_damaged_frames)
         ("aesthetic", pa.float32()),
         ("caption", pa.string()),
         ("subjects", pa.list_(SUBJECT)),

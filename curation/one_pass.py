@@ -42,11 +42,11 @@ class OnePassEncoder:
         self.next_index = 0  # the index of the next frame to come
         self.start = 0  # first frame of the open scene
         self.whole = True  # every frame of the open scene is held
-        self.scores: list[tuple[float, float, float]] = []  # (motion, luma, contrast) per frame so far
+        self.scores: list[tuple[float, ...]] = []  # (motion, luma, contrast, damaged) per frame so far
         self.spill = tempfile.TemporaryFile()
         self.held: dict[tuple[int, int], tuple[int, int, EncodedClip]] = {}  # (start, end) -> offset, size, clip sans mp4
 
-    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, float, float], breaks: list[Break],
+    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, ...], breaks: list[Break],
             settled: int) -> None:
         self.scores.append(scores)
         self.next_index = index + 1

@@ -23,11 +23,12 @@ class Scores:
     motion: np.ndarray  # mean |gray[i] - gray[i-1]| (0 for frame 0)
     luma: np.ndarray  # mean gray level, 0..255
     contrast: np.ndarray  # standard deviation of the gray levels
+    damaged: np.ndarray  # 1 where the decoder reported damage (``video.decoded``), else 0
 
     @classmethod
-    def of(cls, frames: list[tuple[float, float, float]]) -> "Scores":
-        """From (motion, luma, contrast) per frame, as the analysis pass records them."""
-        return cls(*np.asarray(frames, dtype=np.float32).reshape(-1, 3).T)
+    def of(cls, frames: list[tuple[float, float, float, float]]) -> "Scores":
+        """From (motion, luma, contrast, damaged) per frame, as the analysis pass records them."""
+        return cls(*np.asarray(frames, dtype=np.float32).reshape(-1, 4).T)
 
 
 @dataclass
@@ -90,4 +91,5 @@ def clip_scores(scores: Scores, start: int, end: int, trim: TrimConfig) -> dict[
         "blank_frac": float(blank_frames(luma, contrast, trim).mean()),
         "luma": float(luma.mean()),
         "contrast": float(contrast.mean()),
+        "damaged_frames": int(scores.damaged[start:end].sum()),
     }

@@ -26,7 +26,8 @@ from .writer import RunStats, read_parquet_dir
 def summary_text(stats: RunStats, seconds: float, sources_total: int, sources_skipped: int, cpus: int) -> str:
     s = stats
     lines = [
-        f"sources: {sources_total} found, {sources_skipped} skipped (done before), {s.sources_done} done, {s.sources_failed} failed",
+        f"sources: {sources_total} found, {sources_skipped} skipped (done before), {s.sources_done} done, {s.sources_failed} failed, "
+        f"{s.sources_duplicate} byte-identical copies of another, {len(s.environment)} left for the rerun (environment faults)",
         f"clips: {s.clips_written} written in {s.shards_written} shard(s), {s.clips_duplicate} already present, "
         f"dropped {dict(s.dropped) or 0}",
         f"video: {s.source_seconds / 3600:.3f} h of source, {s.clip_seconds / 3600:.3f} h of clips, {s.bytes_written / 1e6:.1f} MB",
@@ -156,6 +157,9 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
         "resolution": (f"width &lt; filters.min_width = {f.min_width} or height &lt; filters.min_height = {f.min_height}",
                        "width"),
         "motion": (motion, "motion"),
+        "damaged": ((f"damaged_frames &gt; filters.max_damaged_frames = {f.max_damaged_frames}" if f.max_damaged_frames
+                     is not None else "filters.max_damaged_frames not set: keeps damaged clips (flagged in the manifest)"),
+                    "damaged_frames"),
     }
     if cfg.aesthetic.enabled:
         rules["aesthetic"] = ((f"aesthetic &lt; aesthetic.min_score = {cfg.aesthetic.min_score:g}"
@@ -170,7 +174,7 @@ def _example(storage: Storage, meta: dict, score: str | None) -> str:
         return f"<div class='ex'>{text}</div>"
     frame = _source_frame(storage, meta)
     value = meta.get(score)
-    shown = f"{score} {value:.3g}" if isinstance(value, float) else f"{meta['width']}x{meta['height']}"
+    shown = f"{score} {value:.3g}" if isinstance(value, (int, float)) and score != "width" else f"{meta['width']}x{meta['height']}"
     text = f"{_e(_name(meta['source_uri']))} {meta['start_s']:.2f}-{meta['end_s']:.2f} s<br>{_e(shown)}"
     return f"<div class='ex'>{_jpeg(frame, 96, 54) if frame else ''}<br>{text}</div>"
 

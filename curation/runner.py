@@ -15,6 +15,10 @@ import pyarrow as pa
 from cinema_model.typed_config import ConfigError
 
 from .config import JobConfig
+from .faults import JobStopped
+from .lease import Lease
+from .preflight import check_job
+from .run_record import run_stats, write_run_record
 from .stages import Row, Stage, pipeline
 from .storage import Storage
 from .writer import DatasetWriter, RunStats
@@ -198,52 +202,97 @@ class RunResult:
     stats: RunStats
     seconds: float
     stage_counts: dict
+    record: str | None = None  # where this run's config and stats were written (runs/...)
 
 
-def _progress_printer(progress, writer: DatasetWriter, t0: float, interval: float, stop: threading.Event):
+def progress_line(elapsed: float, total: int, stats: RunStats, counts: dict, stages: list[str]) -> str:
+    """One line of progress: sources done of total with rate and ETA, clips, errors, then rows per stage in
+    pipeline order (busy seconds show where the time goes)."""
+    done = stats.sources_done + stats.sources_failed
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+    dropped = sum(stats.dropped.values())
+    parts = [f"sources {done}/{total} ({rate:.2f}/s, ETA {eta})",
+             f"clips {stats.clips_written} written, {dropped} dropped", f"errors {sum(stats.errors.values())}"]
+    parts += [f"{name} {int(counts[name][0])}" for name in stages if name in counts]
+    return f"[{elapsed:6.0f}s] " + " | ".join(parts)
+
+
+def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[str], t0: float, interval: float,
+                      stop: threading.Event):
     import ray
 
-    while not stop.wait(interval):
+    while True:
         try:
             counts = ray.get(progress.snapshot.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - progress is best effort
-            continue
-        elapsed = time.time() - t0
-        parts = [f"{name} {int(c[0])} done {c[0] / elapsed:.2f}/s err {int(c[2])}" for name, c in counts.items()]
-        s = writer.stats
-        print(f"[{elapsed:6.0f}s] " + " | ".join(parts or ["starting"]) + f" | written {s.clips_written} clips in {s.shards_written} shards", flush=True)
+            counts = {}
+        if stop.is_set():
+            return
+        print(progress_line(time.time() - t0, total, writer.stats, counts, stages), flush=True)
+        if stop.wait(interval):
+            return
 
 
 def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
+    """Run the job under the output's lease. Raises ConfigError (the job cannot run as configured), LeaseHeld
+    (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
+    output's own OSError; whatever was committed before stays, and a rerun goes on from there."""
     import ray
 
     t0 = time.time()
     storage = Storage(cfg.storage)
-    writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips)
-    writer.recover()
-    all_sources = storage.list_videos(cfg.input, cfg.extensions)
-    skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
-    sources = [u for u in all_sources if u not in skip]
-    if cfg.limit is not None:
-        sources = sources[: cfg.limit]
-    print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
-    if not sources:
-        return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
-    init_ray(cfg)
+    check_job(cfg)
     try:
-        progress = ray.remote(num_cpus=0)(Progress).remote()
-        ds = build_dataset(sources, cfg, stages if stages is not None else pipeline(cfg), progress)
-        stop = threading.Event()
-        printer = threading.Thread(
-            target=_progress_printer, args=(progress, writer, t0, cfg.ray.progress_interval_s, stop), daemon=True
-        )
-        printer.start()
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in from_table(batch):
-                writer.add(row)
-        writer.close()
-        stop.set()
-        counts = ray.get(progress.snapshot.remote())
+        all_sources = storage.list_videos(cfg.input, cfg.extensions)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"input: {e}") from None
+    if not all_sources:
+        raise ConfigError(f"input: {cfg.input} lists no video (extensions {', '.join(cfg.extensions)})")
+    lease = Lease(storage, cfg.output)
+    lease.acquire()  # also proves the output is writable
+    writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check)
+    stop = threading.Event()
+    try:
+        writer.recover()
+        skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
+        sources = [u for u in all_sources if u not in skip]
+        if cfg.limit is not None:
+            sources = sources[: cfg.limit]
+        print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
+        if not sources:
+            return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
+        init_ray(cfg)
+        printer = None
+        try:
+            progress = ray.remote(num_cpus=0)(Progress).remote()
+            stages = stages if stages is not None else pipeline(cfg)
+            ds = build_dataset(sources, cfg, stages, progress)
+            names = [s.name for s in stages]
+            printer = threading.Thread(target=_progress_printer, daemon=True, args=(
+                progress, writer, len(sources), names, t0, cfg.ray.progress_interval_s, stop))
+            printer.start()
+            try:
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in from_table(batch):
+                        writer.add(row)
+            except JobStopped:
+                writer.close()  # commit what is complete; the stopped sources are left to the rerun
+                raise
+            writer.close()
+            counts = ray.get(progress.snapshot.remote())
+            counts = {name: counts[name] for name in names if name in counts}  # in pipeline order
+            stats = run_stats(writer.stats, counts, time.time() - t0, len(all_sources), len(all_sources) - len(sources))
+            record = write_run_record(storage, cfg.output, cfg, stats, t0)
+        finally:
+            stop.set()  # the printer ends before Ray does: a call into a shut-down Ray would hide the real error
+            if printer is not None:
+                printer.join(timeout=15)
+            ray.shutdown()
+    except BaseException:
+        writer.discard()
+        raise
     finally:
-        ray.shutdown()
-    return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts)
+        stop.set()
+        lease.release()
+    return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts, record)

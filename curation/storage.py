@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import uuid
@@ -15,6 +16,21 @@ from .config import StorageConfig
 
 # botocore's connection errors (endpoint unreachable, read timeouts) are not OSErrors.
 _RETRYABLE = (ConnectionError, TimeoutError, OSError, BotoCoreError)
+
+
+class StorageUnavailable(ConnectionError):
+    """Storage stayed unreachable or failing through every retry: the environment's fault, not the data's."""
+
+
+def _not_transient(e: BaseException) -> bool:
+    # A missing file, a full or read-only disk, a permission refused: retrying changes nothing.
+    return isinstance(e, FileNotFoundError) or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def _refused(e: BaseException) -> bool:
+    # fsspec's http file system reports a refused connection as FileNotFoundError caused by the connection error.
+    return isinstance(e, FileNotFoundError) and isinstance(e.__cause__, (ConnectionError, OSError)) and not isinstance(
+        e.__cause__, FileNotFoundError)
 
 
 def is_local(uri: str) -> bool:
@@ -44,11 +60,12 @@ class Storage:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except FileNotFoundError:
-                raise
             except _RETRYABLE as e:
+                if _not_transient(e) and not _refused(e):
+                    raise
                 if attempt == self.retries:
-                    raise OSError(f"{what}: storage error after {self.retries + 1} attempts: {e}") from e
+                    cause = e.__cause__ if _refused(e) else e
+                    raise StorageUnavailable(f"{what}: storage error after {self.retries + 1} attempts: {cause}") from e
                 time.sleep(0.2 * 2**attempt)
 
     def open(self, uri: str, mode: str = "rb") -> IO[bytes]:
@@ -78,18 +95,25 @@ class Storage:
         """Expand an input URI: a .txt file of URIs, a glob, a folder/prefix (recursive), or one file/URL."""
         exts = tuple(e.lower() for e in extensions)
         if uri.endswith(".txt"):
-            lines = self.read_bytes(uri).decode().splitlines()
+            try:
+                lines = self.read_bytes(uri).decode("utf-8").splitlines()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"the input list {uri} does not exist") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"the input list {uri} is not UTF-8 text ({e.reason} at byte {e.start})") from None
             return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
         if uri.startswith(("http://", "https://")):
             return [uri]
         fs, path = self.fs(uri)
         proto = "" if is_local(uri) else uri.split("://", 1)[0] + "://"
-        if any(c in path for c in "*?["):
-            found = fs.glob(path)
-        elif fs.isdir(path):
-            found = fs.find(path)
+        if self._retry(uri, lambda: fs.exists(path)):  # an existing path is a path, even with [ * ? in its name
+            if not fs.isdir(path):
+                return [uri]
+            found = self._retry(uri, lambda: fs.find(path))
+        elif any(c in path for c in "*?["):
+            found = self._retry(uri, lambda: fs.glob(path))
         else:
-            return [uri]  # a single file; a missing one becomes an error row when it is probed
+            raise FileNotFoundError(f"{uri} does not exist")
         return sorted(proto + p for p in found if p.lower().endswith(exts))
 
     def largest_first(self, uris: list[str]) -> list[str]:

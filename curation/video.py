@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .config import EncodeConfig
+from .faults import fault_of
 from .planning import Scores
 from .shots import Break, Detector
 from .storage import Storage, is_local
@@ -38,12 +39,20 @@ class VideoInfo:
     codec: str
 
 
+MIN_FPS, MAX_FPS = 0.1, 1000.0  # frame rates a real video stream has (a slide show .. a high-speed camera)
+
+# A gap between two frames longer than this is a broken timeline (a damaged or spliced stream), not a frame shown
+# that long: it is a break no clip crosses, and the time it skips is not counted.
+JUMP_S = 10.0
+
+
 @dataclass
 class Analysis:
-    pts: np.ndarray  # int64, one per decoded frame, in presentation order
+    pts: np.ndarray  # int64, one per decoded frame, in presentation order: where to find the frames again
     time_base: Fraction
     breaks: list[Break]  # every detector's breaks, in order, not yet merged (``shots.merge_breaks``)
     scores: Scores  # per frame, at analysis size
+    timeline: np.ndarray  # pts with every timestamp jump (JUMP_S) closed up to one frame step: what time is
 
     @property
     def num_frames(self) -> int:
@@ -51,10 +60,38 @@ class Analysis:
 
     def seconds(self, frame: int) -> float:
         """Time of a frame boundary relative to the first frame; frame == num_frames is the end of the video."""
+        t = self.timeline
         if frame < self.num_frames:
-            return float((int(self.pts[frame]) - int(self.pts[0])) * self.time_base)
-        step = int(np.median(np.diff(self.pts))) if self.num_frames > 1 else 0
-        return float((int(self.pts[-1]) + step - int(self.pts[0])) * self.time_base)
+            return float((int(t[frame]) - int(t[0])) * self.time_base)
+        step = int(t[-1] - t[-2]) if self.num_frames > 1 else 0  # the last frame lasts as long as the one before
+        return float((int(t[-1]) + step - int(t[0])) * self.time_base)
+
+
+def _closed_up(pts: np.ndarray, jump: int) -> np.ndarray:
+    """``pts`` with every step larger than ``jump`` replaced by the median step."""
+    steps = np.diff(pts)
+    if not len(steps) or not np.any(steps > jump):
+        return pts
+    steps[steps > jump] = int(np.median(steps[steps <= jump])) if np.any(steps <= jump) else 0
+    return np.concatenate([pts[:1], pts[0] + np.cumsum(steps)])
+
+
+def decoded(container: av.container.InputContainer, stream) -> Iterator[tuple[av.VideoFrame, bool]]:
+    """Every frame of ``stream`` and whether it is damaged: flagged corrupt by the decoder, or decoded after a
+    corrupt frame or a packet the decoder rejected, until the next keyframe (the frames between predict from the
+    damage). A rejected packet loses its frames, not the rest of the stream."""
+    damaged = False
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as e:
+            if fault_of(e) != "source":
+                raise
+            damaged = True
+            continue
+        for frame in frames:
+            damaged = (damaged and not frame.key_frame) or frame.is_corrupt
+            yield frame, damaged
 
 
 @contextmanager
@@ -63,13 +100,20 @@ def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputC
     local = is_local(uri)
     try:
         # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
-        source = uri.removeprefix("file://") if local else storage.open(uri)
-        if local and not os.path.isfile(source):
-            raise FileNotFoundError(source)
+        if local:
+            source = uri.removeprefix("file://")
+            if os.path.exists(source) and not os.path.isfile(source):
+                raise VideoError(f"not a regular file (a folder, fifo or device): {uri}")
+            if not os.path.exists(source):
+                raise FileNotFoundError(source)
+        else:
+            source = storage.open(uri)
         container = av.open(source, mode="r")
     except FileNotFoundError:
         raise VideoError(f"file not found: {uri}") from None
     except (av.error.FFmpegError, OSError) as e:
+        if fault_of(e) != "source":
+            raise  # a permission, network or disk problem: not the source's fault (curation.faults)
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise VideoError(f"not a readable video container ({reason})") from None
     with container:
@@ -136,6 +180,8 @@ def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInf
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
             raise VideoError("the video stream has no frame rate")
+        if not MIN_FPS <= float(rate) <= MAX_FPS:
+            raise VideoError(f"the frame rate {float(rate):g} fps is outside {MIN_FPS:g}..{MAX_FPS:g} (a broken header)")
         try:
             first = next(container.decode(stream))
         except (StopIteration, av.error.FFmpegError) as e:
@@ -155,39 +201,46 @@ def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInf
 class FrameSink(Protocol):
     """Sees every frame the analysis pass decodes, with the breaks released at it (``one_pass``)."""
 
-    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, float, float], breaks: list[Break],
+    def add(self, index: int, frame: av.VideoFrame, pts: int, scores: tuple[float, ...], breaks: list[Break],
             settled: int) -> None: ...
 
     def finish(self, num_frames: int, breaks: list[Break]) -> None: ...
 
 
 def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_width: int,
-            sink: FrameSink | None = None) -> Analysis:
+            sink: FrameSink | None = None, max_pixels: int | None = None) -> Analysis:
     """Decode every frame once at reduced size: feed the shot detectors and score each frame (motion, luma,
-    contrast). ``sink`` gets each full-size frame as well, so clips can be encoded in this same pass, and the
-    breaks in order of their start: a break is released once every detector has settled past its start."""
+    contrast, damaged). ``sink`` gets each full-size frame as well, so clips can be encoded in this same pass, and
+    the breaks in order of their start: a break is released once every detector has settled past its start.
+    Every decoded frame is held to ``max_pixels``, not only the header: a stream may change its size midway."""
     pts: list[int] = []
-    scores: list[tuple[float, float, float]] = []
+    scores: list[tuple[float, ...]] = []
     pending: list[Break] = []
     released: list[Break] = []
     prev = None
     with open_video(uri, storage) as (container, stream):
         stream.thread_type = "AUTO"
+        jump = JUMP_S / float(stream.time_base)
         size = None
         try:
-            for i, frame in enumerate(container.decode(stream)):
+            for i, (frame, damaged) in enumerate(decoded(container, stream)):
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    raise VideoError(f"frame {i} is {frame.width}x{frame.height}, above the limit of {max_pixels} "
+                                     "pixels (max_source_pixels)")
                 if size is None:
                     scale = min(1.0, analysis_width / frame.width)
                     size = (max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2))
                 pts.append(frame.pts if frame.pts is not None else (pts[-1] + 1 if pts else 0))
+                if i and pts[-1] - pts[-2] > jump:
+                    pending.append(Break(i, i + 1))  # a span, which no merge rule drops: no clip crosses a jump
                 small = _small_bgr(frame, size)
                 gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
                 mean, std = cv2.meanStdDev(gray)
                 motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
-                scores.append((motion, float(mean[0, 0]), float(std[0, 0])))
+                scores.append((motion, float(mean[0, 0]), float(std[0, 0]), float(damaged)))
                 prev = gray
                 pending += [b for d in detectors for b in d.process(i, small)]
-                settled = min(d.settled() for d in detectors)
+                settled = min((d.settled() for d in detectors), default=i + 1)
                 ready = sorted(b for b in pending if b.start < settled)
                 if ready:
                     pending = [b for b in pending if b.start >= settled]
@@ -207,11 +260,13 @@ def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_widt
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     if np.any(order != np.arange(len(order))):
         raise VideoError("frame timestamps are not in presentation order")
+    pts_array = np.asarray(pts, dtype=np.int64)
     return Analysis(
-        pts=np.asarray(pts, dtype=np.int64),
+        pts=pts_array,
         time_base=time_base,
         breaks=sorted(released + last),
         scores=Scores.of(scores),
+        timeline=_closed_up(pts_array, int(jump)),
     )
 
 
@@ -276,7 +331,7 @@ class ClipCutter:
         self._stream.thread_type = "AUTO"
         if clip.start_pts > clip.first_pts:
             container.seek(clip.start_pts, stream=self._stream, backward=True, any_frame=False)
-        self._frames = container.decode(self._stream)
+        self._frames = (frame for frame, _ in decoded(container, self._stream))
 
     def _next_frame(self) -> av.VideoFrame | None:
         # Not a generator over self._frames: leaving a loop would close it, and the next clip needs it open.
@@ -314,12 +369,30 @@ class ClipCutter:
         return encoder.finish()
 
 
+def check_encoder(cfg: EncodeConfig) -> None:
+    """Encode two small frames with the job's settings: an unknown codec, preset or option fails here, once."""
+    encoder = ClipEncoder(cfg, ClipSpec(0, None, 2, 0, 0, Fraction(25)))
+    for i in range(2):
+        frame = av.VideoFrame(64, 64, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        encoder.add(frame, Fraction(i, 25))
+    encoder.finish()
+
+
+# Without resampling each frame keeps its own time (a variable frame rate source plays as long as it did), on the
+# 90 kHz clock of MPEG: exact for every common constant rate.
+CLOCK = Fraction(1, 90000)
+
+
 class ClipEncoder:
-    """One clip's H.264 encoder: rotation, resize and, when ``cfg.fps`` is set, frame-rate resampling."""
+    """One clip's H.264 encoder: rotation, resize and, when ``cfg.fps`` is set, resampling to that constant rate
+    (otherwise every frame keeps its timestamp)."""
 
     def __init__(self, cfg: EncodeConfig, clip: ClipSpec):
         self.cfg, self.clip = cfg, clip
         self.rate = Fraction(cfg.fps).limit_denominator(1001) if cfg.fps else clip.source_fps
+        self.time_base = 1 / self.rate if cfg.fps else CLOCK
         self.buf = io.BytesIO()
         self.out = av.open(self.buf, mode="w", format="mp4")
         self.stream = None
@@ -330,15 +403,15 @@ class ClipEncoder:
     def add(self, frame: av.VideoFrame, t: Fraction) -> None:
         """Add the source frame shown at ``t`` seconds into the clip."""
         if not self.cfg.fps:
-            self._emit(frame)
+            self._emit(frame, round(t / CLOCK))
             return
         if self.prev is not None:
             while self.tick < t:
-                self._emit(self.prev)
+                self._emit(self.prev, self.written)
                 self.tick += 1 / self.rate
         self.prev = frame
 
-    def _emit(self, frame: av.VideoFrame) -> None:
+    def _emit(self, frame: av.VideoFrame, pts: int) -> None:
         frame = _upright(frame, self.clip.rotation)
         if self.stream is None:
             self.stream = self.out.add_stream(self.cfg.codec, rate=self.rate)
@@ -346,10 +419,11 @@ class ClipEncoder:
             self.stream.pix_fmt = "yuv420p"
             self.stream.codec_context.thread_count = self.cfg.threads
             self.stream.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+            self.stream.codec_context.time_base = self.time_base
         if (frame.width, frame.height, frame.format.name) != (self.stream.width, self.stream.height, "yuv420p"):
             frame = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
-        frame.pts = self.written
-        frame.time_base = 1 / self.rate
+        frame.pts = pts
+        frame.time_base = self.time_base
         frame.pict_type = av.video.frame.PictureType.NONE
         self.out.mux(self.stream.encode(frame))
         self.written += 1
@@ -358,7 +432,7 @@ class ClipEncoder:
         if self.cfg.fps and self.prev is not None:
             clip_end = Fraction(self.clip.num_frames) / self.clip.source_fps
             while self.tick < clip_end:
-                self._emit(self.prev)
+                self._emit(self.prev, self.written)
                 self.tick += 1 / self.rate
         self.out.mux(self.stream.encode(None))
         width, height = self.stream.width, self.stream.height

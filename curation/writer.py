@@ -6,10 +6,15 @@ Exactly-once output from at-least-once processing:
 2. Only then is its manifest part renamed into ``manifest/``: the manifest is the truth. A shard without a
    manifest part (killed between 1 and 2) is an orphan and is deleted on the next start.
 3. Errors seen so far go to ``errors/`` in the same commit, then ``done/`` markers for every source whose
-   clips are all in committed shards (or that failed as a whole).
+   clips are all in committed shards (or that failed as a whole). A failure that was not the source's fault
+   (``curation.faults``) never marks its source: the rerun processes it again.
 
 A rerun skips sources with a done marker and drops clips whose ids are already in the manifest, so a source
-that was half-committed when the driver died is finished without duplicates.
+that was half-committed when the driver died is finished without duplicates. Clip ids come from the source's
+content, so byte-identical copies of a source make the same clips: the first copy's are written, each other copy
+settles on them and its marker names the copy it duplicates.
+
+The writer runs under the output's lease (``curation.lease``): ``check_lease`` is called before every commit.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import contract as C
 from .config import ShardsConfig
+from .faults import JobStopped
 from .stages.base import Row
 from .storage import Storage
 
@@ -55,9 +63,16 @@ class _Source:
     expected: int | None = None  # candidate clips, known once the summary row arrives
     settled: int = 0  # clips committed, dropped or failed
     pending: int = 0  # clips in the open shard
-    failed: bool = False
+    failed: bool = False  # the whole source failed by its own fault
+    clip_errors: int = 0  # clips that failed by the source's fault
+    written: int = 0  # clips of it this run wrote
+    dropped: int = 0  # clips of it a filter rejected
+    retry: bool = False  # something failed by the environment's fault: the rerun processes the source again
+    duplicate_of: str | None = None  # a byte-identical source seen first
 
     def complete(self) -> bool:
+        if self.retry:
+            return False
         return self.failed or (self.expected is not None and self.settled == self.expected and self.pending == 0)
 
 
@@ -75,23 +90,32 @@ class RunStats:
     shards_written: int = 0
     dropped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    sources_duplicate: int = 0  # byte-identical copies of a source seen first
+    environment: list[str] = field(default_factory=list)  # environment faults: their sources are left to the rerun
+    sources: dict[str, dict] = field(default_factory=dict)  # uri -> its done marker, for every source this run settled
     motion_all: list[float] = field(default_factory=list)  # every candidate clip, kept or dropped
     samples: list[tuple[str, bytes, list[bytes]]] = field(default_factory=list)  # (clip_id, mp4, subject PNGs)
     rejected: dict[str, list[dict]] = field(default_factory=dict)  # filter -> a few dropped clips' metadata
 
 
 class DatasetWriter:
-    def __init__(self, output: str, storage: Storage, cfg: ShardsConfig, sample_clips: int = 12):
+    def __init__(self, output: str, storage: Storage, cfg: ShardsConfig, sample_clips: int = 12,
+                 check_lease: Callable[[], None] = lambda: None):
         self.out = output.rstrip("/")
         self.storage = storage
         self.cfg = cfg
         self.sample_clips = sample_clips
+        self.check_lease = check_lease
         self.stats = RunStats()
         self.committed: set[str] = set()
         self.error_keys: set[tuple] = set()
         self.done: dict[str, str] = {}  # uri -> "ok" | "error"
         self._sources: dict[str, _Source] = {}
-        self._seen: set[str] = set()  # clip ids settled or pending in this run
+        self._owner: dict[str, str] = {}  # clip id -> the source that sent it first in this run
+        self._sha1_owner: dict[str, str] = {}  # source sha1 -> the first source with that content
+        self._open_ids: set[str] = set()  # clip ids in the open shard
+        # Shards are built in a folder of their own per output, so a killed run's leftovers are found and removed.
+        self._tmpdir = os.path.join(tempfile.gettempdir(), "curation-" + hashlib.sha1(self.out.encode()).hexdigest()[:16])
         self._errors: list[dict] = []
         self._next_index = 0
         self._tar: tarfile.TarFile | None = None
@@ -108,8 +132,11 @@ class DatasetWriter:
         for d in (C.SHARDS_DIR, C.MANIFEST_DIR, C.ERRORS_DIR, C.DONE_DIR):
             for tmp in self.storage.list_temporaries(self.path(d)):
                 self.storage.remove(tmp)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
         manifest = read_parquet_dir(self.storage, self.path(C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
         self.committed = set(manifest.column("clip_id").to_pylist())
+        for sha1, uri in zip(manifest.column("source_sha1").to_pylist(), manifest.column("source_uri").to_pylist()):
+            self._sha1_owner.setdefault(sha1, uri)
         with_manifest = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in self.storage.list(self.path(C.MANIFEST_DIR), ".parquet")}
         indices = [-1]
         for uri in self.storage.list(self.path(C.SHARDS_DIR), ".tar"):
@@ -133,12 +160,20 @@ class DatasetWriter:
     def add(self, row: Row) -> None:
         kind, uri, meta = row["kind"], row["source_uri"], row["meta"]
         clip_id = meta.get("clip_id") if kind in ("clip", "dropped", "error") else None
-        if clip_id is not None:
-            if clip_id in self._seen:  # sent again by a task Ray retried after its worker died: count it once
-                self.stats.clips_duplicate += kind == "clip"
-                return
-            self._seen.add(clip_id)
+        owner = self._owner.get(clip_id) if clip_id is not None else None
+        if owner == uri:  # sent again by a task Ray retried after its worker died: count it once
+            self.stats.clips_duplicate += kind == "clip"
+            return
         src = self._sources.setdefault(uri, _Source())
+        if owner is not None:  # the same clip from a byte-identical copy: it settles with the first copy's
+            self.stats.clips_duplicate += kind == "clip"
+            if clip_id in self._open_ids:
+                src.pending += 1
+            else:
+                src.settled += 1
+            return
+        if clip_id is not None:
+            self._owner[clip_id] = uri
         if kind == "clip":
             self.stats.motion_all.append(meta["motion"])
             if meta["clip_id"] in self.committed:
@@ -147,13 +182,21 @@ class DatasetWriter:
             else:
                 self._append(meta, row)
                 src.pending += 1
+                src.written += 1
         elif kind == "dropped":
             self.stats.motion_all.append(meta["motion"])
             self.stats.dropped[meta["dropped_by"]] += 1
             self._reject_example(meta)
             src.settled += 1
+            src.dropped += 1
         elif kind == "summary":
             src.expected = meta["num_clips"]
+            sha1 = meta.get("source_sha1")
+            first = self._sha1_owner.setdefault(sha1, uri) if sha1 else uri
+            if first != uri:
+                src.duplicate_of = first
+                self.stats.sources_duplicate += 1
+                return
             self.stats.source_seconds += meta["duration_s"]
             if not meta["num_clips"] and meta.get("num_scenes"):
                 # Every scene was shorter than scenes.min_clip_s: no candidate clip, so no dropped row says why.
@@ -161,15 +204,7 @@ class DatasetWriter:
                 self._reject_example({"source_uri": uri, "start_s": 0.0, "end_s": meta["duration_s"],
                                       "num_scenes": meta["num_scenes"], "dropped_by": "too_short"})
         elif kind == "error":
-            self.stats.errors[meta["error_type"]] += 1
-            key = (meta["uri"], meta["clip_id"], meta["stage"])
-            if key not in self.error_keys:
-                self.error_keys.add(key)
-                self._errors.append(meta)
-            if meta["clip_id"] is None:
-                src.failed = True
-            else:
-                src.settled += 1
+            self._error(src, meta)
         else:
             raise ValueError(f"unexpected row kind {kind!r}")
         if self._rows and (self._bytes >= self.cfg.target_size_mb * 1e6 or len(self._rows) >= self.cfg.max_clips):
@@ -180,9 +215,32 @@ class DatasetWriter:
         if len(examples) < REJECTED_EXAMPLES:
             examples.append(meta)
 
+    def _error(self, src: _Source, meta: dict) -> None:
+        fault = meta.get("fault", "source")
+        if fault != "source":
+            # Not the source's fault: nothing is recorded against it and it stays to be done by the rerun.
+            src.retry = True
+            where = f"{meta['stage']} on {meta['uri']}" + (f" (clip {meta['clip_id']})" if meta["clip_id"] else "")
+            self.stats.environment.append(f"{where}: {meta['message']}")
+            if fault == "stop":
+                raise JobStopped(f"{where}: {meta['message']}")
+            log.warning("environment fault, source left for the rerun: %s: %s", where, meta["message"])
+            return
+        self.stats.errors[meta["error_type"]] += 1
+        key = (meta["uri"], meta["clip_id"], meta["stage"])
+        if key not in self.error_keys:
+            self.error_keys.add(key)
+            self._errors.append(meta)
+        if meta["clip_id"] is None:
+            src.failed = True
+        else:
+            src.settled += 1
+            src.clip_errors += 1
+
     def _append(self, meta: dict, row: Row) -> None:
         if self._tar is None:
-            fd, self._tmp = tempfile.mkstemp(suffix=".tar", prefix="shard-")
+            os.makedirs(self._tmpdir, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(suffix=".tar", prefix="shard-", dir=self._tmpdir)
             os.close(fd)
             self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         shard = C.shard_name(self._next_index)
@@ -200,6 +258,7 @@ class DatasetWriter:
             self._tar.addfile(info, io.BytesIO(data))
             self._bytes += len(data)
         self._rows.append(record)
+        self._open_ids.add(key)
         self.stats.clip_seconds += meta["end_s"] - meta["start_s"]
         if len(self.stats.samples) < self.sample_clips:
             self.stats.samples.append((key, row["mp4"], row.get("pngs") or []))
@@ -208,6 +267,8 @@ class DatasetWriter:
     def flush(self) -> None:
         """Commit the open shard, its manifest part and pending errors, then mark finished sources done."""
         name = C.shard_name(self._next_index)
+        if self._tar is not None or self._errors:
+            self.check_lease()
         if self._tar is not None:
             self._tar.close()
             self.storage.write_atomic(self.path(C.SHARDS_DIR, f"{name}.tar"), local_file=self._tmp)
@@ -225,6 +286,7 @@ class DatasetWriter:
         if self._tar is not None or self._errors:
             self._next_index += 1
         self._tar, self._tmp, self._rows, self._bytes, self._errors = None, None, [], 0, []
+        self._open_ids.clear()
         for uri, src in list(self._sources.items()):
             src.settled += src.pending
             src.pending = 0
@@ -232,8 +294,13 @@ class DatasetWriter:
                 self._mark_done(uri, src)
 
     def _mark_done(self, uri: str, src: _Source) -> None:
-        status = "error" if src.failed else "ok"
-        marker = {"uri": uri, "status": status, "clips": src.expected or 0}
+        # A source with a failed clip is not "ok": retry_errors=true gives its failed clips another try.
+        status = "error" if src.failed or src.clip_errors else "ok"
+        marker = {"uri": uri, "status": status, "clips": src.expected or 0, "written": src.written,
+                  "dropped": src.dropped, "clip_errors": src.clip_errors}
+        if src.duplicate_of is not None:
+            marker["duplicate_of"] = src.duplicate_of
+        self.stats.sources[uri] = marker
         self.storage.write_atomic(self.path(C.DONE_DIR, done_marker_name(uri)), json.dumps(marker).encode())
         self.done[uri] = status
         del self._sources[uri]
@@ -246,8 +313,16 @@ class DatasetWriter:
         self.flush()
         unfinished = [u for u, s in self._sources.items() if not s.complete()]
         if unfinished:
-            # Rows of these sources never all arrived (a worker died mid-batch); a rerun will finish them.
+            # Rows of these sources never all arrived (a worker died mid-batch) or an environment fault stopped
+            # them; a rerun will finish them.
             log.warning("%d source(s) not complete; rerun the job to finish them: %s", len(unfinished), unfinished[:5])
+
+    def discard(self) -> None:
+        """Drop the open shard (a run that stops without committing it): nothing is left in the temporary folder."""
+        if self._tar is not None:
+            self._tar.close()
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._tar, self._tmp = None, None
 
 
 def _parquet(table: pa.Table) -> bytes:

@@ -11,6 +11,22 @@ from curation.storage import Storage
 from curation.writer import read_parquet_dir
 
 
+def run_cpu_stages(path, *overrides) -> list[dict]:
+    """The CPU stages (probe, scenes, filter, encode) on one source in this process, with the demo's CPU settings
+    and adaptive detection unless overridden: the rows they send to the writer."""
+    from curation.config import load_job
+    from curation.stages import CPU_STAGES, make_row
+
+    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=1", *overrides],
+                   input="x", output="unused")
+    rows = [make_row("source", str(path), {})]
+    for cls in CPU_STAGES:
+        stage = cls(cfg)
+        stage.setup()
+        rows = stage(rows)
+    return rows
+
+
 def manifest(out: str, storage: Storage | None = None):
     storage = storage or Storage()
     return read_parquet_dir(storage, storage.join(out, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)

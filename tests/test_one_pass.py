@@ -86,7 +86,7 @@ def frames(n: int) -> list[av.VideoFrame]:
 
 
 LIMITS = frame_limits(10.0, 0.5, 2.0)  # 10 fps, clips of 0.5 s to 2 s: 5 to 20 frames
-CONTENT = (1.0, 100.0, 50.0)  # (motion, luma, contrast) of a frame with content
+CONTENT = (1.0, 100.0, 50.0, 0.0)  # (motion, luma, contrast, damaged) of a frame with content
 
 
 def run_encoder(n: int, reported: dict[int, list], max_frames: int = 1000, lag: int = SCENEDETECT_LAG,
@@ -121,7 +121,7 @@ def test_long_scenes_are_split_evenly_from_held_frames():
 def test_transition_spans_and_blank_ends_are_left_out_of_held_clips():
     # A dissolve [20, 26) reported 10 frames after it ends; frames 0-3 black, 56-59 fading out.
     def scores(i):
-        return (1.0, 0.0, 0.0) if i < 4 else (1.0, 100.0, 50.0 * (60 - i) / 5) if i >= 56 else CONTENT
+        return (1.0, 0.0, 0.0, 0.0) if i < 4 else (1.0, 100.0, 50.0 * (60 - i) / 5, 0.0) if i >= 56 else CONTENT
 
     held = run_encoder(60, {36: [Break(20, 26)]}, lag=40, scores=scores)
     assert sorted(held) == [(4, 20), (26, 41), (41, 56)]

@@ -1,5 +1,6 @@
 """End-to-end curation on Ray over the real videos plus broken inputs."""
 
+import json
 import subprocess
 import tarfile
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import ray
 import webdataset as wds
+import yaml
 
 from curation import contract as C
 from curation.runner import run
@@ -28,6 +30,20 @@ def test_every_source_is_accounted_for(curated):
     assert "not a readable video" in by_name["random.mp4"]["message"]
     assert "8704x4352 is above the limit" in by_name["huge.mp4"]["message"]
     assert all(e["message"] and len(e["message"]) < 300 for e in errs)
+
+
+def test_each_run_records_its_resolved_config_and_stats(curated):
+    cfg, result, inputs = curated
+    record = Path(result.record)
+    assert record.parent == Path(cfg.output) / "runs"
+    resolved = yaml.safe_load((record / "config.yaml").read_text())
+    assert resolved["scenes"]["min_clip_s"] == 0.5 and resolved["encode"]["preset"] == cfg.encode.preset  # defaults too
+    stats = json.loads((record / "stats.json").read_text())
+    assert stats["sources"]["found"] == 12 and stats["clips"]["written"] == result.stats.clips_written > 0
+    assert list(stats["stages"])[:2] == ["probe", "scenes"] and stats["stages"]["scenes"]["busy_s"] > 0
+    per_source = stats["per_source"]
+    assert len(per_source) == 12 and sum(m["written"] for m in per_source.values()) == stats["clips"]["written"]
+    assert {m["status"] for u, m in per_source.items() if u.rsplit("/", 1)[-1] in BAD} == {"error"}
 
 
 def test_output_meets_the_dataset_contract(curated):

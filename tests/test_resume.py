@@ -121,3 +121,16 @@ def test_a_ray_worker_killed_mid_task_loses_and_duplicates_nothing(reference, tm
     got = check_contract(str(out))
     assert set(got) == set(expected)
     assert errors(str(out)).num_rows == 0
+
+
+def test_two_drivers_on_one_output_one_is_refused_and_nothing_collides(reference, tmp_path):
+    # Before: both exited 0 with 21 manifest rows for 19 clips, and two sources marked done without their clips.
+    listing, expected = reference
+    out = tmp_path / "out"
+    drivers = [start(listing, out), start(listing, out)]
+    logs = [p.communicate(timeout=300)[0] for p in drivers]
+    codes = [p.returncode for p in drivers]
+    assert sorted(codes) == [0, 4], logs
+    assert "in use by another driver" in logs[codes.index(4)]
+    assert check_contract(str(out)) == expected
+    assert "nothing to do" in finish(start(listing, out))

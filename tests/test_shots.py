@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from benchmarks.clean_clips import evaluate, labelled_videos
-from curation.config import DetectorConfig, TrimConfig, load_job
+from curation.config import DetectorConfig, TrimConfig
 from curation.planning import Planned, Scores, frame_limits, plan_scene
 from curation.shots import Break, Detectors
-from curation.stages import CPU_STAGES, make_row
 from curation.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
 from curation.video import analyse, probe
 from curation.storage import Storage
 
 from .conftest import VIDEOS
+from .pipeline_helpers import run_cpu_stages
 
 TRIM = TrimConfig()
 
@@ -134,7 +134,7 @@ def test_long_video_streams_in_bounded_memory():
 
 def scene_scores(luma, contrast) -> Scores:
     luma, contrast = np.asarray(luma, np.float32), np.asarray(contrast, np.float32)
-    return Scores(np.ones_like(luma), luma, contrast)
+    return Scores(np.ones_like(luma), luma, contrast, np.zeros_like(luma))
 
 
 def test_black_white_flat_and_fading_ends_are_trimmed():
@@ -194,13 +194,7 @@ def write_synthetic(path, fps=25):
 
 
 def curate(path, *overrides):
-    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=1", *overrides],
-                   input="x", output="unused")
-    rows = [make_row("source", str(path), {})]
-    for cls in CPU_STAGES[:3]:
-        stage = cls(cfg)
-        stage.setup()
-        rows = stage(rows)
+    rows = run_cpu_stages(path, *overrides)
     assert not [r for r in rows if r["kind"] == "error"]
     return rows
 

@@ -8,7 +8,8 @@ Stages know nothing of Ray (``curation.runner`` maps them onto it). A batch is a
   it to know when every clip of a source is accounted for
 - ``clip``: one clip, ``mp4`` holds its bytes once encoded
 - ``dropped``: a clip a filter rejected (kept for pass-rate statistics; its scores are in ``meta``)
-- ``error``: a source or clip that failed; ``meta`` holds uri, clip_id, stage, error_type, message
+- ``error``: a source or clip that failed; ``meta`` holds uri, clip_id, stage, error_type, message and
+  ``fault``: whose fault it was (``curation.faults``), which decides whether the source is done
 
 A stage handles the kinds in ``consumes`` and passes every other row through untouched. A row that raises
 leaves as an error row, so one bad video or clip never fails the batch or the job. ``process`` may return a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable, Iterator
 
+from ..faults import fault_of
 from ..video import VideoError
 
 Row = dict
@@ -38,6 +40,7 @@ def error_row(row: Row, stage: str, exc: BaseException) -> Row:
         "stage": stage,
         "error_type": type(exc).__name__,
         "message": message or type(exc).__name__,
+        "fault": fault_of(exc),
     }
     return make_row("error", row["source_uri"], meta)
 

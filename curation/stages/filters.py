@@ -14,6 +14,8 @@ def rejection(meta: dict, f: FiltersConfig) -> str | None:
         return "motion"
     if meta["blank_frac"] > f.max_blank_frac:
         return "blank"
+    if f.max_damaged_frames is not None and meta["damaged_frames"] > f.max_damaged_frames:
+        return "damaged"
     return None
 
 

@@ -56,7 +56,8 @@ class SceneStage(Stage):
         min_gap = min_gap_frames(sc.min_scene_s, src["fps"])
         held = self._encoder(src, fps, limits, min_gap)
         try:
-            a = analyse(uri, self.storage, self.detectors.for_source(src["fps"]), sc.analysis_width, sink=held)
+            a = analyse(uri, self.storage, self.detectors.for_source(src["fps"]), sc.analysis_width, sink=held,
+                        max_pixels=self.cfg.max_source_pixels)
             breaks = merge_breaks(a.breaks, a.num_frames, min_gap)
             shots = scenes(breaks, a.num_frames)
             planned = plan(shots, a.scores, sc.trim, limits)
