@@ -144,6 +144,8 @@ def init_ray(cfg: JobConfig) -> None:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's notice that the local cluster uses token authentication, its default (the job needs nothing from it).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if cfg.ray.address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the local cluster to 127.0.0.1
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -155,6 +157,10 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
     import ray
 
     ctx = ray.data.DataContext.get_current()
+    # Ray Data's per-dataset INFO lines and its hint about the progress bars this runner replaces (after the
+    # first use of ray.data above: importing it sets up its loggers).
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx.enable_progress_bars = False  # per-stage progress is printed by this runner instead
     ctx.print_on_execution_start = False
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -37,9 +37,33 @@ class Window:
     start: float = field(default_factory=time.perf_counter)
 
 
+# TensorBoard groups scalars by the prefix of their tag.
+_GROUPS = {"loss": "loss/train", "grad_norm": "loss/grad_norm", "lr": "optim/lr"}
+
+
+def tb_tag(key: str) -> str:
+    if key in _GROUPS:
+        return _GROUPS[key]
+    return f"data/{key.removeprefix('data_')}" if key.startswith("data") else f"perf/{key}"
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """The config's scalar leaves as dotted keys (lists as text): what TensorBoard's HParams view takes."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, f"{key}."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        elif v is not None:
+            out[key] = json.dumps(v)
+    return out
+
+
 class Metrics:
     def __init__(self, out_dir: str | Path, every: int, rank: int, world_size: int, device: torch.device,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, config: dict | None = None):
         self.out_dir, self.every, self.rank, self.world_size, self.device = Path(out_dir), every, rank, world_size, device
         self.history: list[dict] = []
         self.window = Window()
@@ -47,10 +71,19 @@ class Metrics:
         self.tb = None
         if rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if config is not None:  # the resolved config, every default filled in, beside the metrics it made
+                import yaml
+
+                (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard.summary import hparams
 
                 self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+                if config is not None:
+                    # In this run's own event file (add_hparams would start another run), the loss its metric.
+                    for summary in hparams(flat_hparams(config), {"loss/train": float("nan")}):
+                        self.tb.file_writer.add_summary(summary)
 
     def step(self, step: int, loss: float, samples: int, tokens: int, flops: float, data_wait_s: float,
              extra: dict | None = None) -> dict | None:
@@ -86,7 +119,7 @@ class Metrics:
             if self.tb is not None:
                 for k, v in row.items():
                     if k != "step" and isinstance(v, (int, float)):
-                        self.tb.add_scalar(k, v, step)
+                        self.tb.add_scalar(tb_tag(k), v, step)
         return row
 
     def close(self) -> Path | None:

@@ -153,7 +153,7 @@ def train(job: TrainJob) -> dict:
             on_every_rank(lambda: checkpointer.load(state, latest, exclude))
             if state.saved_data is not None:
                 on_every_rank(lambda: loader.load_state_dict(state.saved_data))
-        metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard)
+        metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard, to_dict(job))
         batches = iter(loader)
         # Which samples each step saw, per rank: to audit a resume or trace a loss spike back to its clips.
         seen = open(out / f"samples-rank{rank}.jsonl", "a", buffering=1)  # line-buffered: a kill loses nothing
