@@ -150,7 +150,7 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
     if f.max_motion is not None:
         motion += f" or &gt; filters.max_motion = {f.max_motion:g}"
     rules = {
-        "too_short": (f"every scene of the source shorter than scenes.min_clip_s = {sc.min_clip_s:g} s "
+        "too_short": (f"a scene shorter than scenes.min_clip_s = {sc.min_clip_s:g} s makes no candidate clip "
                       f"(counts scenes, not candidate clips)", None),
         "blank": (f"blank_frac &gt; filters.max_blank_frac = {f.max_blank_frac:g}, or no content left once blank "
                   f"and fading frames are trimmed", "blank_frac"),
@@ -170,7 +170,7 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
 
 def _example(storage: Storage, meta: dict, score: str | None) -> str:
     if meta["dropped_by"] == "too_short":
-        text = f"{_e(_name(meta['source_uri']))}: {meta['end_s']:.2f} s in {meta['num_scenes']} scene(s)"
+        text = f"{_e(_name(meta['source_uri']))} ({meta['end_s']:.2f} s): {meta['num_scenes']} short scene(s)"
         return f"<div class='ex'>{text}</div>"
     frame = _source_frame(storage, meta)
     value = meta.get(score)

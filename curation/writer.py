@@ -198,11 +198,12 @@ class DatasetWriter:
                 self.stats.sources_duplicate += 1
                 return
             self.stats.source_seconds += meta["duration_s"]
-            if not meta["num_clips"] and meta.get("num_scenes"):
-                # Every scene was shorter than scenes.min_clip_s: no candidate clip, so no dropped row says why.
-                self.stats.dropped["too_short"] += meta["num_scenes"]
+            short = meta.get("num_short_scenes", 0)
+            if short:
+                # Scenes shorter than scenes.min_clip_s make no candidate clip, so no dropped row says why.
+                self.stats.dropped["too_short"] += short
                 self._reject_example({"source_uri": uri, "start_s": 0.0, "end_s": meta["duration_s"],
-                                      "num_scenes": meta["num_scenes"], "dropped_by": "too_short"})
+                                      "num_scenes": short, "dropped_by": "too_short"})
         elif kind == "error":
             self._error(src, meta)
         else:

@@ -46,12 +46,13 @@ def test_a_source_whose_scenes_are_all_too_short_is_reported(tmp_path):
                 "meta": {"num_clips": 1, "num_scenes": 1, "duration_s": 1.0, "source_sha1": "0" * 40}})
     short = "/videos/short_scene.mp4"
     writer.add({"kind": "summary", "source_uri": short,
-                "meta": {"num_clips": 0, "num_scenes": 1, "duration_s": 0.9, "source_sha1": "1" * 40}})
+                "meta": {"num_clips": 0, "num_scenes": 1, "num_short_scenes": 1, "duration_s": 0.9,
+                         "source_sha1": "1" * 40}})
     writer.close()
     assert writer.stats.dropped == {"too_short": 1}
     assert writer.stats.rejected["too_short"][0]["source_uri"] == short
     cfg = load_job(None, ["scenes.min_clip_s=2"], input="unused", output=str(out))
     page = Path(write_report(cfg, Storage(), writer.stats, "summary", {}, 1.0)).read_text()
     assert re.search(r"<td>/videos/short_scene.mp4</td><td>0</td><td>no scene as long as scenes.min_clip_s</td>", page)
-    assert re.search(r"<b>too_short</b></td><td>every scene of the source shorter than scenes.min_clip_s = 2 s", page)
-    assert "short_scene.mp4: 0.90 s in 1 scene(s)" in page
+    assert re.search(r"<b>too_short</b></td><td>a scene shorter than scenes.min_clip_s = 2 s makes no candidate clip", page)
+    assert "short_scene.mp4 (0.90 s): 1 short scene(s)" in page

@@ -14,7 +14,7 @@ from ..config import JobConfig
 from ..contract import make_clip_id
 from ..model_runtime import device_for
 from ..one_pass import OnePassEncoder
-from ..planning import clip_scores, frame_limits, plan
+from ..planning import clip_scores, frame_limits, plan_scene
 from ..shots import Detectors, merge_breaks, min_gap_frames, scenes
 from ..storage import Storage
 from ..video import analyse
@@ -60,7 +60,8 @@ class SceneStage(Stage):
                         max_pixels=self.cfg.max_source_pixels)
             breaks = merge_breaks(a.breaks, a.num_frames, min_gap)
             shots = scenes(breaks, a.num_frames)
-            planned = plan(shots, a.scores, sc.trim, limits)
+            per_scene = [plan_scene(s, e, a.scores, sc.trim, limits) for s, e in shots]
+            planned = [p for clips in per_scene for p in clips]
             for p in planned:
                 start, end = p.start, p.end
                 meta = {
@@ -93,6 +94,7 @@ class SceneStage(Stage):
                 "num_clips": len(planned),
                 "num_frames": a.num_frames,
                 "num_scenes": len(shots),
+                "num_short_scenes": sum(not clips for clips in per_scene),  # no candidate clip: shorter than min_clip_s
                 "duration_s": a.seconds(a.num_frames),
                 "clip_seconds": [a.seconds(p.end) - a.seconds(p.start) for p in planned if not p.blank],
             })
