@@ -20,6 +20,7 @@ def _offline():
     # Weights come from local folders or the hub cache only; nothing is downloaded.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the base-model load report lists the unused LM head

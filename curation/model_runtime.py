@@ -15,7 +15,8 @@ _YOLO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "out" / "ultralytics-co
 
 
 def go_offline() -> None:
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
+    # Offline, and without a "Loading weights" progress bar from every worker.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ[name] = "1"
     os.environ.setdefault("YOLO_VERBOSE", "False")  # no per-image log lines from every worker
     config_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(_YOLO_CONFIG_DIR)))

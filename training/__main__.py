@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     # Frozen weights come from local folders or the hub cache only; nothing is downloaded at run time.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per model and rank
     from .trainer import train
 
     try:

@@ -7,6 +7,8 @@ copy in the frozen dtype, and keeping them out of the FSDP groups keeps one dtyp
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -43,6 +45,10 @@ def apply_compile(model: CinemaModel) -> None:
 
 
 def apply_fsdp(model: CinemaModel, mesh: DeviceMesh, param_dtype: torch.dtype, reduce_dtype: torch.dtype = torch.float32) -> None:
+    # FSDP2 warns that AlignerNet returns a view: nn.Linear on (B, N, W) gives a view of its 2-D product. The hook it
+    # warns about is lost only by an in-place op on that output, and nothing writes to it (condition dropout
+    # replaces captions, not tokens), so the warning says nothing about this model.
+    warnings.filterwarnings("ignore", r"FSDP2-wrapped module \(FSDPAlignerNet\) returned a view tensor")
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for part in model.trainable_parts().values():
         blocks = _blocks(part)
