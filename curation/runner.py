@@ -148,7 +148,9 @@ def init_ray(cfg: JobConfig) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if cfg.ray.address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the local cluster to 127.0.0.1
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # "local": a new cluster of this process, never one a `ray start` on this machine happens to run.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
     else:
         ray.init(address=cfg.ray.address, log_to_driver=False, logging_level=logging.WARNING)
 
@@ -245,6 +247,7 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
     output's own OSError; whatever was committed before stays, and a rerun goes on from there."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     t0 = time.time()
     storage = Storage(cfg.storage)
@@ -271,7 +274,9 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
         init_ray(cfg)
         printer = None
         try:
-            progress = ray.remote(num_cpus=0)(Progress).remote()
+            # On the driver's own node: a counter on a worker node would die with it and take the job along.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()
             stages = stages if stages is not None else pipeline(cfg)
             ds = build_dataset(sources, cfg, stages, progress)
             names = [s.name for s in stages]

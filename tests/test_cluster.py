@@ -1,0 +1,115 @@
+"""The cluster job as a user runs it: a running Ray cluster of two nodes (a head and a worker, two raylets on this
+machine), the job submitted with `ray job submit`, input and output on the loopback S3 server, and the worker node's
+raylet killed mid-job."""
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import psutil
+import pytest
+
+from curation.config import StorageConfig
+from curation.storage import Storage
+from jobs.loopback_s3 import free_port
+
+from .conftest import ROOT, VIDEOS
+from .pipeline_helpers import check_contract
+
+RAY = str(Path(sys.executable).with_name("ray"))
+INPUTS = ["counter.mp4", "testvideo.mp4", "fades.mp4", "issue-134-rotate.mp4"]
+# Ray keeps 127.0.0.1 for single-node clusters and swaps it for the machine's address when nodes join; other
+# loopback addresses it keeps, so both nodes stay on the loopback interface.
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+
+
+def ray_cli(env, *args, timeout=120) -> str:
+    out = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def raylet(node_ip: str) -> psutil.Process:
+    (proc,) = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
+               and p.info["cmdline"][0].endswith("/raylet") and f"--node_ip_address={node_ip}" in p.info["cmdline"]]
+    return proc
+
+
+@pytest.fixture
+def cluster(s3_server, tmp_path):
+    """A head (1 CPU) and a worker node (2 CPUs) with token authentication, credentials in the nodes' environment
+    (as the README asks); torn down by killing exactly its own processes (`ray stop` would kill every Ray here)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # it forbids a second node
+    port, dashboard = free_port(), free_port()
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
+               RAY_ADDRESS=f"http://127.0.0.1:{dashboard}")
+    ray_cli(env, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}", "--num-cpus=1", "--disable-usage-stats")
+    nodes = [raylet(HEAD_IP)]
+    try:
+        ray_cli(env, "start", f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}", "--num-cpus=2",
+                "--disable-usage-stats")
+        nodes.append(raylet(WORKER_IP))
+        yield env
+    finally:
+        gcs = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][0].endswith(
+            "/gcs_server") and f"--gcs_server_port={port}" in p.info["cmdline"]]
+        procs = [q for p in nodes + gcs if p.is_running() for q in [p, *p.children(recursive=True)]]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def submit(env, endpoint: str) -> str:
+    run = (f"cd {ROOT} && {sys.executable} -m curation run jobs/cluster_curation.yaml --input s3://raw/videos/ "
+           f"--output s3://datasets/cinema --set storage.endpoint_url={endpoint} "
+           "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
+           "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1")
+    out = ray_cli(env, "job", "submit", "--no-wait", "--", "bash", "-c", run)
+    return re.search(r"raysubmit_\w+", out).group(0)
+
+
+def wait(env, job: str, log_line: str | None = None, timeout=300) -> str:
+    """Until the job's logs hold ``log_line``, or (without one) until it ends: its final state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log_line is not None:
+            if log_line in ray_cli(env, "job", "logs", job):
+                return log_line
+        else:
+            status = ray_cli(env, "job", "status", job)  # "Job '...' succeeded", "... failed", "... was stopped"
+            for word, state in (("succeeded", "SUCCEEDED"), ("failed", "FAILED"), ("was stopped", "STOPPED")):
+                if f"' {word}" in status:
+                    return state
+        time.sleep(1)
+    raise AssertionError(f"job {job} not done in {timeout} s:\n" + ray_cli(env, "job", "logs", job))
+
+
+@pytest.mark.slow
+def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op(cluster, s3_server):
+    env = cluster
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    for bucket in ("raw", "datasets"):
+        s3.create_bucket(Bucket=bucket)
+    for name in INPUTS:
+        s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
+    job = submit(env, s3_server)
+    wait(env, job, log_line="| probe 1 ")  # mid-job: the first source is through probe, the rest in flight
+    raylet(WORKER_IP).kill()
+    assert wait(env, job) == "SUCCEEDED", ray_cli(env, "job", "logs", job)
+    logs = ray_cli(env, "job", "logs", job)
+    assert f"sources: {len(INPUTS)} found, 0 skipped (done before), {len(INPUTS)} done, 0 failed" in logs, logs
+    storage = Storage(StorageConfig(endpoint_url=s3_server))
+    clips = check_contract("s3://datasets/cinema", storage)  # nothing lost, nothing twice
+    assert len(clips) >= 5 and {c["source_uri"].rsplit("/", 1)[-1] for c in clips.values()} >= {"counter.mp4", "testvideo.mp4"}
+    again = submit(env, s3_server)
+    assert wait(env, again) == "SUCCEEDED"
+    assert "nothing to do: every source is already done" in ray_cli(env, "job", "logs", again)
