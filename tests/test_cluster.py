@@ -5,6 +5,7 @@ raylet killed mid-job."""
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,10 @@ def cluster(s3_server, tmp_path):
     port, dashboard = free_port(), free_port()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
                RAY_ADDRESS=f"http://127.0.0.1:{dashboard}")
-    ray_cli(env, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--dashboard-host=127.0.0.1",
+    # A temp dir of its own (short: socket paths have a length limit), so its "current cluster" file and logs
+    # never make a later ray.init() in this machine look for this cluster.
+    temp = f"/tmp/rc-{secrets.token_hex(4)}"
+    ray_cli(env, "start", "--head", f"--temp-dir={temp}", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}", "--num-cpus=1", "--disable-usage-stats")
     nodes = [raylet(HEAD_IP)]
     try:
@@ -58,19 +62,19 @@ def cluster(s3_server, tmp_path):
         nodes.append(raylet(WORKER_IP))
         yield env
     finally:
-        gcs = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][0].endswith(
-            "/gcs_server") and f"--gcs_server_port={port}" in p.info["cmdline"]]
-        procs = [q for p in nodes + gcs if p.is_running() for q in [p, *p.children(recursive=True)]]
+        own = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a for a in p.info["cmdline"] or [])]
+        procs = [q for p in nodes + own if p.is_running() for q in [p, *p.children(recursive=True)]]
         for p in procs:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def submit(env, endpoint: str) -> str:
-    run = (f"cd {ROOT} && {sys.executable} -m curation run jobs/cluster_curation.yaml --input s3://raw/videos/ "
-           f"--output s3://datasets/cinema --set storage.endpoint_url={endpoint} "
+    run = (f"cd {ROOT} && {sys.executable} -m curation run jobs/cluster_curation.yaml --input s3://cluster-raw/videos/ "
+           f"--output s3://cluster-datasets/cinema --set storage.endpoint_url={endpoint} "
            "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
            "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1")
     out = ray_cli(env, "job", "submit", "--no-wait", "--", "bash", "-c", run)
@@ -97,10 +101,10 @@ def wait(env, job: str, log_line: str | None = None, timeout=300) -> str:
 def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op(cluster, s3_server):
     env = cluster
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    for bucket in ("raw", "datasets"):
+    for bucket in ("cluster-raw", "cluster-datasets"):  # the session's S3 server is shared with other tests
         s3.create_bucket(Bucket=bucket)
     for name in INPUTS:
-        s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
+        s3.upload_file(str(VIDEOS / name), "cluster-raw", f"videos/{name}")
     job = submit(env, s3_server)
     wait(env, job, log_line="| probe 1 ")  # mid-job: the first source is through probe, the rest in flight
     raylet(WORKER_IP).kill()
@@ -108,7 +112,7 @@ def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op
     logs = ray_cli(env, "job", "logs", job)
     assert f"sources: {len(INPUTS)} found, 0 skipped (done before), {len(INPUTS)} done, 0 failed" in logs, logs
     storage = Storage(StorageConfig(endpoint_url=s3_server))
-    clips = check_contract("s3://datasets/cinema", storage)  # nothing lost, nothing twice
+    clips = check_contract("s3://cluster-datasets/cinema", storage)  # nothing lost, nothing twice
     assert len(clips) >= 5 and {c["source_uri"].rsplit("/", 1)[-1] for c in clips.values()} >= {"counter.mp4", "testvideo.mp4"}
     again = submit(env, s3_server)
     assert wait(env, again) == "SUCCEEDED"

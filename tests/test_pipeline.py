@@ -70,7 +70,7 @@ def test_shards_are_readable_by_tar_webdataset_and_ray(curated):
     samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
     assert len(samples) == manifest(cfg.output).num_rows
     assert all({"mp4", "json", "caption.txt"} <= set(s) for s in samples)
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
         ds = ray.data.read_webdataset(str(shard_dir), decoder=None)
         assert ds.count() == len(samples)
