@@ -304,6 +304,5 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
         writer.discard()
         raise
     finally:
-        stop.set()
         lease.release()
     return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts, record)

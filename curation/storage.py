@@ -13,6 +13,7 @@ import fsspec
 from botocore.exceptions import BotoCoreError
 
 from .config import StorageConfig
+from .faults import STOP_ERRNOS
 
 # botocore's connection errors (endpoint unreachable, read timeouts) are not OSErrors.
 _RETRYABLE = (ConnectionError, TimeoutError, OSError, BotoCoreError)
@@ -24,7 +25,7 @@ class StorageUnavailable(ConnectionError):
 
 def _not_transient(e: BaseException) -> bool:
     # A missing file, a full or read-only disk, a permission refused: retrying changes nothing.
-    return isinstance(e, FileNotFoundError) or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+    return isinstance(e, FileNotFoundError) or isinstance(e, OSError) and e.errno in (*STOP_ERRNOS, errno.EACCES, errno.EPERM)
 
 
 def _refused(e: BaseException) -> bool:
