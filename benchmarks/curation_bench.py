@@ -123,12 +123,12 @@ def split_video(path: Path, out: Path) -> None:
 
 
 def main() -> None:
+    from common import contract as C
+    from common.storage import Storage
     from curation.config import load_job
     from curation.plan import detector_kinds
     from curation.runner import init_ray, run
-    from curation import contract as C
     from curation.writer import read_parquet_dir
-    from curation.storage import Storage
 
     if not shutil.which("ffmpeg"):
         sys.exit("the PySceneDetect baseline needs the ffmpeg binary: apt-get install -y ffmpeg")

@@ -46,7 +46,7 @@ def run(ranks: int, work: Path, checkpoints: Path) -> float:
 
 
 def main() -> None:
-    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
+    from tiny_models.cinema_checkpoints import save_tiny_checkpoints
 
     work = Path(tempfile.mkdtemp(prefix="fsdp-bench-"))
     checkpoints = save_tiny_checkpoints(work / "tiny")

@@ -25,8 +25,8 @@ import psutil  # installed with ray
 import torch
 from PIL import Image
 
+from common.storage import Storage
 from curation.config import ShardsConfig
-from curation.storage import Storage
 from curation.writer import DatasetWriter
 from training.config import data_preset
 from training.data import ShardLoader

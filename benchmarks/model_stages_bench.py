@@ -29,7 +29,7 @@ from curation.model_runtime import go_offline
 from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.subjects import SubjectStage
-from curation.tiny_models import save_tiny_models, tiny_overrides
+from tiny_models.curation_models import save_tiny_models, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"

@@ -40,8 +40,8 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int) -> bytes:
 
 
 def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int) -> None:
+    from common.storage import Storage
     from curation.config import ShardsConfig
-    from curation.storage import Storage
     from curation.writer import DatasetWriter
 
     writer = DatasetWriter(str(folder), Storage(), ShardsConfig(max_clips=4))
@@ -81,7 +81,7 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
+    from tiny_models.cinema_checkpoints import save_tiny_checkpoints
     from training.config import load_train_job
     from training.trainer import train
 

@@ -1,7 +1,6 @@
-"""python -m cinema_model {summary,tiny,generate}
+"""python -m cinema_model {summary,generate}
 
   summary PRESET             parameters per part (built on the meta device, no weights) and DiT FLOPs per sample
-  tiny OUT_DIR               save every tiny checkpoint the tiny and mid presets name
   generate --prompt ... [--subject a.png ...] --out video.mp4
                              sample a video; also writes a contact sheet (subjects left, frames right)
 """
@@ -13,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from cinema_model.config import TINY_CHECKPOINTS, latent_frames, preset
+from cinema_model.config import latent_frames, preset
 
 
 def _offline():
@@ -85,14 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_model_args(p):
-        p.add_argument("--checkpoints", default=TINY_CHECKPOINTS, help="folder of the tiny frozen parts (tiny, mid)")
+        p.add_argument("--checkpoints", help="folder of the tiny frozen parts (tiny and mid presets: python -m tiny_models)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         return p
 
     add_model_args(sub.add_parser("summary")).add_argument("preset", choices=["tiny", "mid", "full"])
-    sub.add_parser("tiny").add_argument("out_dir")
     gen = add_model_args(sub.add_parser("generate"))
-    gen.add_argument("--preset", default="tiny", choices=["tiny", "mid", "full"])
+    gen.add_argument("--preset", default="full", choices=["tiny", "mid", "full"])
     gen.add_argument("--weights", help="safetensors of the trained parts (CinemaModel.save_trainable)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--subject", action="append", default=[], help="subject image (0 to 6 times)")
@@ -106,10 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     _offline()
     if args.command == "summary":
         _summary(args)
-    elif args.command == "tiny":
-        from cinema_model.tiny_checkpoints import save_tiny_checkpoints
-
-        print(f"saved tiny checkpoints under {save_tiny_checkpoints(args.out_dir)}")
     else:
         _generate(args)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cinema_model.typed_config import ConfigError, apply_overrides, from_dict, to_dict
+from common.typed_config import ConfigError, apply_overrides, from_dict, to_dict
 
 # The paper's instruction: keep each subject's identity from its reference image, natural motion, subjects blended
 # into the scene, temporal and spatial coherence. The K subject images precede it in the same user turn.
@@ -190,13 +190,16 @@ def _full(_: str) -> dict:
 
 
 PRESETS = {"tiny": _tiny, "mid": _mid, "full": _full}
-TINY_CHECKPOINTS = "out/tiny_checkpoints"  # where `python -m cinema_model tiny` writes by default
 
 
-def preset(name: str, checkpoints: str = TINY_CHECKPOINTS, overrides: list[str] = ()) -> CinemaConfig:
-    """A preset with ``key=value`` overrides; ``checkpoints`` is the folder of tiny frozen parts (tiny, mid)."""
+def preset(name: str, checkpoints: str | None = None, overrides: list[str] = ()) -> CinemaConfig:
+    """A preset with ``key=value`` overrides; ``checkpoints`` is the folder of tiny frozen parts that the tiny and
+    mid presets load (``python -m tiny_models OUT_DIR`` writes one); the full preset loads real models."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
+    if checkpoints is None and name != "full":
+        raise ConfigError(f"preset {name!r} needs the folder of its tiny frozen parts (model.checkpoints, or "
+                          "--checkpoints): python -m tiny_models OUT_DIR writes one")
     return from_dict(CinemaConfig, apply_overrides(PRESETS[name](checkpoints), list(overrides)))
 
 

@@ -26,8 +26,8 @@ from cinema_model.frozen import torch_dtype
 from cinema_model.mllm import MllmEncoder
 from cinema_model.subjects import presence_mask, to_pil
 from cinema_model.text_encoder import T5TextEncoder
-from cinema_model.typed_config import ConfigError
 from cinema_model.vae import VideoVae
+from common.typed_config import ConfigError
 
 Stage = Literal["aligner", "cinema"]
 

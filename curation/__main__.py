@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from cinema_model.typed_config import ConfigError
+from common.typed_config import ConfigError
 
 from .config import load_job
 
@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from common.storage import Storage
+
     from .faults import JobStopped
     from .lease import LeaseHeld
     from .report import summary_text, write_report
     from .runner import run
-    from .storage import Storage
 
     try:
         result = run(cfg)
@@ -111,9 +112,9 @@ def _verdict(result, max_error_rate: float) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
-    from .config import StorageConfig
+    from common.storage import Storage, StorageConfig
+
     from .inspect_dataset import dataset_stats, format_stats, show_clip, validate
-    from .storage import Storage
 
     storage = Storage(StorageConfig(endpoint_url=args.endpoint_url))
     output = args.output.rstrip("/")

@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from common.contract import MAX_SUBJECTS
+
 from .config import CaptionConfig
-from .contract import MAX_SUBJECTS
 
 
 class CaptionFormatError(ValueError):

@@ -5,18 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cinema_model.typed_config import ConfigError, load
-
-from .contract import MAX_SUBJECTS
-
-
-@dataclass
-class StorageConfig:
-    """Object storage options. Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from here."""
-
-    endpoint_url: str | None = None  # any S3-compatible endpoint; None means AWS
-    region: str | None = None
-    anon: bool = False
+from common.contract import MAX_SUBJECTS
+from common.storage import StorageConfig
+from common.typed_config import ConfigError, load
 
 
 @dataclass

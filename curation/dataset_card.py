@@ -10,8 +10,8 @@ from __future__ import annotations
 import pyarrow as pa
 import yaml
 
-from . import contract as C
-from .storage import Storage
+from common import contract as C
+from common.storage import Storage
 
 CARD_FILE = "README.md"
 _DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32",

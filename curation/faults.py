@@ -13,9 +13,10 @@ from __future__ import annotations
 import errno
 from typing import Literal
 
+from common.storage import STOP_ERRNOS
+
 Fault = Literal["source", "environment", "stop"]
 
-STOP_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.EMFILE, errno.ENFILE,
                       errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 

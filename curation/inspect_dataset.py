@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from . import contract as C
-from .storage import Storage
+from common import contract as C
+from common.storage import Storage
+
 from .writer import read_parquet_dir
 
 SCORES = ("motion", "blank_frac", "luma", "contrast", "aesthetic")  # the manifest's filter scores

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 
-from .storage import Storage
+from common.storage import Storage
 
 LEASE_FILE = "lease.json"
 

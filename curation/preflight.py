@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cinema_model.typed_config import ConfigError
+from common.typed_config import ConfigError
 
 from .config import DetectorConfig, JobConfig
 from .video import check_encoder

@@ -14,12 +14,13 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import contract as C
+from common import contract as C
+from common.storage import Storage
+
 from .config import JobConfig
 from .dataset_card import write_card
 from .inspect_dataset import clip_frames, dataset_stats
 from .stages import pipeline
-from .storage import Storage
 from .writer import RunStats, read_parquet_dir
 
 

@@ -10,11 +10,11 @@ from collections import Counter
 
 import yaml
 
-from cinema_model.typed_config import to_dict
+from common import contract as C
+from common.storage import Storage
+from common.typed_config import to_dict
 
-from . import contract as C
 from .config import JobConfig
-from .storage import Storage
 from .writer import RunStats
 
 RUNS_DIR = "runs"

@@ -12,7 +12,8 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from cinema_model.typed_config import ConfigError
+from common.storage import Storage
+from common.typed_config import ConfigError
 
 from .config import JobConfig
 from .faults import JobStopped
@@ -20,7 +21,6 @@ from .lease import Lease
 from .preflight import check_job
 from .run_record import run_stats, write_run_record
 from .stages import Row, Stage, pipeline
-from .storage import Storage
 from .writer import DatasetWriter, RunStats
 
 log = logging.getLogger("curation")

@@ -5,7 +5,7 @@
   ``transformers`` (``subjects.text_encoder``, a hub id in the local cache or a folder) and hand it the vectors.
 - GroundingDINO (``transformers``), the paper family's detector, as an option.
 - segment-anything ``SamPredictor``: one mask per box. ``sam_model_type`` vit_h / vit_l / vit_b take the official
-  checkpoints (e.g. ``sam_vit_h_4b8939.pth``); ``tiny`` is our small test build (``curation.tiny_models``).
+  checkpoints (e.g. ``sam_vit_h_4b8939.pth``); ``tiny`` is our small test build (``tiny_models.curation_models``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import SubjectsConfig
 from .subjects import Detection
+
 
 class ClipTextEncoder:
     """L2-normalised CLIP text embeddings (what CLIP's ``encode_text`` returns)."""

@@ -17,11 +17,12 @@ import av
 import cv2
 import numpy as np
 
+from common.storage import Storage, is_local
+
 from .config import EncodeConfig
 from .faults import fault_of
 from .planning import Scores
 from .shots import Break, Detector
-from .storage import Storage, is_local
 
 
 class VideoError(Exception):

@@ -35,11 +35,12 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import contract as C
+from common import contract as C
+from common.storage import Storage
+
 from .config import ShardsConfig
 from .faults import JobStopped
 from .stages.base import Row
-from .storage import Storage
 
 log = logging.getLogger("curation")
 REJECTED_EXAMPLES = 4  # dropped clips kept per filter (their metadata) for the report

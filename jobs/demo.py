@@ -11,7 +11,6 @@ each. The bucket goes with the server, so the dataset is mirrored to out/demo/da
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 OUT = ROOT / "out" / "demo"
 DATASET = OUT / "dataset"
-CINEMA_TINY = ROOT / "out" / "tiny_checkpoints"
+TINY = OUT / "tiny_models"  # python -m tiny_models writes the same layout
+CINEMA_TINY = TINY / "cinema"
 
 
 def step(title: str) -> None:
@@ -32,17 +32,17 @@ def step(title: str) -> None:
 
 
 def build_tiny_models() -> dict:
-    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
-    from curation.tiny_models import save_tiny_models
+    from tiny_models.cinema_checkpoints import save_tiny_checkpoints
+    from tiny_models.curation_models import save_tiny_models
 
-    paths = save_tiny_models(OUT / "tiny_models")
+    paths = save_tiny_models(TINY / "curation")
     save_tiny_checkpoints(CINEMA_TINY)
     return paths
 
 
 def curate(endpoint: str, paths: dict) -> int:
     from curation.__main__ import main as curation_main
-    from curation.tiny_models import tiny_overrides
+    from tiny_models.curation_models import tiny_overrides
 
     sets = [f"storage.endpoint_url={endpoint}", *tiny_overrides(paths, fixed_answer=True)]
     return curation_main(["run", str(ROOT / "jobs" / "demo_curation.yaml"), "--input", str(VIDEOS),
@@ -54,14 +54,14 @@ def train(endpoint: str) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: the demo's checkpoints would otherwise resume
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "training", str(ROOT / "jobs" / "train_demo.yaml"),
-           "--set", f"data.endpoint_url={endpoint}", "--set", f"out_dir={run_dir}",
+           "--set", f"data.storage.endpoint_url={endpoint}", "--set", f"out_dir={run_dir}",
            "--set", f"model.checkpoints={CINEMA_TINY}"]
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def subject_crops(storage, count: int = 2) -> tuple[dict, list[Path]]:
     """The manifest row and ``count`` subject crops of the first clip in the dataset that has that many subjects."""
-    from curation import contract as C
+    from common import contract as C
     from curation.writer import read_parquet_dir
 
     rows = read_parquet_dir(storage, "s3://cinema/dataset/manifest", C.MANIFEST_SCHEMA).to_pylist()
@@ -97,8 +97,7 @@ def main() -> int:
         rc = curate(endpoint, paths)
         if rc:
             return rc
-        from curation.config import StorageConfig
-        from curation.storage import Storage
+        from common.storage import Storage, StorageConfig
 
         storage = Storage(StorageConfig(endpoint_url=endpoint))
         # The bucket disappears with the server: keep a local copy of the dataset (a few MB) to look at.

@@ -62,8 +62,8 @@ BAD = ["zero.mp4", "random.mp4", "text.mp4", "truncated.mp4", "huge.mp4", "missi
 
 @pytest.fixture(scope="session")
 def tiny_paths(tmp_path_factory) -> dict:
-    """The model stages' tiny models (``curation.tiny_models``), built once per session."""
-    from curation.tiny_models import save_tiny_models
+    """The model stages' tiny models (``tiny_models.curation_models``), built once per session."""
+    from tiny_models.curation_models import save_tiny_models
 
     return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
@@ -74,7 +74,7 @@ def curated(tmp_path_factory, tiny_paths):
     stage (tiny models), once per session: the pipeline tests check it, the trainer tests train on it."""
     from curation.config import load_job
     from curation.runner import run
-    from curation.tiny_models import tiny_overrides
+    from tiny_models.curation_models import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("e2e")
     bad = write_bad_inputs(tmp / "bad")

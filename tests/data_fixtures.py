@@ -12,8 +12,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from common.storage import Storage
 from curation.config import ShardsConfig
-from curation.storage import Storage
 from curation.writer import DatasetWriter
 
 

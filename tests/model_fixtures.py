@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @functools.cache
 def tiny_checkpoints() -> str:
-    from cinema_model.tiny_checkpoints import save_tiny_checkpoints
+    from tiny_models.cinema_checkpoints import save_tiny_checkpoints
 
     return str(save_tiny_checkpoints(tempfile.mkdtemp(prefix="cinema_tiny_")))
 

@@ -7,7 +7,7 @@ import pytest
 
 from curation.config import JobConfig, load_job
 from curation.stages import CPU_STAGES
-from curation.tiny_models import tiny_overrides
+from tiny_models.curation_models import tiny_overrides
 
 from .conftest import VIDEOS
 
@@ -29,7 +29,7 @@ def run(stages, cfg: JobConfig, rows: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def taught_mllm(tiny_paths) -> Path:
-    """The tiny Qwen2-VL that gives FIXED_ANSWER to any clip (``curation.tiny_models``)."""
+    """The tiny Qwen2-VL that gives FIXED_ANSWER to any clip (``tiny_models.curation_models``)."""
     return tiny_paths["mllm_fixed"]
 
 

@@ -6,8 +6,8 @@ import tarfile
 
 import av
 
-from curation import contract as C
-from curation.storage import Storage
+from common import contract as C
+from common.storage import Storage
 from curation.writer import read_parquet_dir
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import contract as C
+from common import contract as C
 from curation.aesthetic import AestheticHead, AestheticScorer
 from curation.frames import decode_image
 from curation.stages.aesthetic import AestheticStage

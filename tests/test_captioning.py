@@ -11,7 +11,7 @@ from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.model_stages import MODEL_STAGES, enabled_model_stages
 from curation.stages.subjects import SubjectStage
-from curation.tiny_models import FIXED_ANSWER
+from tiny_models.curation_models import FIXED_ANSWER
 
 from .model_stage_fixtures import clip_rows, job, run, taught_mllm  # noqa: F401
 

@@ -16,8 +16,7 @@ import boto3
 import psutil
 import pytest
 
-from curation.config import StorageConfig
-from curation.storage import Storage
+from common.storage import Storage, StorageConfig
 from jobs.loopback_s3 import free_port
 
 from .conftest import ROOT, VIDEOS

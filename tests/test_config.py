@@ -1,6 +1,6 @@
 import pytest
 
-from cinema_model.typed_config import ConfigError
+from common.typed_config import ConfigError
 from curation.config import load_job
 from training.config import load_train_job
 

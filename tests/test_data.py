@@ -13,7 +13,8 @@ import boto3
 import pytest
 import torch
 
-from curation import contract as C
+from common import contract as C
+from common.storage import Storage
 from training.config import ConfigError, DataConfig, data_preset
 from training.data import ShardLoader, list_shards
 from training.data import stream as stream_module
@@ -244,7 +245,7 @@ def test_streams_from_s3_and_a_presigned_http_url(dataset, s3_server):
     for path in dataset.rglob("*"):
         if path.is_file():
             s3.upload_file(str(path), "train", f"ds/{path.relative_to(dataset)}")
-    cfg = config(["s3://train/ds"], endpoint_url=s3_server, num_workers=2)
+    cfg = config(["s3://train/ds"], storage={"endpoint_url": s3_server}, num_workers=2)
     assert list_shards(cfg) == [f"s3://train/ds/shards/{C.shard_name(i)}.tar" for i in range(3)]
     batches = take(ShardLoader(cfg), 24)  # each worker's first epoch (at most 8 samples) and more
     assert {k for b in batches for k in b["key"]} == set(GOOD)
@@ -291,13 +292,13 @@ def test_read_errors_reopen_mid_shard_then_skip_the_shard(dataset, monkeypatch):
     good, bad = shards[0], shards[2]
     opens = {good: 0, bad: 0}
 
-    def flaky_open(url, cfg):
+    def flaky_open(storage, url, mode="rb"):
         opens[url] += 1
         if url == bad:
             return FlakyFile(url, budget=0)  # never readable
         return FlakyFile(url, budget=8_000 if opens[url] == 1 else 10**9)  # breaks once, in the second sample
 
-    monkeypatch.setattr(stream_module, "open_url", flaky_open)
+    monkeypatch.setattr(Storage, "open", flaky_open)
     stream = ShardStream(config([good]), [good], 0, 1)
     assert epoch_keys(stream, 0) == [f"clip-{i:02d}" for i in range(4)]  # reopened at clip-01: nothing twice
     assert stream.counters["read_retries"] == 1 and stream.counters["shards_failed"] == 0

@@ -6,9 +6,9 @@ import io
 import av
 import pytest
 
-from curation import contract as C
+from common import contract as C
+from common.storage import Storage
 from curation.dataset_card import CARD_FILE, write_card
-from curation.storage import Storage
 
 from .data_fixtures import Clip, write_dataset
 

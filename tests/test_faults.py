@@ -11,15 +11,15 @@ import av
 import numpy as np
 import pytest
 
-from cinema_model.typed_config import ConfigError
-from curation import contract as C
+from common import contract as C
+from common.storage import Storage, StorageUnavailable
+from common.typed_config import ConfigError
 from curation.__main__ import main
 from curation.config import ShardsConfig, load_job
 from curation.faults import JobStopped, fault_of
 from curation.lease import Lease, LeaseHeld
 from curation.preflight import check_job
 from curation.stages import SceneStage, error_row, make_row
-from curation.storage import Storage, StorageUnavailable
 from curation.video import VideoError, analyse, open_video, probe
 from curation.writer import DatasetWriter, done_marker_name
 
@@ -139,7 +139,7 @@ def test_fifos_devices_and_refused_connections_are_not_reported_missing(tmp_path
 
 
 def test_an_unreachable_object_store_is_one_storage_error(monkeypatch):
-    from curation.config import StorageConfig
+    from common.storage import StorageConfig
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")

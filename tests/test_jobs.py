@@ -48,9 +48,9 @@ def test_training_job_loads(name):
 
 
 def test_demo_training_job_takes_its_endpoint_at_run_time():
-    job = load_train_job(str(JOBS / "train_demo.yaml"), ["data.endpoint_url=http://127.0.0.1:9000"])
+    job = load_train_job(str(JOBS / "train_demo.yaml"), ["data.storage.endpoint_url=http://127.0.0.1:9000"])
     assert job.model.preset == "tiny" and job.data.urls == ["s3://cinema/dataset"]
-    assert job.data.endpoint_url == "http://127.0.0.1:9000" and job.parallel.param_dtype == "float32"
+    assert job.data.storage.endpoint_url == "http://127.0.0.1:9000" and job.parallel.param_dtype == "float32"
 
 
 def test_cluster_training_job_is_full_size_on_shared_storage():

@@ -29,7 +29,7 @@ def test_generate_writes_mp4_and_contact_sheet_deterministically(tmp_path):
     for i, size in enumerate([(50, 40), (30, 60)]):
         subjects.append(tmp_path / f"s{i}.png")
         Image.fromarray(rng.integers(0, 255, (*size, 4), dtype=np.uint8)).save(subjects[-1])
-    args = ["generate", "--checkpoints", tiny_checkpoints(), "--prompt", "a dog runs on a beach", "--steps", "2"]
+    args = ["generate", "--preset", "tiny", "--checkpoints", tiny_checkpoints(), "--prompt", "a dog runs on a beach", "--steps", "2"]
     args += [a for s in subjects for a in ("--subject", str(s))]
     main(args + ["--seed", "3", "--out", str(tmp_path / "a.mp4")])
     main(args + ["--seed", "3", "--out", str(tmp_path / "b.mp4")])

@@ -3,7 +3,7 @@
 import torch
 
 from cinema_model.config import preset
-from cinema_model.convert import cogvideox_kwargs, convert_cogvideox_state_dict, load_cogvideox_into
+from cinema_model.convert import cogvideox_kwargs, convert_cogvideox_state_dict
 from cinema_model.dit import CinemaDiT
 from cinema_model.model import CinemaModel
 from cinema_model.rope import rope_cos_sin, visual_positions

@@ -144,9 +144,9 @@ def test_video_frame_counts_that_misalign_the_vae_are_refused():
     import pytest
 
     from cinema_model.config import preset
-    from cinema_model.typed_config import ConfigError
+    from common.typed_config import ConfigError
 
     for frames in (45, 13):  # 12 and 4 latents: an even count
         with pytest.raises(ConfigError, match=f"video.num_frames={frames}: must be 1 \\+ 8k"):
-            preset("tiny", overrides=[f"video.num_frames={frames}"])
+            preset("tiny", "unused", overrides=[f"video.num_frames={frames}"])
     assert preset("full").video.num_frames == 49

@@ -9,7 +9,6 @@ from cinema_model.model import CinemaModel
 from tests.model_fixtures import subject_batch, tiny_config
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models are all per-op overhead: a second thread only contends with the other tests' processes."""

@@ -10,7 +10,7 @@ import ray
 import webdataset as wds
 import yaml
 
-from curation import contract as C
+from common import contract as C
 from curation.runner import run
 
 from .conftest import BAD, GOOD, VIDEOS
@@ -94,9 +94,9 @@ def test_rerun_of_finished_job_is_a_noop(curated):
     ("scenes.num_gpus=0.25", r"scenes need 0.25 GPU.*has 0.*scenes.num_gpus=0"),  # TransNetV2 on a GPU share
 ])
 def test_gpu_stages_on_a_cluster_without_gpus_are_a_clear_error(tiny_paths, tmp_path, setting, message):
-    from cinema_model.typed_config import ConfigError
+    from common.typed_config import ConfigError
     from curation.config import load_job
-    from curation.tiny_models import tiny_overrides
+    from tiny_models.curation_models import tiny_overrides
 
     cfg = load_job(None, [*tiny_overrides(tiny_paths), setting, "ray.num_cpus=1"],
                    input=str(VIDEOS / "counter.mp4"), output=str(tmp_path / "out"))
@@ -110,7 +110,7 @@ def test_clips_carry_captions_and_subject_crops(curated):
 
     from PIL import Image
 
-    from curation.tiny_models import FIXED_ANSWER
+    from tiny_models.curation_models import FIXED_ANSWER
 
     cfg, _, _ = curated
     rows = manifest(cfg.output).to_pylist()

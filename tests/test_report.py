@@ -3,9 +3,9 @@
 import re
 from pathlib import Path
 
+from common.storage import Storage
 from curation.config import ShardsConfig, load_job
 from curation.report import summary_text, write_report
-from curation.storage import Storage
 from curation.writer import DatasetWriter
 
 from .data_fixtures import clip_row, standard_clips

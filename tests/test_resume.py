@@ -84,8 +84,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, tmp_path):
 
 def test_writer_counts_a_clip_sent_twice_once(tmp_path):
     """A task Ray retries after its worker died sends its rows again: the source must not look complete early."""
+    from common.storage import Storage
     from curation.config import ShardsConfig
-    from curation.storage import Storage
     from curation.writer import DatasetWriter
 
     from .data_fixtures import Clip, clip_row

@@ -2,9 +2,9 @@
 
 import boto3
 
-from curation.config import StorageConfig, load_job
+from common.storage import Storage, StorageConfig
+from curation.config import load_job
 from curation.runner import run
-from curation.storage import Storage
 
 from .conftest import VIDEOS
 from .pipeline_helpers import check_contract

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import contract as C
+from common import contract as C
 from curation.config import SubjectsConfig
 from curation.frames import encode_image
 from curation.masks import bbox, clean_mask, rle_decode, rle_encode

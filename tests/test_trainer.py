@@ -78,7 +78,7 @@ def reference_run(s3_dataset, tmp_path_factory):
     """An uninterrupted 6-step run on 2 ranks, and the arguments it ran with."""
     endpoint, url = s3_dataset
     args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", f"data.urls=[{url}]",
-            f"data.endpoint_url={endpoint}", "optim.lr=1e-3"]
+            f"data.storage.endpoint_url={endpoint}", "optim.lr=1e-3"]
     out = tmp_path_factory.mktemp("reference") / "run"
     subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
     return out, args

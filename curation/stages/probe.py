@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 
+from common.storage import Storage
+
 from ..config import JobConfig
-from ..storage import Storage
 from ..video import probe
 from .base import Row, Stage, make_row
 

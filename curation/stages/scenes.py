@@ -10,13 +10,14 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Iterator
 
+from common.contract import make_clip_id
+from common.storage import Storage
+
 from ..config import JobConfig
-from ..contract import make_clip_id
 from ..model_runtime import device_for
 from ..one_pass import OnePassEncoder
 from ..planning import clip_scores, frame_limits, plan_scene
 from ..shots import Detectors, merge_breaks, min_gap_frames, scenes
-from ..storage import Storage
 from ..video import analyse
 from .base import Row, Stage, make_row
 from .encode import with_clip

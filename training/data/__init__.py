@@ -1,6 +1,6 @@
 """Streaming, resumable data loading of the curated dataset (WebDataset shards + Parquet manifest)."""
 
 from .loader import ShardLoader
-from .storage import list_shards
+from .shard_urls import list_shards
 
 __all__ = ["ShardLoader", "list_shards"]

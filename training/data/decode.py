@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 
 from cinema_model.subjects import frame_subject
-from curation import contract as C
+from common import contract as C
 
 from ..config import DataConfig
 from .tar_samples import RawSample

@@ -9,7 +9,7 @@ from typing import Iterator
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..config import DataConfig, JobError
-from .storage import list_shards
+from .shard_urls import list_shards
 from .stream import CHANGED_DATASET, ShardStream, shard_digest
 
 log = logging.getLogger("training.data")

@@ -23,9 +23,10 @@ from typing import Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from common.storage import Storage
+
 from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
-from .storage import open_url
 from .tar_samples import RawSample, ShardCorrupt, is_contract_field, iter_samples
 
 log = logging.getLogger("training.data")
@@ -73,6 +74,7 @@ class ShardStream(IterableDataset):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
         another number of slots, in slot order (module docstring)."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
+        self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()
 
@@ -201,7 +203,7 @@ class ShardStream(IterableDataset):
         failures = 0
         while True:
             try:
-                with open_url(url, self.cfg) as f:
+                with self.storage.open(url) as f:
                     for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase,
                                                            self._reject(url), self._wanted):
                         failures = 0

@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator
 
-from curation import contract as C
+from common import contract as C
 
 BLOCK = tarfile.BLOCKSIZE
 _SUBJECT = re.compile(r"^subject_\d+\.png$")
@@ -41,14 +41,6 @@ def is_contract_field(name: str) -> bool:
     return name in (C.MP4, C.JSON, C.CAPTION) or bool(_SUBJECT.match(name))
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """``key.field`` -> (key, field); ValueError for anything that is not a plain member name."""
-    key, _, suffix = name.partition(".")
-    if "/" in name or ".." in name or not suffix:
-        raise ValueError(f"unsafe or malformed member name {name!r}")
-    return C.check_clip_id(key), suffix
-
-
 def _end_of_data(info: tarfile.TarInfo) -> int:
     return info.offset_data + -(-info.size // BLOCK) * BLOCK
 
@@ -69,7 +61,7 @@ def iter_samples(f: IO[bytes], shard: int, offset: int, index: int, stride: int 
             try:
                 if not info.isreg():
                     raise ValueError(f"not a regular file: {info.name!r}")
-                member_key, field = split_name(info.name)
+                member_key, field = C.split_member(info.name)
             except ValueError as e:
                 reject(info.name, str(e))
                 last = info

@@ -1,8 +1,8 @@
 """Tiny, randomly initialised models for the model stages, saved in the formats the real loaders read.
 
-``python -m curation.tiny_models OUT_DIR`` writes:
+``python -m tiny_models OUT_DIR`` writes, under ``curation/``:
 
-- ``qwen2vl/``: a tiny Qwen2-VL with a real processor (``cinema_model.tiny_checkpoints``), for ``caption.model``
+- ``qwen2vl/``: a tiny Qwen2-VL with a real processor (``tiny_models.cinema_checkpoints``), for ``caption.model``
 - ``clip_text/``: a tiny CLIP text encoder + tokenizer (``save_pretrained``), for ``subjects.text_encoder``
 - ``clip_vision/``: a tiny CLIP vision tower with projection + its image processor (32 px), for
   ``aesthetic.clip_model``
@@ -24,10 +24,9 @@ subjects.sam_checkpoint=/path/sam_vit_h_4b8939.pth`` (or vit_b with ``sam_vit_b_
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from .model_runtime import go_offline
+from curation.model_runtime import go_offline
 
 # Labels the tiny CLIP tokenizer learns its merges from; byte-level BPE still encodes any text.
 _LABELS = "person man woman child face dog cat horse bird car bus truck bicycle ball tie chair table cup phone".split()
@@ -76,7 +75,7 @@ def _save_aesthetic_head(clip_vision: Path, path: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig
 
-    from .aesthetic import AestheticHead
+    from curation.aesthetic import AestheticHead
 
     save_file(AestheticHead(CLIPVisionConfig.from_pretrained(clip_vision).projection_dim).state_dict(), path)
     return path
@@ -125,7 +124,7 @@ def _save_grounding_dino(path: Path) -> Path:
 def _save_sam(path: Path) -> Path:
     import torch
 
-    from .subject_models import build_tiny_sam
+    from curation.subject_models import build_tiny_sam
 
     torch.save(build_tiny_sam().state_dict(), path)
     return path
@@ -141,8 +140,8 @@ def _save_fixed_answer_mllm(random_mllm: Path, path: Path) -> Path:
     batched generate run as in a real model."""
     import torch
 
-    from .captioning import Captioner
-    from .config import CaptionConfig
+    from curation.captioning import Captioner
+    from curation.config import CaptionConfig
 
     captioner = Captioner.load(CaptionConfig(model=str(random_mllm)), "cpu")
     model, tokenizer = captioner.model, captioner.processor.tokenizer
@@ -168,7 +167,7 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
     go_offline()
     import torch
 
-    from cinema_model.tiny_checkpoints import save_tiny_qwen2vl
+    from tiny_models.cinema_checkpoints import save_tiny_qwen2vl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -212,9 +211,3 @@ def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[s
         *(relaxed if fixed_answer else []),
     ]
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m curation.tiny_models OUT_DIR")
-    for name, p in save_tiny_models(sys.argv[1]).items():
-        print(f"{name}: {p}")

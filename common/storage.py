@@ -1,4 +1,5 @@
-"""One place for local paths, s3:// (any S3-compatible endpoint) and http(s) URIs, on top of fsspec."""
+"""One place for local paths, s3:// (any S3-compatible endpoint) and http(s) URIs, on top of fsspec: the curation
+job and the trainer's loader both read and write through it."""
 
 from __future__ import annotations
 
@@ -7,16 +8,26 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import IO
 
 import fsspec
 from botocore.exceptions import BotoCoreError
 
-from .config import StorageConfig
-from .faults import STOP_ERRNOS
+# Errors no retry fixes and that fail every write after them: no space left, a read-only or over-quota file system.
+STOP_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
 # botocore's connection errors (endpoint unreachable, read timeouts) are not OSErrors.
 _RETRYABLE = (ConnectionError, TimeoutError, OSError, BotoCoreError)
+
+
+@dataclass
+class StorageConfig:
+    """Object storage options. Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from here."""
+
+    endpoint_url: str | None = None  # any S3-compatible endpoint; None means AWS
+    region: str | None = None
+    anon: bool = False
 
 
 class StorageUnavailable(ConnectionError):

@@ -179,7 +179,7 @@ def save_tiny_cogvideox_transformer(path: str | Path, dit=None, seed: int = 0) -
     from cinema_model.convert import cogvideox_kwargs
 
     torch.manual_seed(seed)
-    model = CogVideoXTransformer3DModel(**cogvideox_kwargs(dit or preset("tiny").dit))
+    model = CogVideoXTransformer3DModel(**cogvideox_kwargs(dit or preset("tiny", "unused").dit))
     # diffusers initialises the adaptive-norm linears like any other; perturb every weight so that a mapping
     # error cannot hide behind equal initial values.
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The dataset contract between curation (writer) and training (reader): layout, sample members, schemas.
+"""The dataset contract between curation (writer) and training (reader): layout, sample members, schemas, and its
+rules as functions (how a member name parses, which shards are committed).
 
 A schema, not a framework: no Ray or video code here, so the trainer can import it cheaply.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
+
+from .storage import Storage
 
 PIPELINE_VERSION = "0.3.0"
 MAX_SUBJECTS = 6
@@ -38,6 +41,15 @@ def check_clip_id(clip_id: str) -> str:
     return clip_id
 
 
+def split_member(name: str) -> tuple[str, str]:
+    """A tar member name ``<clip_id>.<field>`` -> (clip_id, field); ValueError for anything else (a '/', '..', a
+    key outside the alphabet): members are read by name, never extracted to the paths they name."""
+    key, _, suffix = name.partition(".")
+    if "/" in name or ".." in name or not suffix:
+        raise ValueError(f"unsafe or malformed member name {name!r}")
+    return check_clip_id(key), suffix
+
+
 def make_clip_id(source_sha1: str, start_frame: int, end_frame: int) -> str:
     """Deterministic, so a rerun produces the same ids and duplicates can be recognised."""
     return check_clip_id(f"{source_sha1[:16]}_{start_frame:07d}_{end_frame:07d}")
@@ -45,6 +57,13 @@ def make_clip_id(source_sha1: str, start_frame: int, end_frame: int) -> str:
 
 def shard_name(index: int) -> str:
     return f"part-{index:06d}"
+
+
+def committed_shards(storage: Storage, root: str) -> list[str]:
+    """The shard URIs of a dataset root, sorted: those its manifest names. The manifest part is the commit point, so
+    a shard without one (its writer died between the two) was never committed and is not part of the dataset."""
+    parts = storage.list(storage.join(root, MANIFEST_DIR), ".parquet")
+    return [storage.join(root, SHARDS_DIR, p.rsplit("/", 1)[-1].removesuffix(".parquet") + ".tar") for p in parts]
 
 
 SUBJECT = pa.struct(
