@@ -5,6 +5,10 @@ A training batch is a plain dict:
     "captions":      list of B strings
     "subjects":      (B, K, 3, H, W) float in [-1, 1], zero-padded to the batch's largest K (0..6)
     "num_subjects":  (B,) long, the real subject count of each sample
+Precomputed features (``training.precompute``) replace the encoders' inputs with their outputs: "latents",
+"subject_latents" (B, K, C, H/8, W/8) in place of "subjects", and "text_states" (B, L, D) with "text_mask" (B, L),
+the conditioning encoder's states of each sample's caption and subject images, plus "uncond_states" (L0, D) and
+"uncond_mask" (L0,): its states of the empty prompt with no images, which condition dropout puts in.
 
 Stages (ARCHITECTURE.md): "aligner" builds MLLM + T5 + AlignerNet for AlignerNet pre-training on captions;
 "cinema" builds the conditioning encoder(s), AlignerNet, VAE and DiT for joint training and generation.
@@ -22,7 +26,7 @@ from cinema_model.aligner import AlignerNet, alignment_loss
 from cinema_model.config import CinemaConfig, latent_frames
 from cinema_model.dit import CinemaDiT
 from cinema_model.flow import add_noise, euler_sample, sample_timesteps, velocity_loss
-from cinema_model.frozen import torch_dtype
+from cinema_model.frozen import hf_config, torch_dtype
 from cinema_model.mllm import MllmEncoder
 from cinema_model.subjects import presence_mask, to_pil
 from cinema_model.text_encoder import T5TextEncoder
@@ -36,18 +40,24 @@ class CinemaModel(nn.Module):
     """Frozen parts: ``mllm``, ``t5``, ``vae``. Trained parts: ``aligner``, ``dit`` (``dit.blocks`` is the
     list to wrap per block). A part the stage or the ablation does not use is None."""
 
-    def __init__(self, cfg: CinemaConfig, stage: Stage = "cinema", weights: bool = True):
+    def __init__(self, cfg: CinemaConfig, stage: Stage = "cinema", weights: bool = True, encoders: bool = True,
+                 mllm_hidden_size: int | None = None):
         """``weights=False`` builds every part from its architecture only, with random weights: for a meta-device
-        build (``with torch.device("meta")``) or a model that a checkpoint will fill."""
+        build (``with torch.device("meta")``) or a model that a checkpoint will fill.
+        ``encoders=False`` builds no MLLM, T5 or VAE, for training on precomputed features (module docstring); the
+        AlignerNet then takes ``mllm_hidden_size`` (the features' width) or the MLLM config's."""
         super().__init__()
         self.cfg, self.stage = cfg, stage
         dtype = torch_dtype(cfg.frozen_dtype)
         use_mllm = stage == "aligner" or cfg.ablation.conditioning == "mllm"
         use_t5 = stage == "aligner" or cfg.ablation.conditioning == "t5"
-        self.mllm = MllmEncoder.load(cfg.mllm, dtype, weights) if use_mllm else None
-        self.t5 = T5TextEncoder.load(cfg.t5, dtype, weights) if use_t5 else None
-        self.vae = VideoVae.load(cfg.vae, dtype, weights) if stage == "cinema" else None
-        self.aligner = (AlignerNet(cfg.aligner, self.mllm.hidden_size, cfg.dit.text_dim, cfg.t5.max_length)
+        self.mllm = MllmEncoder.load(cfg.mllm, dtype, weights) if use_mllm and encoders else None
+        self.t5 = T5TextEncoder.load(cfg.t5, dtype, weights) if use_t5 and encoders else None
+        self.vae = VideoVae.load(cfg.vae, dtype, weights) if stage == "cinema" and encoders else None
+        width = self.mllm.hidden_size if self.mllm is not None else mllm_hidden_size
+        if use_mllm and width is None:
+            width = hf_config(cfg.mllm.arch, cfg.mllm.path).text_config.hidden_size
+        self.aligner = (AlignerNet(cfg.aligner, width, cfg.dit.text_dim, cfg.t5.max_length)
                         if use_mllm else None)
         self.dit = CinemaDiT(cfg.dit) if stage == "cinema" else None
         self._check_widths()
@@ -118,10 +128,13 @@ class CinemaModel(nn.Module):
     def condition(self, captions: list[str], subjects: torch.Tensor, num_subjects: torch.Tensor) -> torch.Tensor:
         """The DiT's conditioning tokens (B, max_length, text_dim): the aligned MLLM states of the prompt and the
         subject images, or T5 features of the caption in the "MLLM replaced by T5" ablation."""
+        return self.condition_from_states(*encode_condition(self.cfg, self.mllm, self.t5, captions, subjects,
+                                                            num_subjects))
+
+    def condition_from_states(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The DiT's conditioning tokens from the conditioning encoder's states (``encode_condition``)."""
         if self.cfg.ablation.conditioning == "t5":
-            return self.t5(captions).float()
-        images = [to_pil(subjects[i, :n]) for i, n in enumerate(num_subjects.tolist())]
-        states, mask = self.mllm(captions, images)
+            return states.float()
         return self.aligner(states.float(), mask)
 
     def subject_latents(self, subjects: torch.Tensor, num_subjects: torch.Tensor):
@@ -130,6 +143,13 @@ class CinemaModel(nn.Module):
             return None, None
         present = presence_mask(num_subjects, subjects.shape[1]).to(self.device)
         return self.vae.encode_images(subjects.to(self.device), present), present
+
+    def _precomputed_subject_latents(self, latents: torch.Tensor, num_subjects: torch.Tensor):
+        """``subject_latents`` from the subjects' precomputed latents (B, K, C, h, w): absent slots zero."""
+        if not self.cfg.ablation.subject_tokens or latents.shape[1] == 0:
+            return None, None
+        present = presence_mask(num_subjects, latents.shape[1]).to(self.device)
+        return latents.to(self.device).float() * present[:, :, None, None, None], present
 
     # -- losses -------------------------------------------------------------------------------------------------
 
@@ -148,8 +168,12 @@ class CinemaModel(nn.Module):
         captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist())]
         counts = batch["num_subjects"].cpu().masked_fill(drop, 0)
 
-        text = self.condition(captions, batch["subjects"], counts)
-        subjects, present = self.subject_latents(batch["subjects"], counts)
+        if "text_states" in batch:  # precomputed features: the encoders' outputs, dropout applied here
+            text = self.condition_from_states(*_drop_states(batch, drop.to(batch["text_states"].device)))
+            subjects, present = self._precomputed_subject_latents(batch["subject_latents"], counts)
+        else:
+            text = self.condition(captions, batch["subjects"], counts)
+            subjects, present = self.subject_latents(batch["subjects"], counts)
         pred = self.dit(add_noise(x0, noise, t), t, text, subjects, present)
         loss = velocity_loss(pred, x0, noise)
         return {"loss": loss, "flow": loss.detach()}
@@ -182,3 +206,31 @@ class CinemaModel(nn.Module):
 
         latents = euler_sample(velocity, noise, steps, flow.shift, guidance)
         return self.vae.decode(latents)
+
+
+def encode_condition(cfg: CinemaConfig, mllm: MllmEncoder | None, t5: T5TextEncoder | None, captions: list[str],
+                     subjects: torch.Tensor, num_subjects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditioning encoder's (states (B, L, D), mask (B, L)) of the prompts and the first num_subjects[i]
+    subject images (B, K, 3, H, W) in [-1, 1]: the MLLM's, or T5's padded features with an all-true mask in the
+    T5 ablation. What ``CinemaModel.condition`` aligns, and what ``training.precompute`` stores."""
+    if cfg.ablation.conditioning == "t5":
+        states = t5(captions)
+        return states, torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+    images = [to_pil(subjects[i, :n]) for i, n in enumerate(num_subjects.tolist())]
+    return mllm(captions, images)
+
+
+def _drop_states(batch: dict, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's precomputed (states, mask), with the unconditional states (the empty prompt, no images) in the
+    rows condition dropout drops, all padded to one length on the right (the AlignerNet has no positions: it
+    reads the real tokens through the mask, wherever they sit)."""
+    states, mask = batch["text_states"], batch["text_mask"].bool()
+    if not drop.any():
+        return states, mask
+    u_states, u_mask = batch["uncond_states"].to(states), batch["uncond_mask"].to(mask)
+    length = max(states.shape[1], u_states.shape[0])
+    padded, padded_mask = states.new_zeros(len(states), length, states.shape[2]), mask.new_zeros(len(mask), length)
+    padded[:, :states.shape[1]], padded_mask[:, :mask.shape[1]] = states, mask
+    padded[drop], padded_mask[drop] = 0, False
+    padded[drop, :len(u_states)], padded_mask[drop, :len(u_mask)] = u_states, u_mask
+    return padded, padded_mask

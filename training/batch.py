@@ -7,12 +7,26 @@ import torch
 
 from cinema_model.subjects import to_model_range
 
+from .data.features import FeatureSet
 
-def model_batch(batch: dict, device: torch.device) -> dict:
+
+def model_batch(batch: dict, device: torch.device, features: FeatureSet | None = None) -> dict:
     """The loader's uint8 pixels become floats on ``device``: the copy moves 4x fewer bytes, and on a GPU the
     conversion is free. Subjects come already framed at the clip's size (``cinema_model.subjects.frame_subject``,
-    as ``generate`` frames them) and are cut to the batch's largest count."""
+    as ``generate`` frames them) and are cut to the batch's largest count. A batch of precomputed features
+    (``features`` given) becomes the encoders' outputs, with the unconditional states condition dropout uses."""
     k = int(batch["num_subjects"].max()) if len(batch["num_subjects"]) else 0
+    if features is not None:
+        return {
+            "latents": batch["latents"].to(device, non_blocking=True).float(),  # as the VAE's encode returns them
+            "captions": list(batch["caption"]),
+            "subject_latents": batch["subject_latents"][:, :k].to(device, non_blocking=True),
+            "num_subjects": batch["num_subjects"],
+            "text_states": batch["text_states"].to(device, non_blocking=True),
+            "text_mask": batch["text_mask"].to(device, non_blocking=True),
+            "uncond_states": features.uncond_states.to(device),
+            "uncond_mask": features.uncond_mask.to(device),
+        }
     return {
         "video": to_model_range(batch["video"].to(device, non_blocking=True)),
         "captions": list(batch["caption"]),

@@ -76,9 +76,16 @@ def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
 
 @dataclass
 class ModelSection:
-    preset: Literal["tiny", "mid", "full"] = "full"
-    checkpoints: str | None = None  # folder of the tiny frozen parts the tiny and mid presets need (python -m tiny_models)
+    preset: Literal["tiny", "mid", "large", "full"] = "full"
+    checkpoints: str | None = None  # folder of the tiny frozen parts the tiny, mid and large presets need (python -m tiny_models)
     overrides: list[str] = field(default_factory=list)  # CinemaConfig overrides, e.g. "dit.layers=4"
+    # How the frozen MLLM runs: replicated on every rank, sharded with fully_shard per decoder layer (its memory
+    # divided by the world size, its weights all-gathered layer by layer), or precomputed features read from disk.
+    encoders: Literal["replicated", "sharded", "precomputed"] = "replicated"
+    # The frozen encoders (MLLM or T5, VAE): "replicated" on every rank; "sharded" (the MLLM fully_shard per decoder
+    # layer); "precomputed": their outputs, written beside the shards by `python -m training.precompute JOB.yaml`,
+    # are streamed instead of decoding video, and neither the encoders nor the VAE are loaded.
+    encoders: Literal["replicated", "sharded", "precomputed"] = "replicated"
 
 
 @dataclass
@@ -128,6 +135,25 @@ class MetricsConfig:
 
 
 @dataclass
+class PrecomputeConfig:
+    """``python -m training.precompute JOB.yaml``: a Ray Data job that writes the frozen encoders' outputs for every
+    committed shard of the job's dataset roots (``training.data.features``), one shard per actor call."""
+
+    batch_size: int = 4  # clips per encoder call (consecutive clips of one bucket)
+    actors: int | None = None  # encoder actors (each loads the encoders once); None: one per GPU share, or 1
+    num_gpus: float = 1.0  # per actor; 0 runs the encoders on CPU
+    num_cpus: float = 1.0  # per actor (decoding the clips)
+    address: str | None = None  # None starts a local Ray on 127.0.0.1; "auto" joins the cluster this runs on
+    local_cpus: int | None = None  # local Ray only: CPUs to use (None = all)
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or (self.actors is not None and self.actors < 1) or self.num_gpus < 0 \
+                or self.num_cpus <= 0 or (self.local_cpus is not None and self.local_cpus < 1):
+            raise ConfigError("precompute: batch_size, actors and local_cpus must be >= 1, num_gpus >= 0, "
+                              "num_cpus > 0")
+
+
+@dataclass
 class TrainJob:
     stage: Literal["aligner", "cinema"] = "cinema"
     steps: int = 1000
@@ -140,6 +166,7 @@ class TrainJob:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
 
     def validate(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
@@ -149,6 +176,9 @@ class TrainJob:
             raise ConfigError(f"data.num_frames={self.data.num_frames} but the model's video.num_frames={frames} "
                               f"(preset {self.model.preset}): the loader must cut the clips the model is built for; "
                               "set both to the same value")
+        if self.model.encoders == "precomputed" and self.stage != "cinema":
+            raise ConfigError("model.encoders=precomputed is for stage cinema: the aligner stage trains the "
+                              "AlignerNet against T5 on captions, which it encodes every step")
 
 
 def load_train_job(path: str | None, overrides: list[str] = ()) -> TrainJob:

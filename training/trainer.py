@@ -24,7 +24,9 @@ from common.typed_config import to_dict
 from .batch import model_batch, sample_generators
 from .checkpoint import Checkpointer, TrainState, clean_fqn, export_consolidated
 from .config import JobError, TrainJob
+from .data.features import FeatureSet, open_features
 from .data.loader import ShardLoader
+from .data.shard_urls import list_shards
 from .metrics import Metrics
 from .parallelize import parallelize
 
@@ -101,10 +103,12 @@ def param_groups(trained: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build(job: TrainJob, device: torch.device) -> tuple[CinemaModel, nn.ModuleDict]:
+def build(job: TrainJob, device: torch.device, features: FeatureSet | None = None) -> tuple[CinemaModel, nn.ModuleDict]:
     cfg = preset(job.model.preset, job.model.checkpoints, job.model.overrides)
     torch.manual_seed(job.seed)  # every rank starts from the same random init; FSDP then keeps its shard
-    model = CinemaModel(cfg, job.stage)
+    # On precomputed features no encoder is loaded; the AlignerNet takes the features' width.
+    model = CinemaModel(cfg, job.stage, encoders=features is None,
+                        mllm_hidden_size=features.hidden_size if features is not None else None)
     for part in model.frozen_parts().values():
         part.to(device)
     trained = nn.ModuleDict(model.trainable_parts()).to(device)
@@ -120,8 +124,11 @@ def _per_sample_cost(model: CinemaModel, batch: dict, stage: str) -> tuple[int, 
     cfg = model.cfg
     if stage == "aligner":
         return cfg.t5.max_length, 0.0
-    frames, _, height, width = batch["video"].shape[1:]
-    t, h, w = latent_frames(frames), height // 8, width // 8
+    if "latents" in batch:  # precomputed features
+        t, _, h, w = batch["latents"].shape[1:]
+    else:
+        frames, _, height, width = batch["video"].shape[1:]
+        t, h, w = latent_frames(frames), height // 8, width // 8
     # Subject slots are padded to the batch's largest count: the DiT computes them all.
     k = int(batch["num_subjects"].max()) if cfg.ablation.subject_tokens and len(batch["num_subjects"]) else 0
     tokens = cfg.t5.max_length + (t + k) * (h // cfg.dit.patch_size) * (w // cfg.dit.patch_size)
@@ -136,8 +143,10 @@ def train(job: TrainJob) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         # First what the user may have got wrong, so that it fails in seconds. The aligner stage reads captions
         # only: no clip is decoded, none is too short.
-        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=job.stage == "cinema"))
-        model, trained = build(job, device)
+        features = on_every_rank(lambda: _features(job)) if job.model.encoders == "precomputed" else None
+        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=job.stage == "cinema",
+                                                   features=features))
+        model, trained = build(job, device, features)
         params = {clean_fqn(k): p for k, p in trained.named_parameters()}
         o = job.optim
         optimizer = torch.optim.AdamW(param_groups(trained, o.weight_decay), lr=o.lr, betas=o.betas)
@@ -171,7 +180,7 @@ def train(job: TrainJob) -> dict:
                     parts = model.aligner_loss(list(batch["caption"]))
                 else:
                     gens = sample_generators(job.seed, step, micro, rank * b, len(batch["key"]))
-                    parts = model.loss(model_batch(batch, device), gens)
+                    parts = model.loss(model_batch(batch, device, features), gens)
                 (parts["loss"] / job.grad_accum).backward()
                 losses.append(parts["loss"].detach())
                 sample_tokens, sample_flops = _per_sample_cost(model, batch, job.stage)
@@ -205,6 +214,12 @@ def train(job: TrainJob) -> dict:
         if rank == 0:
             print(f"trained weights: {out / 'trained.safetensors'}; loss curve: {curve}", flush=True)
         return row or {}
+
+
+def _features(job: TrainJob) -> FeatureSet:
+    """The precomputed features of the job's shards, checked against the job (``training.data.features``)."""
+    cfg = preset(job.model.preset, job.model.checkpoints, job.model.overrides)
+    return open_features(list_shards(job.data), cfg, job.data)
 
 
 def _counters(loader: ShardLoader) -> list[int]:

@@ -113,12 +113,12 @@ def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample
     return Sample(raw.key, bucket, video, subjects, caption, meta)
 
 
-def _batch_tensor(*shape: int) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in a loader worker, in shared memory, so that it reaches the training process
+def _batch_tensor(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """An uninitialised tensor; in a loader worker, in shared memory, so that it reaches the training process
     without the copy into shared memory it would otherwise take (as torch's default_collate does)."""
-    empty = torch.empty(0, dtype=torch.uint8)
+    empty = torch.empty(0, dtype=dtype)
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
+        return torch.empty(shape, dtype=dtype)
     storage = empty._typed_storage()._new_shared(math.prod(shape), device="cpu")
     return empty.new(storage).resize_(shape)
 

@@ -9,6 +9,7 @@ from typing import Iterator
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..config import DataConfig, JobError
+from .features import FeatureSet
 from .shard_urls import list_shards
 from .stream import CHANGED_DATASET, ShardStream, shard_digest
 
@@ -28,11 +29,16 @@ class ShardLoader:
     """
 
     def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, shards: list[str] | None = None,
-                 media: bool = True):
+                 media: bool = True, features: FeatureSet | None = None):
+        """``features``: stream the precomputed features of the shards instead (batches as
+        ``training.data.features.collate_features`` makes them)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not within world size {world_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.dataset = ShardStream(cfg, shards if shards is not None else list_shards(cfg), rank, world_size, media)
+        if features is not None:
+            shards = features.shards
+        self.dataset = ShardStream(cfg, shards if shards is not None else list_shards(cfg), rank, world_size, media,
+                                   features=features is not None)
         workers = cfg.num_workers
         self._loader = StatefulDataLoader(self.dataset, batch_size=None, num_workers=workers,
                                           prefetch_factor=cfg.prefetch_factor if workers else None,

@@ -27,6 +27,8 @@ from common.storage import Storage
 
 from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
+from .features import FIELDS as FEATURE_FIELDS
+from .features import FeatureSample, collate_features, decode_features
 from .tar_samples import RawSample, ShardCorrupt, is_contract_field, iter_samples
 
 log = logging.getLogger("training.data")
@@ -70,10 +72,12 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int, media: bool = True,
-                 handover: list[dict] | None = None):
+                 handover: list[dict] | None = None, features: bool = False):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
-        another number of slots, in slot order (module docstring)."""
+        another number of slots, in slot order (module docstring); ``features=True``: ``shards`` are the
+        features tars of the run's shards (``training.data.features``), read in their place, nothing decoded."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
+        self.features = features
         self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()
@@ -138,7 +142,7 @@ class ShardStream(IterableDataset):
         for b, positions in enumerate(state["pending"]):
             for pos in positions:
                 raw = self._read_at(pos)
-                sample = raw and self._decode(raw)
+                sample = raw and self.decode(raw)
                 if sample is not None:
                     self.pending[b].append((pos, sample))
 
@@ -229,7 +233,16 @@ class ShardStream(IterableDataset):
                 time.sleep(self.cfg.retry_backoff_s * 2 ** (failures - 1))
 
     def _wanted(self, field: str) -> bool:
+        if self.features:
+            return field in FEATURE_FIELDS
         return is_contract_field(field) and (self.media or not media_field(field))
+
+    def shard_samples(self, shard: int) -> Iterator[RawSample]:
+        """Every sample of one shard once, in order, with the stream's retries and skips (``counters`` says
+        whether the shard was read to its end: ``shards_failed`` and ``shards_corrupt`` do not grow then)."""
+        for raw, _, _ in self._read_shard(shard, 0, 0, 1, 0):
+            self.counters["samples_read"] += 1
+            yield raw
 
     def raw_samples(self) -> Iterator[RawSample]:
         """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
@@ -253,9 +266,10 @@ class ShardStream(IterableDataset):
             self.counters["epochs"] += 1
 
     # -- decoding and batching ------------------------------------------------------------------------------
-    def _decode(self, raw: RawSample) -> Sample | None:
+    def decode(self, raw: RawSample) -> Sample | FeatureSample | None:
+        """The sample's tensors, or None (counted, warned once) when it cannot be used."""
         try:
-            sample = decode_sample(raw, self.cfg, self.media)
+            sample = decode_features(raw, self.cfg) if self.features else decode_sample(raw, self.cfg, self.media)
             self._failures_in_row = 0
             return sample
         except TooShort as e:
@@ -285,13 +299,13 @@ class ShardStream(IterableDataset):
 
     def _batched(self, raw: RawSample) -> Iterator[dict]:
         """Decode one sample into its bucket; yield the bucket's batch once it is full."""
-        sample = self._decode(raw)
+        sample = self.decode(raw)
         if sample is None:
             return
         bucket = self.pending[sample.bucket]
         bucket.append((raw.position, sample))
         if len(bucket) == self.cfg.batch_size:
-            batch = collate([s for _, s in bucket], self.cfg.max_subjects)
+            batch = (collate_features if self.features else collate)([s for _, s in bucket], self.cfg.max_subjects)
             bucket.clear()
             self.counters["samples_yielded"] += len(batch["key"])
             yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}

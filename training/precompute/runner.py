@@ -1,0 +1,128 @@
+"""The precompute job's driver: which shards need features, a Ray Data pipeline of encoder actors over them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from common.storage import Storage
+from common.typed_config import ConfigError
+
+from ..config import TrainJob
+from ..data import features as F
+from ..data.shard_urls import list_shards
+
+log = logging.getLogger("training.precompute")
+
+
+class ShardActor:
+    """A Ray Data actor: the encoders once, then one shard per call. A shard that cannot be read is an error row
+    (nothing committed: the rerun does it); any other failure is a bug and fails the job."""
+
+    def __init__(self, job: TrainJob):
+        from .encode import FeatureEncoder
+
+        self.encoder = FeatureEncoder(job)
+        self.roots: set[str] = set()
+
+    def __call__(self, batch: dict) -> dict:
+        from .encode import ShardUnreadable
+
+        out = {"shard": [], "samples": [], "skipped": [], "error": []}
+        for url in batch["shard"]:
+            url = str(url)
+            root = F.dataset_root(url)
+            if root not in self.roots:
+                self.encoder.write_uncond(root)  # before any marker: a committed shard always has it
+                self.roots.add(root)
+            try:
+                marker = self.encoder.shard(url)
+                out["samples"].append(marker["samples"])
+                out["skipped"].append(marker["samples_corrupt"] + marker["samples_too_short"])
+                out["error"].append("")
+            except (ShardUnreadable, OSError) as e:
+                out["samples"].append(0)
+                out["skipped"].append(0)
+                out["error"].append(f"{type(e).__name__}: {e}")
+            out["shard"].append(url)
+        return out
+
+
+def plan(job: TrainJob) -> tuple[list[str], list[str]]:
+    """(every committed shard of the job's dataset roots, those without committed features). Writes each root's
+    ``features/meta.json`` the first time; refuses (JobError) features made with another model or clip shape."""
+    from cinema_model.config import preset
+
+    storage = Storage(job.data.storage)
+    expected = F.made_with(preset(job.model.preset, job.model.checkpoints, job.model.overrides), job.data)
+    shards = list_shards(job.data)
+    todo = []
+    for root in dict.fromkeys(F.dataset_root(s) for s in shards):
+        meta = F.read_meta(storage, root)
+        if meta is None:
+            storage.write_atomic(storage.join(root, F.FEATURES_DIR, F.META), _meta_json(expected))
+        else:
+            F.check_meta(meta, expected, root)
+        # A killed run's temporaries are never read (only renamed names are); clear them.
+        for folder in (F.FEATURES_DIR, f"{F.FEATURES_DIR}/{F.MARKERS_DIR}"):
+            for tmp in storage.list_temporaries(storage.join(root, folder)):
+                storage.remove(tmp)
+        done = F.committed(storage, root)
+        todo += [s for s in shards if F.dataset_root(s) == root and F.shard_stem(s) not in done]
+    return shards, todo
+
+
+def _meta_json(expected: dict) -> bytes:
+    import json
+
+    return json.dumps({"made_with": expected, "sha256": F.digest(expected),
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1).encode()
+
+
+def run(job: TrainJob) -> dict:
+    """Precompute the features of every shard that has none; returns counts (shards total, skipped as committed,
+    written, failed, samples written, samples skipped)."""
+    shards, todo = plan(job)
+    result = {"shards": len(shards), "committed_before": len(shards) - len(todo), "written": 0, "failed": [],
+              "samples": 0, "samples_skipped": 0}
+    print(f"{len(shards)} shard(s), {len(shards) - len(todo)} with committed features, {len(todo)} to do", flush=True)
+    if not todo:
+        return result
+    import ray
+
+    p = job.precompute
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if p.address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the local cluster to 127.0.0.1
+        ray.init(address="local", num_cpus=p.local_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    else:
+        ray.init(address=p.address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if p.num_gpus > gpus:
+            raise ConfigError(f"precompute.num_gpus={p.num_gpus:g} per actor but the Ray cluster has {gpus:g} GPU(s): "
+                              "add GPU nodes, or encode on CPU with precompute.num_gpus=0")
+        actors = p.actors or (max(1, int(gpus // p.num_gpus)) if p.num_gpus else 1)
+        ctx = ray.data.DataContext.get_current()
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+        ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(ShardActor, fn_constructor_args=(job,), batch_size=1, num_cpus=p.num_cpus,
+                            num_gpus=p.num_gpus, compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))))
+        t0 = time.time()
+        for row in ds.iter_rows():
+            if row["error"]:
+                result["failed"].append(f"{row['shard']}: {row['error']}")
+                log.warning("%s: not committed (the rerun does it): %s", row["shard"], row["error"])
+                continue
+            result["written"] += 1
+            result["samples"] += int(row["samples"])
+            result["samples_skipped"] += int(row["skipped"])
+            done = result["written"] + len(result["failed"])
+            print(f"[{time.time() - t0:6.0f}s] shards {done}/{len(todo)}: {result['samples']} clips encoded, "
+                  f"{result['samples_skipped']} unusable", flush=True)
+    finally:
+        ray.shutdown()
+    return result
