@@ -1,4 +1,4 @@
-"""The CINEMA model's configuration: typed dataclasses and the `tiny`, `mid` and `full` presets.
+"""The CINEMA model's configuration: typed dataclasses and the `tiny`, `mid`, `large` and `full` presets.
 
 Frozen parts (MLLM, T5, VAE) are named by a hub id or a local folder and load through `from_pretrained`. Their
 `arch` field repeats the checkpoint's architecture so that `summary` and the meta-device tests can build them
@@ -168,6 +168,19 @@ def _mid(root: str) -> dict:
     )
 
 
+def _large(root: str) -> dict:
+    # Tiny frozen parts, a DiT of about 1 B parameters (24 x 64 heads, 28 blocks): big enough that how the trained
+    # parts are built and loaded shows in host memory (benchmarks/memory_bench.py), small enough for CPU ranks.
+    return dict(
+        **_frozen_parts(root),
+        aligner=dict(width=256, heads=4, encoder_layers=2, decoder_layers=2),
+        dit=dict(heads=24, head_dim=64, layers=28, text_dim=32, time_embed_dim=512),
+        flow=dict(sample_steps=4),
+        video=dict(num_frames=17, height=128, width=128),
+        frozen_dtype="float32",
+    )
+
+
 def _full(_: str) -> dict:
     return dict(
         mllm=dict(path="Qwen/Qwen2-VL-7B-Instruct", arch=dict(
@@ -189,7 +202,7 @@ def _full(_: str) -> dict:
     )
 
 
-PRESETS = {"tiny": _tiny, "mid": _mid, "full": _full}
+PRESETS = {"tiny": _tiny, "mid": _mid, "large": _large, "full": _full}
 
 
 def preset(name: str, checkpoints: str | None = None, overrides: list[str] = ()) -> CinemaConfig:

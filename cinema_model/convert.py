@@ -3,15 +3,20 @@
 Every source weight has exactly one target and every target one source; anything else (CogVideoX 1.5's 3D patch
 projection, the I2V "ofs" embedding, learned position embeddings) is an error rather than a silent partial load.
 The patch embedding is a Conv2d with stride = kernel there and a Linear over (c, py, px) patches here.
+
+`load_cogvideox_into` reads the checkpoint's safetensors file(s) tensor by tensor, straight into what the process
+holds of each DiT parameter (all of it, or its FSDP2 shard's rows): no diffusers model, no full second copy.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 
 from cinema_model.config import DitConfig
+from cinema_model.weights import checkpoint_folder, clean_name, load_rows_, stored_tensors
 
 _RENAMES = [
     (r"patch_embed\.proj\.", "patch_embed."),
@@ -59,9 +64,29 @@ def cogvideox_kwargs(cfg: DitConfig) -> dict:
                 use_rotary_positional_embeddings=True)
 
 
-def load_cogvideox_into(dit: torch.nn.Module, path: str, subfolder: str | None = None) -> None:
-    """Initialise ``dit`` from a CogVideoX transformer checkpoint (hub id or folder), strictly."""
-    from diffusers import CogVideoXTransformer3DModel
+def converted_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The CinemaDiT shape of CogVideoX weight ``name`` stored as ``shape``."""
+    return (shape[0], math.prod(shape[1:])) if name == "patch_embed.proj.weight" else tuple(shape)
 
-    source = CogVideoXTransformer3DModel.from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
-    dit.load_state_dict(convert_cogvideox_state_dict(source.state_dict()), strict=True)
+
+def load_cogvideox_into(dit: torch.nn.Module, path: str, subfolder: str | None = None) -> None:
+    """Initialise ``dit`` (whole, or this rank's FSDP2 shards) from a diffusers CogVideoX transformer checkpoint (hub
+    id or folder, ``diffusion_pytorch_model.safetensors`` or its sharded index), strictly: every stored weight has
+    exactly one target of the same shape and every DiT parameter one stored weight. Weights are cast to the DiT's
+    dtype as they are read."""
+    folder = checkpoint_folder(path, subfolder)
+    stored = stored_tensors(folder, "diffusion_pytorch_model")
+    sources: dict[str, str] = {}
+    for name in stored:
+        target = _target_name(name)
+        if target in sources:
+            raise KeyError(f"CogVideoX weights {sources[target]!r} and {name!r} both map to {target!r}")
+        sources[target] = name
+    params = {clean_name(k): p for k, p in dit.named_parameters()}
+    missing, unexpected = sorted(set(params) - set(sources)), sorted(set(sources) - set(params))
+    if missing or unexpected:
+        raise KeyError(f"CogVideoX checkpoint {folder} does not match the CinemaDiT: missing {missing[:8]}, "
+                       f"unexpected {unexpected[:8]}")
+    for target, param in params.items():
+        name = sources[target]
+        load_rows_(param, stored[name], converted_shape(name, stored[name].shape), f"CogVideoX weight {name!r}")

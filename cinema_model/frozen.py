@@ -11,6 +11,19 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
+def onto(device: torch.device | None) -> dict:
+    """`from_pretrained` arguments that load straight onto ``device``: on a GPU the weights go there tensor by tensor
+    and never sit in host memory whole; nothing for the CPU."""
+    if device is None or device.type in ("cpu", "meta"):
+        return {}
+    return {"device_map": {"": str(device)}}  # one device: transformers attaches no dispatch hooks
+
+
+def placed(module: nn.Module, device: torch.device | None) -> nn.Module:
+    """``module`` moved to ``device`` (left where it is without one, or on the meta device)."""
+    return module if device is None or device.type == "meta" else module.to(device)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 

@@ -7,7 +7,7 @@ from PIL import Image
 from torch import nn
 
 from cinema_model.config import MllmConfig
-from cinema_model.frozen import freeze, hf_config
+from cinema_model.frozen import freeze, hf_config, onto, placed
 
 
 class MllmEncoder(nn.Module):
@@ -18,13 +18,16 @@ class MllmEncoder(nn.Module):
         self.instruction = instruction
 
     @classmethod
-    def load(cls, cfg: MllmConfig, dtype: torch.dtype, weights: bool = True) -> "MllmEncoder":
-        """From the checkpoint at ``cfg.path``; with ``weights=False`` only its architecture (for meta builds)."""
+    def load(cls, cfg: MllmConfig, dtype: torch.dtype, weights: bool = True,
+             device: torch.device | None = None) -> "MllmEncoder":
+        """From the checkpoint at ``cfg.path``, once, in ``dtype``, onto ``device``; with ``weights=False`` only its
+        architecture (for meta builds)."""
         from transformers import AutoModel, AutoProcessor
 
         if not weights:
-            return cls(freeze(AutoModel.from_config(hf_config(cfg.arch, cfg.path))), None, cfg.instruction)
-        model = AutoModel.from_pretrained(cfg.path, dtype=dtype)
+            model = placed(AutoModel.from_config(hf_config(cfg.arch, cfg.path)), device)
+            return cls(freeze(model), None, cfg.instruction)
+        model = AutoModel.from_pretrained(cfg.path, dtype=dtype, **onto(device))
         return cls(freeze(model), AutoProcessor.from_pretrained(cfg.path), cfg.instruction)
 
     @property

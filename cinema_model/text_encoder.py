@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cinema_model.config import T5Config
-from cinema_model.frozen import freeze, hf_config
+from cinema_model.frozen import freeze, hf_config, onto, placed
 
 
 class T5TextEncoder(nn.Module):
@@ -17,12 +17,13 @@ class T5TextEncoder(nn.Module):
         self.max_length = max_length
 
     @classmethod
-    def load(cls, cfg: T5Config, dtype: torch.dtype, weights: bool = True) -> "T5TextEncoder":
+    def load(cls, cfg: T5Config, dtype: torch.dtype, weights: bool = True,
+             device: torch.device | None = None) -> "T5TextEncoder":
         from transformers import AutoTokenizer, T5EncoderModel
 
         if not weights:
-            return cls(freeze(T5EncoderModel(hf_config(cfg.arch, cfg.path))), None, cfg.max_length)
-        model = T5EncoderModel.from_pretrained(cfg.path, dtype=dtype)
+            return cls(freeze(placed(T5EncoderModel(hf_config(cfg.arch, cfg.path)), device)), None, cfg.max_length)
+        model = T5EncoderModel.from_pretrained(cfg.path, dtype=dtype, **onto(device))
         return cls(freeze(model), AutoTokenizer.from_pretrained(cfg.path), cfg.max_length)
 
     @property

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cinema_model.config import VaeConfig
-from cinema_model.frozen import freeze
+from cinema_model.frozen import freeze, placed
 
 
 class VideoVae(nn.Module):
@@ -22,15 +22,18 @@ class VideoVae(nn.Module):
         self.vae = vae
 
     @classmethod
-    def load(cls, cfg: VaeConfig, dtype: torch.dtype, weights: bool = True) -> "VideoVae":
+    def load(cls, cfg: VaeConfig, dtype: torch.dtype, weights: bool = True,
+             device: torch.device | None = None) -> "VideoVae":
+        """Loaded once in ``dtype`` and moved to ``device`` (0.2 B parameters: a host copy on the way is small)."""
         from diffusers import AutoencoderKLCogVideoX
 
         if not weights and cfg.arch is not None:
-            return cls(freeze(AutoencoderKLCogVideoX(**cfg.arch)))
-        if not weights:
-            return cls(freeze(AutoencoderKLCogVideoX.from_config(
-                AutoencoderKLCogVideoX.load_config(cfg.path, subfolder=cfg.subfolder))))
-        return cls(freeze(AutoencoderKLCogVideoX.from_pretrained(cfg.path, subfolder=cfg.subfolder, torch_dtype=dtype)))
+            vae = AutoencoderKLCogVideoX(**cfg.arch)
+        elif not weights:
+            vae = AutoencoderKLCogVideoX.from_config(AutoencoderKLCogVideoX.load_config(cfg.path, subfolder=cfg.subfolder))
+        else:
+            vae = AutoencoderKLCogVideoX.from_pretrained(cfg.path, subfolder=cfg.subfolder, torch_dtype=dtype)
+        return cls(freeze(placed(vae, device)))
 
     @property
     def latent_channels(self) -> int:

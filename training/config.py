@@ -77,11 +77,8 @@ def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
 @dataclass
 class ModelSection:
     preset: Literal["tiny", "mid", "large", "full"] = "full"
-    checkpoints: str | None = None  # folder of the tiny frozen parts the tiny, mid and large presets need (python -m tiny_models)
+    checkpoints: str | None = None  # folder of the tiny frozen parts of the tiny, mid, large presets (python -m tiny_models)
     overrides: list[str] = field(default_factory=list)  # CinemaConfig overrides, e.g. "dit.layers=4"
-    # How the frozen MLLM runs: replicated on every rank, sharded with fully_shard per decoder layer (its memory
-    # divided by the world size, its weights all-gathered layer by layer), or precomputed features read from disk.
-    encoders: Literal["replicated", "sharded", "precomputed"] = "replicated"
     # The frozen encoders (MLLM or T5, VAE): "replicated" on every rank; "sharded" (the MLLM fully_shard per decoder
     # layer); "precomputed": their outputs, written beside the shards by `python -m training.precompute JOB.yaml`,
     # are streamed instead of decoding video, and neither the encoders nor the VAE are loaded.

@@ -1,8 +1,15 @@
 """Parallelism applied to a CinemaModel from outside its code, in torchtitan's order: activation checkpointing, then
 compile, then FSDP2 (`fully_shard` per block, then per trained part).
 
-Frozen parts (MLLM, T5, VAE) are not sharded: they hold no gradients or optimizer state, every rank keeps its own
-copy in the frozen dtype, and keeping them out of the FSDP groups keeps one dtype per group.
+The trained parts are sharded while they are still on the meta device (``CinemaModel(..., trained_on_meta=True)``);
+``CinemaModel.materialize`` then allocates and fills only each rank's shards.
+
+Frozen parts hold no gradients or optimizer state. With ``encoders="replicated"`` every rank keeps its own copy in
+the frozen dtype; with ``"sharded"`` the MLLM (and the T5 encoder where the stage has one) is sharded with
+`fully_shard` per decoder layer and once more for what is left (embeddings, vision merger, final norm), as torchtitan
+shards frozen encoders: its memory divides by the world size and each layer's weights are all-gathered just for its
+forward. They are groups of their own, never mixed with trained weights, so each group has one dtype. The VAE (0.2 B
+parameters, convolutions) stays replicated.
 """
 
 from __future__ import annotations
@@ -58,12 +65,35 @@ def apply_fsdp(model: CinemaModel, mesh: DeviceMesh, param_dtype: torch.dtype, r
         fully_shard(part, mesh=mesh, mp_policy=mp)
 
 
+def _frozen_layer_lists(model: CinemaModel) -> dict[str, list[nn.ModuleList]]:
+    """Frozen part -> its repeated layers: Qwen2-VL's decoder layers and vision blocks, T5's encoder blocks."""
+    out = {}
+    if model.mllm is not None:
+        base = model.mllm.model
+        out["mllm"] = [base.language_model.layers, base.visual.blocks]
+    if model.t5 is not None:
+        out["t5"] = [model.t5.model.encoder.block]
+    return out
+
+
+def apply_frozen_fsdp(model: CinemaModel, mesh: DeviceMesh) -> None:
+    """Shard the frozen encoders per layer, then each encoder's remaining weights as one group (its root)."""
+    parts = {"mllm": model.mllm, "t5": model.t5}
+    for name, lists in _frozen_layer_lists(model).items():
+        for layers in lists:
+            for layer in layers:
+                fully_shard(layer, mesh=mesh)
+        fully_shard(parts[name].model, mesh=mesh)
+
+
 def parallelize(model: CinemaModel, mesh: DeviceMesh | None, *, activation_checkpointing: bool, compile: bool,
-                param_dtype: torch.dtype) -> CinemaModel:
+                param_dtype: torch.dtype, encoders: str = "replicated") -> CinemaModel:
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
         apply_compile(model)
     if mesh is not None:
         apply_fsdp(model, mesh, param_dtype)
+        if encoders == "sharded":
+            apply_frozen_fsdp(model, mesh)
     return model

@@ -103,19 +103,25 @@ def param_groups(trained: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build(job: TrainJob, device: torch.device, features: FeatureSet | None = None) -> tuple[CinemaModel, nn.ModuleDict]:
+def build(job: TrainJob, device: torch.device, features: FeatureSet | None = None,
+          initial_weights: bool = True) -> tuple[CinemaModel, nn.ModuleDict]:
+    """The model as torchtitan builds one: frozen parts loaded once per rank in their dtype onto ``device``, trained
+    parts built on the meta device, sharded, then materialised shard by shard with their initial weights (seeded
+    init, CogVideoX, a pretrained AlignerNet) read straight into the shards: no rank holds a full copy of a trained
+    part. ``initial_weights=False`` (a resume) skips those loads: the checkpoint fills every trained weight."""
     cfg = preset(job.model.preset, job.model.checkpoints, job.model.overrides)
-    torch.manual_seed(job.seed)  # every rank starts from the same random init; FSDP then keeps its shard
+    torch.manual_seed(job.seed)
+    # The init is keyed by (seed, parameter name): every rank draws the same values for the shard it keeps.
     # On precomputed features no encoder is loaded; the AlignerNet takes the features' width.
-    model = CinemaModel(cfg, job.stage, encoders=features is None,
+    model = CinemaModel(cfg, job.stage, device=device, trained_on_meta=True, seed=job.seed,
+                        encoders=features is None,
                         mllm_hidden_size=features.hidden_size if features is not None else None)
-    for part in model.frozen_parts().values():
-        part.to(device)
-    trained = nn.ModuleDict(model.trainable_parts()).to(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     parallelize(model, mesh, activation_checkpointing=job.parallel.activation_checkpointing,
-                compile=job.parallel.compile, param_dtype=getattr(torch, job.parallel.param_dtype))
-    return model, trained
+                compile=job.parallel.compile, param_dtype=getattr(torch, job.parallel.param_dtype),
+                encoders=job.model.encoders)
+    model.materialize(device, initial_weights=initial_weights)
+    return model, nn.ModuleDict(model.trainable_parts())
 
 
 def _per_sample_cost(model: CinemaModel, batch: dict, stage: str) -> tuple[int, float]:
@@ -146,7 +152,10 @@ def train(job: TrainJob) -> dict:
         features = on_every_rank(lambda: _features(job)) if job.model.encoders == "precomputed" else None
         loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=job.stage == "cinema",
                                                    features=features))
-        model, trained = build(job, device, features)
+        ckpt_dir = Path(job.checkpoint.folder)
+        checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
+        latest = checkpointer.latest() if job.checkpoint.resume else None
+        model, trained = build(job, device, features, initial_weights=latest is None)  # a resume loads no CogVideoX
         params = {clean_fqn(k): p for k, p in trained.named_parameters()}
         o = job.optim
         optimizer = torch.optim.AdamW(param_groups(trained, o.weight_decay), lr=o.lr, betas=o.betas)
@@ -154,9 +163,6 @@ def train(job: TrainJob) -> dict:
             optimizer, lambda s: lr_lambda(s, o.warmup_steps, job.steps, o.min_lr_ratio))
         ema = Ema(params, o.ema_decay) if o.ema_decay else None
         state = TrainState(trained, optimizer, scheduler, rank, ema.shadow if ema else None)
-        ckpt_dir = Path(job.checkpoint.folder)
-        checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
-        latest = checkpointer.latest() if job.checkpoint.resume else None
         if latest is not None:
             exclude = set(job.checkpoint.exclude_from_loading)
             on_every_rank(lambda: checkpointer.load(state, latest, exclude))
