@@ -169,16 +169,9 @@ def _mid(root: str) -> dict:
 
 
 def _large(root: str) -> dict:
-    # Tiny frozen parts, a DiT of about 1 B parameters (24 x 64 heads, 28 blocks): big enough that how the trained
+    # The mid preset with a DiT of about 1 B parameters (24 x 64 heads, 28 blocks): big enough that how the trained
     # parts are built and loaded shows in host memory (benchmarks/memory_bench.py), small enough for CPU ranks.
-    return dict(
-        **_frozen_parts(root),
-        aligner=dict(width=256, heads=4, encoder_layers=2, decoder_layers=2),
-        dit=dict(heads=24, head_dim=64, layers=28, text_dim=32, time_embed_dim=512),
-        flow=dict(sample_steps=4),
-        video=dict(num_frames=17, height=128, width=128),
-        frozen_dtype="float32",
-    )
+    return {**_mid(root), "dit": dict(heads=24, head_dim=64, layers=28, text_dim=32, time_embed_dim=512)}
 
 
 def _full(_: str) -> dict:
