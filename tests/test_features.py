@@ -13,21 +13,14 @@ import torch
 
 from .data_fixtures import Clip, write_dataset
 from .model_fixtures import tiny_checkpoints
-from .test_trainer import ROOT, TINY, metrics, samples, train_cmd
+from .test_trainer import ROOT, TINY, metrics, precompute_cmd, samples, train_cmd
 
 # Condition dropout on half the samples: the unconditional path must match as well.
 DROPOUT = "model.overrides=[flow.condition_dropout=0.5]"
 
 
-def sets(*overrides: str) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
 def precompute(url: str, *more: str) -> subprocess.CompletedProcess:
-    """``python -m training.precompute`` on CPU (a local Ray of one CPU) with the tiny model."""
-    args = [*TINY, f"model.checkpoints={tiny_checkpoints()}", f"data.urls=[{url}]", "precompute.num_gpus=0",
-            "precompute.local_cpus=1", "precompute.batch_size=2", DROPOUT, *more]
-    return subprocess.run([sys.executable, "-m", "training.precompute", *sets(*args)], cwd=ROOT,
+    return subprocess.run(precompute_cmd(f"data.urls=[{url}]", "precompute.batch_size=2", DROPOUT, *more), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -169,3 +162,10 @@ def test_precompute_is_exactly_once(dataset, tmp_path):
     for p, stamp in stamps.items():  # the other shards were not touched
         if p.name not in (victim.name, victim.stem + ".json"):
             assert p.stat().st_mtime_ns == stamp, p
+
+
+def test_the_cluster_job_file_loads_for_both_commands():
+    from training.config import load_train_job
+
+    job = load_train_job(str(ROOT / "jobs" / "precompute_cluster.yaml"))
+    assert (job.model.encoders, job.precompute.num_gpus, job.precompute.address) == ("precomputed", 1.0, "auto")
