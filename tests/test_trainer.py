@@ -37,6 +37,13 @@ def train_cmd(out: Path, *overrides: str, ranks: int = 2) -> list[str]:
     return [*launcher, "-m", "training", *sets]
 
 
+def precompute_cmd(*overrides: str) -> list[str]:
+    """``python -m training.precompute`` of the tiny model on CPU (a local Ray of one CPU)."""
+    sets = [a for o in (*TINY, f"model.checkpoints={tiny_checkpoints()}", "precompute.num_gpus=0",
+                        "precompute.local_cpus=1", *overrides) for a in ("--set", o)]
+    return [sys.executable, "-m", "training.precompute", *sets]
+
+
 def metrics(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
@@ -74,19 +81,31 @@ def s3_dataset(s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_run(s3_dataset, tmp_path_factory):
-    """An uninterrupted 6-step run on 2 ranks, and the arguments it ran with."""
+def reference_runs(s3_dataset, tmp_path_factory):
+    """encoders -> an uninterrupted 6-step run on 2 ranks in that mode (made on first use; for precomputed, after
+    the precompute job wrote the features into the bucket), and the arguments it ran with."""
     endpoint, url = s3_dataset
-    args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", f"data.urls=[{url}]",
-            f"data.storage.endpoint_url={endpoint}", "optim.lr=1e-3"]
-    out = tmp_path_factory.mktemp("reference") / "run"
-    subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
-    return out, args
+    runs = {}
+
+    def reference(encoders: str):
+        if encoders not in runs:
+            data = [f"data.urls=[{url}]", f"data.storage.endpoint_url={endpoint}"]
+            if encoders == "precomputed":
+                subprocess.run(precompute_cmd(*data), cwd=ROOT, check=True, capture_output=True, timeout=600)
+            args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", *data, "optim.lr=1e-3",
+                    f"model.encoders={encoders}"]
+            out = tmp_path_factory.mktemp("reference") / "run"
+            subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
+            runs[encoders] = out, args
+        return runs[encoders]
+
+    return reference
 
 
-@pytest.mark.parametrize("victim", ["every process", "rank 1 alone"])
-def test_kill_and_resume_continues_the_same_losses_and_samples(reference_run, victim, tmp_path):
-    reference, args = reference_run
+@pytest.mark.parametrize("victim,encoders", [("every process", "replicated"), ("rank 1 alone", "replicated"),
+                                             ("every process", "precomputed")])
+def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, victim, encoders, tmp_path):
+    reference, args = reference_runs(encoders)
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(train_cmd(resumed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
