@@ -50,32 +50,95 @@ def _summary(args) -> dict:
     return counts
 
 
+def ema_weights(path: str | Path) -> Path:
+    """Where the trainer's export puts the EMA of the weights at ``path``: ``trained.ema.safetensors`` beside
+    ``trained.safetensors`` (training.checkpoint.export_consolidated)."""
+    return Path(path).with_suffix(".ema.safetensors")
+
+
+def _weights_file(args) -> Path | None:
+    if not args.weights:
+        if args.ema:
+            raise SystemExit("--ema picks the EMA file beside --weights: give --weights too")
+        return None
+    path = ema_weights(args.weights) if args.ema else Path(args.weights)
+    if not path.is_file():
+        raise SystemExit(f"no weights file {path}" + (" (the run kept no EMA: optim.ema_decay was 0)" if args.ema else ""))
+    return path
+
+
+def _without_initial_weights(cfg, weights: Path):
+    """The config with no initial weights for the trained parts the file gives (no CogVideoX-5B load for a DiT
+    that the file replaces anyway); a trained part the file lacks is an error, not a silent random init."""
+    from safetensors import safe_open
+
+    from cinema_model.config import replace
+
+    with safe_open(str(weights), "pt") as f:
+        prefixes = {k.split(".", 1)[0] for k in f.keys()}
+    needed = ["aligner", "dit"] if cfg.ablation.conditioning == "mllm" else ["dit"]
+    missing = [p for p in needed if p not in prefixes]
+    if missing:
+        raise SystemExit(f"{weights} holds no {' or '.join(missing)} weights (keys {sorted(prefixes)}): generate "
+                         "needs every trained part; a stage-1 (aligner) run's file goes to aligner.pretrained")
+    return replace(cfg, dit=dict(init_from=None), aligner=dict(pretrained=None))
+
+
+def _device_and_dtype(args):
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    return device, dtype
+
+
+def load_for_generation(cfg, weights: Path | None, device, dtype, seed: int = 0):
+    """The cinema-stage model in eval mode on ``device``, its DiT in ``dtype`` (the AlignerNet stays float32,
+    the frozen parts in ``frozen_dtype``), trained parts from ``weights`` when given."""
+    import torch
+
+    from cinema_model.model import CinemaModel
+
+    torch.manual_seed(seed)  # fixes the trained parts' random init when no weights are given
+    if weights is not None:
+        cfg = _without_initial_weights(cfg, weights)
+    model = CinemaModel(cfg).eval()
+    if weights is not None:
+        model.load_trainable(weights)
+    model.dit.to(dtype)
+    return model.to(device)
+
+
 def _generate(args) -> None:
+    import time
+
     import torch
     from PIL import Image
 
     from cinema_model.media import contact_sheet, write_mp4
-    from cinema_model.model import CinemaModel
     from cinema_model.subjects import pad_subjects, subject_tensor
 
     cfg = preset(args.preset, args.checkpoints, args.set)
-    torch.manual_seed(args.seed)  # fixes the trained parts' random init when no --weights are given
-    model = CinemaModel(cfg).eval()
-    if args.weights:
-        model.load_trainable(args.weights)
-    else:
+    weights = _weights_file(args)
+    device, dtype = _device_and_dtype(args)
+    model = load_for_generation(cfg, weights, device, dtype, args.seed)
+    if weights is None:
         print("no --weights: AlignerNet and DiT are randomly initialised", file=sys.stderr)
+    model.vae.set_memory(tiling=args.vae_tiling, slicing=args.vae_slicing)
     v = cfg.video
     subjects, counts = pad_subjects([[subject_tensor(Image.open(p), v.height, v.width) for p in args.subject]],
                                     v.height, v.width)
+    start = time.perf_counter()
     video = model.generate([args.prompt], subjects, counts, seed=args.seed, steps=args.steps,
-                           guidance=args.guidance)[0]
+                           guidance=args.guidance, batched_cfg=not args.sequential_cfg)[0]
+    seconds = time.perf_counter() - start  # .cpu() in write_mp4 would wait anyway; decode() returns after the GPU
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(video, out, v.fps)
     sheet = Path(args.sheet) if args.sheet else out.with_suffix(".png")
     contact_sheet(subjects[0], video).save(sheet)
-    print(f"wrote {out} ({video.shape[0]} frames {v.height}x{v.width}) and {sheet}")
+    print(f"wrote {out} ({video.shape[0]} frames {v.height}x{v.width}, sampled in {seconds:.1f} s on {device}, "
+          f"DiT in {str(dtype).removeprefix('torch.')}) and {sheet}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +154,16 @@ def main(argv: list[str] | None = None) -> None:
     add_model_args(sub.add_parser("summary")).add_argument("preset", choices=["tiny", "mid", "full"])
     gen = add_model_args(sub.add_parser("generate"))
     gen.add_argument("--preset", default="full", choices=["tiny", "mid", "full"])
-    gen.add_argument("--weights", help="safetensors of the trained parts (CinemaModel.save_trainable)")
+    gen.add_argument("--weights", help="safetensors of the trained parts (a run's trained.safetensors, or "
+                     "python -m training export); with it the DiT's CogVideoX initial weights are not loaded")
+    gen.add_argument("--ema", action="store_true", help="the EMA weights beside --weights (*.ema.safetensors)")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                     help="the DiT's dtype (default: bfloat16 on cuda, float32 on cpu)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    gen.add_argument("--vae-slicing", action="store_true", help="decode one video of a batch at a time")
+    gen.add_argument("--sequential-cfg", action="store_true",
+                     help="two forwards per step for CFG instead of one batched one (half the activation memory)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--subject", action="append", default=[], help="subject image (0 to 6 times)")
     gen.add_argument("--out", required=True, help="output .mp4")

@@ -39,15 +39,19 @@ def sample_times(steps: int, shift: float, device=None) -> torch.Tensor:
     return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
 
 
+def guided(cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: v_u + g (v_c - v_u); the conditional velocity alone without an unconditional one."""
+    return cond if uncond is None else uncond + guidance * (cond - uncond)
+
+
 @torch.no_grad()
-def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
                  noise: torch.Tensor, steps: int, shift: float, guidance: float) -> torch.Tensor:
-    """Integrate from ``noise`` to data. ``velocity(x, t)`` returns the conditional and the unconditional
-    velocity (the latter None when guidance is 1); CFG mixes them as v_u + g (v_c - v_u)."""
-    x = noise
+    """Integrate from ``noise`` to data, in float32 whatever dtype the model runs in. ``velocity(x, t)`` returns
+    the conditional and the unconditional velocity (the latter None when guidance is 1)."""
+    x = noise.float()
     times = sample_times(steps, shift, device=noise.device)
     for t, t_next in zip(times[:-1], times[1:]):
         cond, uncond = velocity(x, t.expand(x.shape[0]))
-        v = cond if uncond is None else uncond + guidance * (cond - uncond)
-        x = x + (t_next - t) * v
+        x = x + (t_next - t) * guided(cond.float(), None if uncond is None else uncond.float(), guidance)
     return x

@@ -237,25 +237,49 @@ class CinemaModel(nn.Module):
     # -- sampling -----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions: list[str], subjects: torch.Tensor, num_subjects: torch.Tensor, seed: int = 0,
-                 steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
-        """Videos (B, F, 3, H, W) in [-1, 1] at the configured size. The unconditional branch of CFG has an
-        empty caption and no subjects, as trained with condition dropout. Same seed, same video."""
+    def sample_latents(self, captions: list[str], subjects: torch.Tensor, num_subjects: torch.Tensor, seed: int = 0,
+                       steps: int | None = None, guidance: float | None = None,
+                       batched_cfg: bool = True) -> torch.Tensor:
+        """Latents (B, T, C, h, w) float32 of the configured video size; the DiT runs in its parameters' dtype.
+        The unconditional branch of CFG has an empty caption and no subjects, as trained with condition dropout.
+        ``batched_cfg`` runs both branches as one forward of batch 2B, the unconditional half's subject slots
+        masked out of attention (as if absent); False runs two forwards (half the activation memory)."""
         video, flow = self.cfg.video, self.cfg.flow
         steps, guidance = steps or flow.sample_steps, flow.guidance if guidance is None else guidance
         b = len(captions)
         shape = (b, latent_frames(video.num_frames), self.cfg.dit.latent_channels, video.height // 8, video.width // 8)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        cond = self.condition(captions, subjects, num_subjects)
+        dtype = next(self.dit.parameters()).dtype
+        cond = self.condition(captions, subjects, num_subjects).to(dtype)
         subject_latents, present = self.subject_latents(subjects, num_subjects)
-        uncond = None if guidance == 1 else self.condition([""] * b, subjects[:, :0], torch.zeros_like(num_subjects))
+        if subject_latents is not None:
+            subject_latents = subject_latents.to(dtype)
+        uncond = (None if guidance == 1 else
+                  self.condition([""] * b, subjects[:, :0], torch.zeros_like(num_subjects)).to(dtype))
 
-        def velocity(x, t):
-            v_cond = self.dit(x, t, cond, subject_latents, present)
-            return v_cond, None if uncond is None else self.dit(x, t, uncond)
+        if uncond is not None and batched_cfg:
+            text = torch.cat([cond, uncond])
+            both = (None, None) if subject_latents is None else (
+                torch.cat([subject_latents, torch.zeros_like(subject_latents)]),
+                torch.cat([present, torch.zeros_like(present)]))
 
-        latents = euler_sample(velocity, noise, steps, flow.shift, guidance)
-        return self.vae.decode(latents)
+            def velocity(x, t):
+                return self.dit(torch.cat([x, x]).to(dtype), torch.cat([t, t]), text, *both).chunk(2)
+        else:
+            def velocity(x, t):
+                x = x.to(dtype)
+                v_cond = self.dit(x, t, cond, subject_latents, present)
+                return v_cond, None if uncond is None else self.dit(x, t, uncond)
+
+        return euler_sample(velocity, noise, steps, flow.shift, guidance)
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], subjects: torch.Tensor, num_subjects: torch.Tensor, seed: int = 0,
+                 steps: int | None = None, guidance: float | None = None, batched_cfg: bool = True) -> torch.Tensor:
+        """Videos (B, F, 3, H, W) in [-1, 1] at the configured size (``sample_latents``, then the VAE). Same
+        seed, same video."""
+        return self.vae.decode(self.sample_latents(captions, subjects, num_subjects, seed, steps, guidance,
+                                                   batched_cfg))
 
 
 def encode_condition(cfg: CinemaConfig, mllm: MllmEncoder | None, t5: T5TextEncoder | None, captions: list[str],

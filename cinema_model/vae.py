@@ -35,6 +35,15 @@ class VideoVae(nn.Module):
             vae = AutoencoderKLCogVideoX.from_pretrained(cfg.path, subfolder=cfg.subfolder, torch_dtype=dtype)
         return cls(freeze(placed(vae, device)))
 
+    def set_memory(self, tiling: bool = False, slicing: bool = False) -> "VideoVae":
+        """Peak-memory options of decoding and encoding, diffusers' own: ``tiling`` splits frames larger than half
+        the VAE's sample size into overlapping 240x360 tiles blended at their seams (about a quarter of the memory
+        at 480x720; diffusers' tile sizes, which fit every frame size that is a multiple of 16); ``slicing`` takes
+        the videos of a batch one at a time."""
+        self.vae.enable_tiling() if tiling else self.vae.disable_tiling()
+        self.vae.enable_slicing() if slicing else self.vae.disable_slicing()
+        return self
+
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
