@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.fsdp_bench
 	$(BIN)/python -m benchmarks.model_bench
 	$(BIN)/python -m benchmarks.model_stages_bench
+	$(BIN)/python -m benchmarks.memory_bench --layers 10 --before a6ef479
 	$(BIN)/python -m benchmarks.features_bench
 
 clean:

@@ -1,9 +1,10 @@
 """DiT benchmark: forward+backward time, analytic FLOPs checked against torch's FlopCounterMode, and on a GPU the
-full preset at paper scale (45x480x720, bf16) with and without per-block activation checkpointing: MFU and peak
+full preset at paper scale (49x480x720, bf16) with and without per-block activation checkpointing: MFU and peak
 memory. Writes out/bench/model.json.
 
     python -m benchmarks.model_bench            # CPU: tiny and mid presets (+ the GPU part when CUDA is present)
     python -m benchmarks.model_bench --gpu-only # the full DiT on one GPU
+    python -m benchmarks.model_bench --gpu-only --device cpu --preset tiny --reps 1   # that code path, on CPU
 """
 
 from __future__ import annotations
@@ -40,8 +41,13 @@ def _step(dit, inputs):
     dit(video, t, text, refs).float().square().mean().backward()
 
 
+def _dit_config(name: str):
+    # The DiT's shapes only: the frozen parts' folder is never read here.
+    return preset(name, checkpoints="(frozen parts not loaded)")
+
+
 def cpu_bench(name: str, reps: int) -> dict:
-    cfg = preset(name)
+    cfg = _dit_config(name)
     torch.manual_seed(0)
     dit = CinemaDiT(cfg.dit)
     inputs = _inputs(cfg, 1, SUBJECTS, "cpu", torch.float32)
@@ -71,41 +77,73 @@ def cpu_bench(name: str, reps: int) -> dict:
     )
 
 
-def gpu_bench(subjects: int, reps: int, peak_tflops: float) -> list[dict]:
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "B200": 2250.0, "L40S": 362.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU by its name (without sparsity), None when unknown (then give --peak-tflops)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_bench(subjects: int, reps: int, peak: float | None, name: str = "full", device: str = "cuda") -> list[dict]:
+    """The DiT of preset ``name`` in bf16, fwd+bwd of one sample with and without per-block activation
+    checkpointing (as training.parallelize applies it). ``device="cpu"`` runs the same code path (smoke test)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    cfg = preset("full")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    cfg = _dit_config(name)
     v = cfg.video
     flops = 3 * dit_forward_flops(cfg.dit, latent_frames(v.num_frames), v.height // 8, v.width // 8,
                                   cfg.t5.max_length, subjects)
+    peak = peak or peak_tflops(device)
     results = []
     for checkpointing in (True, False):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        with torch.device("cuda"):
-            dit = CinemaDiT(cfg.dit).to(torch.bfloat16)
+        torch.manual_seed(0)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16 on the device: no fp32 copy on the way
+        try:
+            with device:
+                dit = CinemaDiT(cfg.dit)
+        finally:
+            torch.set_default_dtype(default)
         if checkpointing:  # per block, as the trainer applies it; the model code stays free of it
             for i, block in enumerate(dit.blocks):
-                dit.blocks[i] = checkpoint_wrapper(block)
-        inputs = _inputs(cfg, 1, subjects, "cuda", torch.bfloat16)
-        row = dict(preset="full", device=torch.cuda.get_device_name(), dtype="bfloat16", batch=1,
-                   video=[v.num_frames, v.height, v.width], subjects=subjects, activation_checkpointing=checkpointing,
-                   params=sum(p.numel() for p in dit.parameters()), model_flops_per_step=flops)
+                dit.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+        inputs = _inputs(cfg, 1, subjects, device, torch.bfloat16)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        row = dict(preset=name, device=torch.cuda.get_device_name(device) if cuda else "cpu", dtype="bfloat16",
+                   batch=1, video=[v.num_frames, v.height, v.width], subjects=subjects,
+                   tokens=cfg.t5.max_length + (latent_frames(v.num_frames) + subjects) * (v.height // 16) * (v.width // 16),
+                   activation_checkpointing=checkpointing, params=sum(p.numel() for p in dit.parameters()),
+                   model_flops_per_step=flops, peak_tflops=peak)
         try:
-            _step(dit, inputs)
-            torch.cuda.synchronize()
+            _step(dit, inputs)  # warm-up (kernel selection, allocator)
+            _sync(device)
             times = []
             for _ in range(reps):
                 dit.zero_grad(set_to_none=True)
                 start = time.perf_counter()
                 _step(dit, inputs)
-                torch.cuda.synchronize()
+                _sync(device)
                 times.append(time.perf_counter() - start)
             seconds = statistics.median(times)
-            row.update(fwd_bwd_s=seconds, tflops=flops / seconds / 1e12, mfu=flops / seconds / (peak_tflops * 1e12))
+            row.update(fwd_bwd_s=seconds, tflops=flops / seconds / 1e12,
+                       mfu=flops / seconds / (peak * 1e12) if peak else None)
         except torch.OutOfMemoryError:
             row.update(oom=True)
-        row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if cuda:
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         results.append(row)
         print(json.dumps(row), flush=True)
         del dit, inputs
@@ -117,7 +155,11 @@ def main() -> None:
     parser.add_argument("--gpu-only", action="store_true")
     parser.add_argument("--subjects", type=int, default=0, help="subject frames per sample in the GPU run")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="dense bf16 peak of the GPU for MFU (default: by its name, H100/H200: 989)")
+    parser.add_argument("--preset", default="full", help="--gpu-only: the DiT's preset (tiny for a smoke test)")
+    parser.add_argument("--device", default="cuda", help="--gpu-only: cuda, or cpu for a smoke test")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
     report = {}
@@ -128,11 +170,12 @@ def main() -> None:
                   f"FLOPs/sample fwd {row['analytic_forward_flops']:.4g} (analytic/counted "
                   f"{row['analytic_over_counted']:.4f}, bwd/fwd counted {row['backward_over_forward']:.3f})  "
                   f"{row['achieved_gflops']:.1f} GFLOP/s")
-    if torch.cuda.is_available():
-        report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report.get("gpu", report), indent=2) if args.gpu_only else f"wrote {OUT}")
+    if torch.cuda.is_available() or (args.gpu_only and args.device == "cpu"):
+        report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops, args.preset, args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report.get("gpu", report), indent=2) if args.gpu_only else f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -67,12 +67,9 @@ def _weights_file(args) -> Path | None:
     return path
 
 
-def _without_initial_weights(cfg, weights: Path):
-    """The config with no initial weights for the trained parts the file gives (no CogVideoX-5B load for a DiT
-    that the file replaces anyway); a trained part the file lacks is an error, not a silent random init."""
+def _check_weights(cfg, weights: Path) -> None:
+    """A trained part the file lacks is an error, not a silent random init."""
     from safetensors import safe_open
-
-    from cinema_model.config import replace
 
     with safe_open(str(weights), "pt") as f:
         prefixes = {k.split(".", 1)[0] for k in f.keys()}
@@ -81,7 +78,6 @@ def _without_initial_weights(cfg, weights: Path):
     if missing:
         raise SystemExit(f"{weights} holds no {' or '.join(missing)} weights (keys {sorted(prefixes)}): generate "
                          "needs every trained part; a stage-1 (aligner) run's file goes to aligner.pretrained")
-    return replace(cfg, dit=dict(init_from=None), aligner=dict(pretrained=None))
 
 
 def _device_and_dtype(args):
@@ -94,19 +90,18 @@ def _device_and_dtype(args):
 
 def load_for_generation(cfg, weights: Path | None, device, dtype, seed: int = 0):
     """The cinema-stage model in eval mode on ``device``, its DiT in ``dtype`` (the AlignerNet stays float32,
-    the frozen parts in ``frozen_dtype``), trained parts from ``weights`` when given."""
-    import torch
-
+    the frozen parts in ``frozen_dtype``). With ``weights`` the trained parts come from that file alone: no
+    initial weights are read (no CogVideoX-5B conversion) nor drawn; without, ``seed`` keys their random init."""
     from cinema_model.model import CinemaModel
 
-    torch.manual_seed(seed)  # fixes the trained parts' random init when no weights are given
     if weights is not None:
-        cfg = _without_initial_weights(cfg, weights)
-    model = CinemaModel(cfg).eval()
+        _check_weights(cfg, weights)
+    model = CinemaModel(cfg, device=device, trained_on_meta=True, seed=seed)
+    model.materialize(device, initial_weights=weights is None)  # with weights: zeros, then the file
     if weights is not None:
         model.load_trainable(weights)
     model.dit.to(dtype)
-    return model.to(device)
+    return model.eval()
 
 
 def _generate(args) -> None:

@@ -1,0 +1,197 @@
+"""Peak host memory per rank from the start of a training run to its first step, 2 CPU ranks (gloo): the meta-device
+build (trained parts sharded on meta, only each rank's shards materialised, CogVideoX read into the shards) against
+the build before it (every rank a random fp32 DiT plus a second fp32 copy from diffusers, then fully_shard), run
+in the tree of the commit before the meta-device build, unpacked with git archive (``--before``; the eager build
+is no longer a trainer option, so it is measured on the code that had it).
+
+The `large` preset: a DiT of about 1 B parameters initialised from a CogVideoX-layout checkpoint of its size (bf16,
+as CogVideoX-5B is stored, written once by this script), tiny frozen parts. ``--layers N`` scales the DiT down for
+a machine with less memory: a run takes about 2.3 GB per 0.1 B DiT parameters over its 2 ranks (8.8 GB at
+``--layers 10``, 0.38 B), the whole preset about 20 GB.
+
+Each rank reports VmHWM (peak resident set) after the build and after the first optimizer step, and its share of the
+trained parameters, gradients, AdamW state and frozen parts; the goal: peak <= 1.3 x (parameters + optimizer state
++ frozen parts) of the rank. Writes out/bench/memory.json.
+
+    python -m benchmarks.memory_bench --layers 10 --before a6ef479     # the commit before the meta-device build
+    python -m benchmarks.memory_bench                                  # after only, the whole large preset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMES, SIZE = 9, 32  # a tiny clip: the step's activations stay small next to the weights and optimizer state
+LARGE_DIT = {"heads": 24, "head_dim": 64, "time_embed_dim": 512}  # cinema_model.config._large
+BEFORE_COMMIT = "a6ef479"  # the last commit with the eager build (every rank a full fp32 DiT, diffusers conversion)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _local_bytes(tensors) -> int:
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+def worker(result_dir: str) -> None:
+    """One rank of the training run: record memory after the build and after the first step, then stop."""
+    import torch.distributed as dist
+
+    import training.trainer as trainer
+    from training.__main__ import main as train_main
+
+    baseline = _status_kb("VmRSS")  # torch, transformers, diffusers imported: the process before any model
+    seen: dict = {}
+    build = trainer.build
+
+    def recording_build(*args, **kwargs):
+        model, trained = build(*args, **kwargs)
+        seen.update(model=model, trained=trained, build_peak=_status_kb("VmHWM"))
+        return model, trained
+
+    init_state = trainer.TrainState.__init__
+
+    def recording_state(self, model, optimizer, *args, **kwargs):
+        seen["optimizer"] = optimizer
+        init_state(self, model, optimizer, *args, **kwargs)
+
+    step = trainer.Metrics.step
+
+    def recording_step(self, *args, **kwargs):
+        row = step(self, *args, **kwargs)
+        trained, model = seen["trained"], seen["model"]
+        state = [t for s in seen["optimizer"].state.values() for t in s.values() if hasattr(t, "numel")]
+        report = {"rank": dist.get_rank(), "baseline_rss_kb": baseline, "build_peak_kb": seen["build_peak"],
+                  "first_step_peak_kb": _status_kb("VmHWM"),
+                  "params_bytes": _local_bytes(trained.parameters()),
+                  "grads_bytes": _local_bytes(p.grad for p in trained.parameters() if p.grad is not None),
+                  "optimizer_bytes": _local_bytes(state),
+                  "frozen_bytes": _local_bytes(p for part in model.frozen_parts().values() for p in part.parameters()),
+                  "dit_params": sum(p.numel() for p in model.dit.parameters())}
+        Path(result_dir, f"rank{report['rank']}.json").write_text(json.dumps(report))
+        dist.barrier()
+        os._exit(0)  # the first step is what is measured: no checkpoint, no export
+        return row
+
+    trainer.build, trainer.TrainState.__init__, trainer.Metrics.step = recording_build, recording_state, recording_step
+    sys.exit(train_main(sys.argv[3:]))
+
+
+def write_cogvideox(path: Path, layers: int, checkpoints: Path) -> None:
+    """A random diffusers CogVideoX transformer of the large preset's architecture, saved in bf16."""
+    code = ("import sys, torch; from diffusers import CogVideoXTransformer3DModel; "
+            "from cinema_model.config import preset; from cinema_model.convert import cogvideox_kwargs; "
+            f"cfg = preset('large', {str(checkpoints)!r}, ['dit.layers={layers}']); torch.manual_seed(0); "
+            "m = CogVideoXTransformer3DModel(**cogvideox_kwargs(cfg.dit)).to(torch.bfloat16); "
+            f"m.save_pretrained({str(path)!r})")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+
+
+def run(tree: Path, work: Path, name: str, layers: int, checkpoints: Path, cogvideox: Path) -> list[dict]:
+    from jobs.loopback_s3 import free_port
+
+    results = work / name
+    results.mkdir()
+    # The large preset spelled as mid + its DiT, which the tree before it (no `large` preset) reads the same way.
+    dit = ", ".join(f"dit.{k}={v}" for k, v in {**LARGE_DIT, "layers": layers}.items())
+    overrides = f"[{dit}, dit.init_from={cogvideox}, video.num_frames={FRAMES}, video.height={SIZE}, video.width={SIZE}]"
+    sets = ["model.preset=mid", f"model.checkpoints={checkpoints}", f"model.overrides={overrides}",
+            f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
+            f"data.buckets=[[{SIZE}, {SIZE}]]", "data.num_workers=0", "data.shuffle_buffer=1", "steps=2",
+            "metrics.every=1", "metrics.tensorboard=false", "checkpoint.every=1000", f"out_dir={work / name / 'run'}",
+            "parallel.param_dtype=float32"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(Path(__file__).resolve()), "--worker", str(results),
+           *[a for s in sets for a in ("--set", s)]]
+    # The tree's own packages first (a worktree of an older commit), then this file's helpers.
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} run failed:\n{done.stderr[-4000:]}")
+    return [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def summarise(ranks: list[dict]) -> dict:
+    worst = max(ranks, key=lambda r: r["first_step_peak_kb"])
+    gb = 1 / 2**30
+    peak = worst["first_step_peak_kb"] * 1024
+    held = worst["params_bytes"] + worst["optimizer_bytes"] + worst["frozen_bytes"]
+    return {"peak_gb": peak * gb, "build_peak_gb": worst["build_peak_kb"] * 1024 * gb,
+            "baseline_rss_gb": worst["baseline_rss_kb"] * 1024 * gb, "params_gb": worst["params_bytes"] * gb,
+            "grads_gb": worst["grads_bytes"] * gb, "optimizer_gb": worst["optimizer_bytes"] * gb,
+            "frozen_gb": worst["frozen_bytes"] * gb, "dit_params": worst["dit_params"],
+            "ratio_to_params_optimizer_frozen": peak / held,
+            "ratio_above_baseline": (peak - worst["baseline_rss_kb"] * 1024) / held,
+            "ranks": ranks}
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=28, help="DiT blocks (28: the large preset, 1.06 B parameters)")
+    p.add_argument("--before", help=f"the tree to measure 'before' in: a folder, or a commit to unpack with git "
+                                    f"archive (the one before the meta-device build: {BEFORE_COMMIT})")
+    args = p.parse_args()
+
+    from tests.data_fixtures import Clip, write_dataset
+    from tiny_models.cinema_checkpoints import save_tiny_checkpoints
+
+    work = Path(tempfile.mkdtemp(prefix="memory-bench-"))
+    before_commit = None
+    if args.before and not Path(args.before).is_dir():
+        before_commit = args.before
+        tree = work / "before-tree"
+        tree.mkdir()
+        archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        args.before = str(tree)
+    checkpoints = save_tiny_checkpoints(work / "tiny")
+    cogvideox = work / "cogvideox-large"
+    write_cogvideox(cogvideox, args.layers, checkpoints)
+    write_dataset(work / "data", [Clip(f"c{i}", SIZE, SIZE, num_frames=FRAMES, num_subjects=1, caption=f"a ball {i}")
+                                  for i in range(4)], clips_per_shard=2)
+    result = {"preset": "large", "dit_layers": args.layers, "world_size": 2, "video": [FRAMES, SIZE, SIZE],
+              "after": summarise(run(ROOT, work, "after", args.layers, checkpoints, cogvideox))}
+    print(json.dumps({k: v for k, v in result["after"].items() if k != "ranks"}), flush=True)
+    if args.before:
+        result["before"] = summarise(run(Path(args.before), work, "before", args.layers, checkpoints, cogvideox))
+        result["before_tree"] = args.before
+        result["before_commit"] = before_commit
+        result["peak_before_over_after"] = result["before"]["peak_gb"] / result["after"]["peak_gb"]
+        result["build_peak_before_over_after"] = result["before"]["build_peak_gb"] / result["after"]["build_peak_gb"]
+    for name in ("before", "after"):
+        if name in result:
+            r = result[name]
+            print(f"{name:6s} DiT {r['dit_params'] / 1e9:.2f} B, per rank: peak {r['peak_gb']:.2f} GB "
+                  f"(after the build {r['build_peak_gb']:.2f} GB, the process before any model "
+                  f"{r['baseline_rss_gb']:.2f} GB); shard: params {r['params_gb']:.2f} GB, grads {r['grads_gb']:.2f} GB, "
+                  f"AdamW {r['optimizer_gb']:.2f} GB, frozen {r['frozen_gb']:.3f} GB; peak / (params + AdamW + frozen) "
+                  f"= {r['ratio_to_params_optimizer_frozen']:.2f}x ({r['ratio_above_baseline']:.2f}x above the "
+                  "process baseline); goal <= 1.3x")
+    if "before" in result:
+        print(f"peak before / after: {result['peak_before_over_after']:.2f}x; "
+              f"after the build: {result['build_peak_before_over_after']:.2f}x")
+    out = ROOT / "out" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
