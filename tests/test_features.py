@@ -43,37 +43,56 @@ def job(root: Path, *more: str):
                                  *more])
 
 
-def test_a_batch_of_features_gives_the_loss_of_encoding_it(dataset):
-    """In one process, batch by batch: the same samples, the same generators, both condition-dropout paths."""
-    from cinema_model.config import preset
+def assert_losses_match(cfg, data, steps: int) -> None:
+    """Batch by batch in one process: the same samples, the same generators, both condition-dropout paths."""
     from cinema_model.model import CinemaModel
     from training.batch import model_batch, sample_generators
     from training.data import ShardLoader, list_shards
     from training.data.features import open_features
 
-    j = job(dataset, "data.batch_size=4", "data.shuffle_buffer=1")
-    cfg = preset("tiny", tiny_checkpoints(), ["flow.condition_dropout=0.5"])
-    features = open_features(list_shards(j.data), cfg, j.data)
+    features = open_features(list_shards(data), cfg, data)
     torch.manual_seed(0)
     encoding = CinemaModel(cfg)
     torch.manual_seed(0)
     precomputed = CinemaModel(cfg, encoders=False, mllm_hidden_size=features.hidden_size)
-    assert precomputed.mllm is None and precomputed.vae is None
-    cpu = torch.device("cpu")
-    a, b = iter(ShardLoader(j.data)), iter(ShardLoader(j.data, features=features))
+    assert precomputed.mllm is None and precomputed.t5 is None and precomputed.vae is None
+    cpu, b = torch.device("cpu"), data.batch_size
+    pixels, feats = iter(ShardLoader(data)), iter(ShardLoader(data, features=features))
     subjects = drops = 0
-    for step in range(4):
-        pixels, feats = next(a), next(b)
-        assert pixels["key"] == feats["key"]
-        assert torch.equal(pixels["num_subjects"], feats["num_subjects"])
-        subjects += int(pixels["num_subjects"].sum())
+    for step in range(steps):
+        p, f = next(pixels), next(feats)
+        assert p["key"] == f["key"] and torch.equal(p["num_subjects"], f["num_subjects"])
+        subjects += int(p["num_subjects"].sum())
         for seed in range(3):
-            gens = sample_generators(seed, step, 0, 0, 4)
-            drops += sum(float(torch.rand(1, generator=g)) < 0.5 for g in sample_generators(seed, step, 0, 0, 4))
-            want = encoding.loss(model_batch(pixels, cpu), gens)["loss"]
-            got = precomputed.loss(model_batch(feats, cpu, features), sample_generators(seed, step, 0, 0, 4))["loss"]
-            assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5, abs=1e-6), (step, seed)
-    assert subjects > 0 and 0 < drops < 48  # subjects, dropped and kept samples were all compared
+            drops += sum(float(torch.rand(1, generator=g)) < 0.5 for g in sample_generators(seed, step, 0, 0, b))
+            want = encoding.loss(model_batch(p, cpu), sample_generators(seed, step, 0, 0, b))["loss"].detach()
+            got = precomputed.loss(model_batch(f, cpu, features), sample_generators(seed, step, 0, 0, b))["loss"]
+            assert float(got.detach()) == pytest.approx(float(want), rel=1e-5, abs=1e-6), (step, seed)
+    assert subjects > 0 and 0 < drops < 3 * steps * b  # subjects, dropped and kept samples were all compared
+
+
+def test_a_batch_of_features_gives_the_loss_of_encoding_it(dataset):
+    from cinema_model.config import preset
+
+    j = job(dataset, "data.batch_size=4", "data.shuffle_buffer=1")
+    assert_losses_match(preset("tiny", tiny_checkpoints(), ["flow.condition_dropout=0.5"]), j.data, 4)
+
+
+def test_the_t5_ablation_precomputes_t5_features(tmp_path):
+    """Conditioning "t5": the stored states are T5's padded features; made in-process by the actors' code."""
+    from cinema_model.config import preset
+    from training.precompute.encode import FeatureEncoder
+    from training.precompute.runner import plan
+
+    write_dataset(tmp_path, [Clip(f"c{i}", 32, 32, num_frames=9, num_subjects=i % 3, caption=f"ball {i}")
+                             for i in range(4)], clips_per_shard=2)
+    overrides = ["ablation.conditioning=t5", "flow.condition_dropout=0.5"]
+    j = job(tmp_path, "data.batch_size=4", "data.shuffle_buffer=1", f"model.overrides=[{', '.join(overrides)}]")
+    _, todo = plan(j)
+    encoder = FeatureEncoder(j, "cpu")
+    encoder.write_uncond(str(tmp_path))
+    assert [encoder.shard(s)["samples"] for s in todo] == [2, 2]
+    assert_losses_match(preset("tiny", tiny_checkpoints(), overrides), j.data, 1)
 
 
 def test_two_ranks_train_on_features_with_the_losses_of_encoding(dataset, tmp_path):
