@@ -93,19 +93,16 @@ def kept_clips(path: Path, overrides: list[str]) -> tuple[list[tuple[int, int]],
     """Probe, scenes and filters on one video, in this process (no encode): kept clip ranges, scene-pass seconds,
     frames analysed."""
     from curation.config import load_job
-    from curation.stages import CPU_STAGES, make_row
+    from curation.executor import run_local
+    from curation.stages import CPU_STAGES
 
     cfg = load_job(ROOT / "jobs" / "demo_curation.yaml", ["caption.enabled=false", "aesthetic.enabled=false",
                    "encode.hold_mb=0", *overrides], input=str(path), output="unused")
-    rows, seconds, frames = [make_row("source", str(path), {})], 0.0, 0
-    for cls in CPU_STAGES[:3]:
-        stage = cls(cfg)
-        stage.setup()
-        t = time.perf_counter()
-        rows = stage(rows)
-        if stage.name == "scenes":
-            seconds = time.perf_counter() - t
-            frames = next(r["meta"]["num_frames"] for r in rows if r["kind"] == "summary")
+    busy = {}
+    rows = run_local(cfg, [s for s in CPU_STAGES if s.name != "encode"], [str(path)],
+                     report=lambda stage, *counts: busy.__setitem__(stage, busy.get(stage, 0.0) + counts[-1]))
+    seconds = busy.get("scenes", 0.0)
+    frames = next((r["meta"]["num_frames"] for r in rows if r["kind"] == "summary"), 0)
     errors = [r["meta"]["message"] for r in rows if r["kind"] == "error"]
     if errors:
         raise RuntimeError(f"{path.name}: {errors[0]}")

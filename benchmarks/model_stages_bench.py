@@ -95,14 +95,10 @@ def labelled(rows: list[dict]) -> list[dict]:
 
 # -- CPU --------------------------------------------------------------------------------------------------------
 def real_clips(cfg) -> list[dict]:
+    from curation.executor import run_local
     from curation.stages import CPU_STAGES
 
-    rows = [{"kind": "source", "source_uri": str(VIDEOS / name), "meta": {}, "mp4": None}
-            for name in sorted(p.name for p in VIDEOS.glob("*.mp4"))]
-    for stage_cls in CPU_STAGES:
-        stage = stage_cls(cfg)
-        stage.setup()
-        rows = stage(rows)
+    rows = run_local(cfg, CPU_STAGES, [str(VIDEOS / name) for name in sorted(p.name for p in VIDEOS.glob("*.mp4"))])
     return [r for r in rows if r["kind"] == "clip"]
 
 
@@ -191,7 +187,11 @@ def clip_l14(folder: Path) -> str:
     """openai/clip-vit-large-patch14 from the local HF cache, else a random vision tower of its published
     architecture, with CLIP's 224-px preprocessing (the image processor's defaults)."""
     from huggingface_hub import try_to_load_from_cache
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     if isinstance(try_to_load_from_cache(CLIP_L14, "config.json"), str):
         return CLIP_L14

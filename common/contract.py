@@ -6,6 +6,7 @@ A schema, not a framework: no Ray or video code here, so the trainer can import 
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ SHARDS_DIR = "shards"
 MANIFEST_DIR = "manifest"
 ERRORS_DIR = "errors"
 DONE_DIR = "done"
+STAGING_DIR = "staging"  # a writer's small last shards wait here until merged: not part of the dataset
 REPORT_FILE = "report.html"
 
 # Members of one WebDataset sample, keyed "<clip_id>.<member>".
@@ -55,8 +57,12 @@ def make_clip_id(source_sha1: str, start_frame: int, end_frame: int) -> str:
     return check_clip_id(f"{source_sha1[:16]}_{start_frame:07d}_{end_frame:07d}")
 
 
-def shard_name(index: int) -> str:
-    return f"part-{index:06d}"
+def shard_name(clips: list[tuple[str, str]]) -> str:
+    """A shard is named after the clips it holds, (source URI, clip id) each, not after when it was written: shards
+    written by many workers in any order never collide, a retried task that packs the same clips writes the same
+    shard again, and a byte-identical copy of a source (same clip ids) writes shards of its own."""
+    digest = hashlib.sha1("\n".join(sorted(f"{uri} {cid}" for uri, cid in clips)).encode()).hexdigest()[:20]
+    return f"part-{digest}"
 
 
 def committed_shards(storage: Storage, root: str) -> list[str]:

@@ -9,7 +9,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Callable
 
 import fsspec
 from botocore.exceptions import BotoCoreError
@@ -147,15 +147,19 @@ class Storage:
             sizes = list(pool.map(size, uris))
         return [u for _, u in sorted(zip(sizes, uris), key=lambda su: -su[0])]
 
-    def write_atomic(self, uri: str, data: bytes | None = None, local_file: str | None = None) -> None:
-        """Write to a temporary name beside ``uri``, then rename, so readers never see a partial object."""
+    def write_atomic(self, uri: str, data: bytes | None = None, write: Callable[[IO[bytes]], None] | None = None) -> None:
+        """Write ``data`` (or what ``write(file)`` writes, streamed) to a temporary name beside ``uri``, then
+        rename, so readers never see a partial object."""
         fs, path = self.fs(uri)
         parent, name = path.rsplit("/", 1)
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
         if is_local(uri):
             os.makedirs(parent, exist_ok=True)
-        if local_file is not None:
-            self._retry(uri, lambda: fs.put_file(local_file, tmp))
+        if write is not None:
+            def stream():
+                with fs.open(tmp, "wb") as f:
+                    write(f)
+            self._retry(uri, stream)
         else:
             self._retry(uri, lambda: fs.pipe_file(tmp, data))
         self._retry(uri, lambda: fs.mv(tmp, path))

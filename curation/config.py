@@ -117,12 +117,17 @@ class FiltersConfig:
 
 @dataclass
 class ShardsConfig:
-    target_size_mb: float = 500.0  # a shard is closed once it reaches this size
+    target_size_mb: float = 500.0  # a worker closes a shard once it reaches this size
     max_clips: int = 10_000  # ... or this many clips
+    # A worker's last shard smaller than this share of the target is staged and merged with others into full
+    # shards (curation.shard_sink): at most one shard per run is smaller than this.
+    tail_fraction: float = 0.5
 
     def validate(self) -> None:
         if self.target_size_mb <= 0 or self.max_clips <= 0:
             raise ConfigError("shards.target_size_mb and shards.max_clips must be > 0")
+        if not 0 <= self.tail_fraction <= 1:
+            raise ConfigError("shards.tail_fraction must be within 0..1")
 
 
 @dataclass

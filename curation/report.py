@@ -19,7 +19,7 @@ from common.storage import Storage
 
 from .config import JobConfig
 from .dataset_card import write_card
-from .inspect_dataset import clip_frames, dataset_stats
+from .inspect_dataset import clip_frames, clip_members, dataset_stats
 from .stages import pipeline
 from .writer import RunStats, read_parquet_dir
 
@@ -296,7 +296,10 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
               _stage_section(cfg, stage_counts, seconds), _error_section(errors)]
     if stats.samples:
         by_id = {r["clip_id"]: r for r in rows}
-        frames = [(clip_id, clip_frames(mp4, 4), pngs) for clip_id, mp4, pngs in stats.samples]
+        members = [(clip_id, clip_members(output, storage, {"clip_id": clip_id, "shard": shard}))
+                   for clip_id, shard in stats.samples]  # a dozen clips read back from their shards
+        frames = [(clip_id, clip_frames(m[C.MP4], 4), [m[C.subject_member(k)] for k in range(C.MAX_SUBJECTS)
+                                                       if C.subject_member(k) in m]) for clip_id, m in members]
         cards = "".join(_sample_card(clip_id, fr, pngs, by_id.get(clip_id)) for clip_id, fr, pngs in frames)
         parts.append(f"<h2>Sample clips (this run, {len(frames)})</h2><div class='row'>{cards}</div>")
         sheet = contact_sheet([(clip_id, fr) for clip_id, fr, _ in frames])

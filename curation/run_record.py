@@ -28,7 +28,8 @@ def run_stats(stats: RunStats, stage_counts: dict, seconds: float, sources_total
                     "failed": stats.sources_failed, "duplicate": stats.sources_duplicate},
         "clips": {"written": stats.clips_written, "already_present": stats.clips_duplicate,
                   "dropped": dict(Counter(stats.dropped)), "seconds": round(stats.clip_seconds, 3)},
-        "shards": {"written": stats.shards_written, "bytes": stats.bytes_written},
+        "shards": {"written": stats.shards_written, "bytes": stats.bytes_written,
+                   "bytes_to_driver": stats.bytes_to_driver},
         "errors": dict(Counter(stats.errors)),
         "environment_faults": stats.environment,
         # Rows in, rows out, rows that became errors, and the seconds the stage's workers were busy, summed.

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -16,10 +16,12 @@ from common.storage import Storage
 from common.typed_config import ConfigError
 
 from .config import JobConfig
+from .executor import shard_sink, stream
 from .faults import JobStopped
 from .lease import Lease
 from .preflight import check_job
 from .run_record import run_stats, write_run_record
+from .shard_sink import repack
 from .stages import Row, Stage, pipeline
 from .writer import DatasetWriter, RunStats
 
@@ -63,50 +65,24 @@ class Progress:
         return self.counts
 
 
-def _chunks(rows: Iterable[Row], size: int | None) -> Iterator[list[Row]]:
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if size is not None and len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 class Chain:
-    """Consecutive stages grouped by `chains`, run in one Ray worker as a stream of generators: a source
-    goes from probe to encoded clips without leaving the process, and each stage sees batches of its own size."""
+    """Consecutive stages grouped by `chains`, run in one Ray worker as a stream (``curation.executor``): a source
+    goes from probe to encoded clips without leaving the process. The last chain ends in the shard sink, so the
+    clips are written where they are made and what leaves the worker is their manifest rows."""
 
-    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress):
+    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress, last: bool):
         self.stages = [cls(cfg) for cls in stage_classes]
         for stage in self.stages:
             stage.setup()
         self.progress = progress
+        self.sink = shard_sink(cfg) if last else None
 
-    def _through(self, stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
-        for batch in _chunks(rows, stage.batch_size):
-            # Rows go on as the stage makes them; only the time spent inside the stage counts as its busy time.
-            t0 = time.perf_counter()
-            out = iter(stage.stream(batch))  # a stage that returns a list does all its work here
-            busy, made, errors = time.perf_counter() - t0, 0, -sum(r["kind"] == "error" for r in batch)
-            while True:
-                t0 = time.perf_counter()
-                row = next(out, None)
-                busy += time.perf_counter() - t0
-                if row is None:
-                    break
-                made, errors = made + 1, errors + (row["kind"] == "error")
-                yield row
-            consumed = sum(r["kind"] in stage.consumes for r in batch)
-            self.progress.add.remote(stage.name, consumed, made - len(batch) + consumed, errors, busy)
+    def _report(self, stage: str, consumed: int, made: int, errors: int, busy: float) -> None:
+        self.progress.add.remote(stage, consumed, made, errors, busy)
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
-        rows: Iterable[Row] = from_table(table)
-        for stage in self.stages:
-            rows = self._through(stage, rows)
         block, size = [], 0
-        for row in rows:
+        for row in stream(self.stages, from_table(table), self._report, self.sink):
             block.append(row)
             size += sum(len(row.get(k) or b"") for k in ("mp4", "keyframe")) + sum(
                 len(b) for k in ("frames", "pngs") for b in row.get(k) or ())
@@ -120,11 +96,11 @@ class Chain:
 _LOCAL: dict[tuple, Chain] = {}
 
 
-def _chain_task(table: pa.Table, stage_classes: tuple, cfg: JobConfig, progress) -> Iterator[pa.Table]:
+def _chain_task(table: pa.Table, stage_classes: tuple, cfg: JobConfig, progress, last: bool) -> Iterator[pa.Table]:
     # CPU chains run as tasks (elastic, never hold CPUs while idle); each worker process builds a chain once.
     chain = _LOCAL.get(stage_classes)
     if chain is None:
-        chain = _LOCAL[stage_classes] = Chain(stage_classes, cfg, progress)
+        chain = _LOCAL[stage_classes] = Chain(stage_classes, cfg, progress, last)
     yield from chain(table)
 
 
@@ -177,7 +153,9 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
     gpus = ray.cluster_resources().get("GPU", 0)
     # Resources may come from the config (a caption stage's GPUs, batch size): read them from instances, which
     # are cheap to make (models load in setup(), in the workers).
-    for group in chains([cls(cfg) for cls in stages]):
+    groups = chains([cls(cfg) for cls in stages])
+    for i, group in enumerate(groups):
+        last = i == len(groups) - 1
         num_cpus, num_gpus, batch_size = max(s.num_cpus for s in group), group[0].num_gpus, group[0].batch_size
         classes = tuple(type(s) for s in group)
         if num_gpus > gpus:
@@ -190,14 +168,14 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages, progress):
         if num_gpus:
             # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
             ds = ds.map_batches(
-                Chain, fn_constructor_args=(classes, cfg, progress), batch_size=batch_size,
+                Chain, fn_constructor_args=(classes, cfg, progress, last), batch_size=batch_size,
                 batch_format="pyarrow", num_cpus=num_cpus, num_gpus=num_gpus,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // num_gpus))),
             )
         else:
             # One source (or one input row) per task: the chain then streams its clips out block by block.
             ds = ds.map_batches(
-                _chain_task, fn_args=(classes, cfg, progress), batch_size=batch_size,
+                _chain_task, fn_args=(classes, cfg, progress, last), batch_size=batch_size,
                 batch_format="pyarrow", num_cpus=num_cpus,
             )
     return ds
@@ -242,6 +220,18 @@ def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[
             return
 
 
+def _remote_repack(cfg: JobConfig):
+    """The writer's repack as a task on a worker: the shards' bytes go from storage to storage, not via the driver."""
+
+    def repack_remote(pieces: list[str], keep: list[tuple[str, str]]) -> dict:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=3)(repack)
+        return ray.get(task.remote(cfg.output, Storage(cfg.storage), pieces, keep))
+
+    return repack_remote
+
+
 def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     """Run the job under the output's lease. Raises ConfigError (the job cannot run as configured), LeaseHeld
     (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
@@ -260,7 +250,7 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
         raise ConfigError(f"input: {cfg.input} lists no video (extensions {', '.join(cfg.extensions)})")
     lease = Lease(storage, cfg.output)
     lease.acquire()  # also proves the output is writable
-    writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check)
+    writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check, _remote_repack(cfg))
     stop = threading.Event()
     try:
         writer.recover()
@@ -285,6 +275,7 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
             printer.start()
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    writer.stats.bytes_to_driver += batch.nbytes
                     for row in from_table(batch):
                         writer.add(row)
             except JobStopped:
@@ -300,9 +291,6 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
             if printer is not None:
                 printer.join(timeout=15)
             ray.shutdown()
-    except BaseException:
-        writer.discard()
-        raise
     finally:
         lease.release()
     return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts, record)

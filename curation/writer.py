@@ -1,18 +1,19 @@
-"""The dataset sink: WebDataset shards, Parquet manifest and errors, per-source done markers.
+"""The driver's side of the dataset sink: what is committed, per-source done markers, errors.
 
 Exactly-once output from at-least-once processing:
 
-1. A shard is built in a local temporary file, then written to ``shards/`` under a temporary name and renamed.
-2. Only then is its manifest part renamed into ``manifest/``: the manifest is the truth. A shard without a
-   manifest part (killed between 1 and 2) is an orphan and is deleted on the next start.
-3. Errors seen so far go to ``errors/`` in the same commit, then ``done/`` markers for every source whose
-   clips are all in committed shards (or that failed as a whole). A failure that was not the source's fault
+1. The workers write each shard to ``shards/`` under a temporary name and rename it (``curation.shard_sink``);
+   the driver receives its name and manifest rows only.
+2. The driver then writes its manifest part to ``manifest/``: the manifest is the truth. A shard without a
+   manifest part (the driver died between 1 and 2, or never took it) is an orphan and is deleted on the next start.
+3. Errors seen so far go to ``errors/``, then ``done/`` markers for every source whose clips are all in committed
+   shards, dropped or failed (or that failed as a whole). A failure that was not the source's fault
    (``curation.faults``) never marks its source: the rerun processes it again.
 
-A rerun skips sources with a done marker and drops clips whose ids are already in the manifest, so a source
-that was half-committed when the driver died is finished without duplicates. Clip ids come from the source's
-content, so byte-identical copies of a source make the same clips: the first copy's are written, each other copy
-settles on them and its marker names the copy it duplicates.
+A clip is committed once: a shard holding clips that are already committed (a task Ray retried after its worker
+died, a rerun of a half-committed source, a byte-identical copy of a source: clip ids come from the source's
+content) is rewritten without them by a worker (``shard_sink.repack``) before it is committed, or removed. The
+copy's own marker names the copy it duplicates. Workers' small last shards are staged and merged the same way.
 
 The writer runs under the output's lease (``curation.lease``): ``check_lease`` is called before every commit.
 """
@@ -23,11 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import shutil
-import tarfile
-import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,6 +34,7 @@ import pyarrow.parquet as pq
 from common import contract as C
 from common.storage import Storage
 
+from . import shard_sink
 from .config import ShardsConfig
 from .faults import JobStopped
 from .stages.base import Row
@@ -63,7 +60,7 @@ def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Tab
 class _Source:
     expected: int | None = None  # candidate clips, known once the summary row arrives
     settled: int = 0  # clips committed, dropped or failed
-    pending: int = 0  # clips in the open shard
+    pending: int = 0  # clips in shards not committed yet (staged, or waiting for a repack)
     failed: bool = False  # the whole source failed by its own fault
     clip_errors: int = 0  # clips that failed by the source's fault
     written: int = 0  # clips of it this run wrote
@@ -88,6 +85,7 @@ class RunStats:
     clips_duplicate: int = 0
     clip_seconds: float = 0.0
     bytes_written: int = 0
+    bytes_to_driver: int = 0  # what the driver received from the workers (manifest rows, errors, counts)
     shards_written: int = 0
     dropped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
@@ -95,34 +93,35 @@ class RunStats:
     environment: list[str] = field(default_factory=list)  # environment faults: their sources are left to the rerun
     sources: dict[str, dict] = field(default_factory=dict)  # uri -> its done marker, for every source this run settled
     motion_all: list[float] = field(default_factory=list)  # every candidate clip, kept or dropped
-    samples: list[tuple[str, bytes, list[bytes]]] = field(default_factory=list)  # (clip_id, mp4, subject PNGs)
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (clip_id, shard) of the first clips committed
     rejected: dict[str, list[dict]] = field(default_factory=dict)  # filter -> a few dropped clips' metadata
 
 
 class DatasetWriter:
+    """The driver's side of the sink: decides what is committed. Workers write the shards (``curation.shard_sink``)
+    and send ``shard`` rows; ``repack(pieces, keep)`` has a worker write a shard of the clips ``keep`` out of
+    shards or staged tails ``pieces`` (URIs) and returns its ``shard`` row meta (``shard_sink.repack``)."""
+
     def __init__(self, output: str, storage: Storage, cfg: ShardsConfig, sample_clips: int = 12,
-                 check_lease: Callable[[], None] = lambda: None):
+                 check_lease: Callable[[], None] = lambda: None,
+                 repack: Callable[[list[str], list[tuple[str, str]]], dict] | None = None):
         self.out = output.rstrip("/")
         self.storage = storage
         self.cfg = cfg
         self.sample_clips = sample_clips
         self.check_lease = check_lease
+        self.repack = repack or (lambda pieces, keep: shard_sink.repack(self.out, storage, pieces, keep))
         self.stats = RunStats()
-        self.committed: set[str] = set()
+        self.committed: set[str] = set()  # clip ids in the manifest
+        self.committed_shards: set[str] = set()
         self.error_keys: set[tuple] = set()
         self.done: dict[str, str] = {}  # uri -> "ok" | "error"
         self._sources: dict[str, _Source] = {}
         self._owner: dict[str, str] = {}  # clip id -> the source that sent it first in this run
         self._sha1_owner: dict[str, str] = {}  # source sha1 -> the first source with that content
-        self._open_ids: set[str] = set()  # clip ids in the open shard
-        # Shards are built in a folder of their own per output, so a killed run's leftovers are found and removed.
-        self._tmpdir = os.path.join(tempfile.gettempdir(), "curation-" + hashlib.sha1(self.out.encode()).hexdigest()[:16])
         self._errors: list[dict] = []
-        self._next_index = 0
-        self._tar: tarfile.TarFile | None = None
-        self._tmp: str | None = None
-        self._rows: list[dict] = []
-        self._bytes = 0
+        self._staged: list[tuple[str, list[tuple[str, str]]]] = []  # tails to merge: (uri, (source, clip id) to keep)
+        self._staged_bytes = 0.0
 
     def path(self, *parts: str) -> str:
         return self.storage.join(self.out, *parts)
@@ -130,27 +129,22 @@ class DatasetWriter:
     # -- start-up ---------------------------------------------------------------------------------------------
     def recover(self) -> None:
         """Clean up after a killed run and load what is already committed."""
-        for d in (C.SHARDS_DIR, C.MANIFEST_DIR, C.ERRORS_DIR, C.DONE_DIR):
+        for d in (C.SHARDS_DIR, C.MANIFEST_DIR, C.ERRORS_DIR, C.DONE_DIR, C.STAGING_DIR):
             for tmp in self.storage.list_temporaries(self.path(d)):
                 self.storage.remove(tmp)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        for uri in self.storage.list(self.path(C.STAGING_DIR)):  # tails never merged: their sources are not done
+            self.storage.remove(uri)
         manifest = read_parquet_dir(self.storage, self.path(C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
         self.committed = set(manifest.column("clip_id").to_pylist())
         for sha1, uri in zip(manifest.column("source_sha1").to_pylist(), manifest.column("source_uri").to_pylist()):
             self._sha1_owner.setdefault(sha1, uri)
-        with_manifest = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in self.storage.list(self.path(C.MANIFEST_DIR), ".parquet")}
-        indices = [-1]
+        self.committed_shards = {u.rsplit("/", 1)[-1].removesuffix(".tar")
+                                 for u in C.committed_shards(self.storage, self.out)}
         for uri in self.storage.list(self.path(C.SHARDS_DIR), ".tar"):
             name = uri.rsplit("/", 1)[-1].removesuffix(".tar")
-            if name not in with_manifest:
+            if name not in self.committed_shards:
                 log.warning("removing orphan shard %s (its manifest part was never committed)", name)
                 self.storage.remove(uri)
-            indices.append(int(name.split("-")[-1]))
-        for name in with_manifest:
-            indices.append(int(name.split("-")[-1]))
-        for uri in self.storage.list(self.path(C.ERRORS_DIR), ".parquet"):
-            indices.append(int(uri.rsplit("-", 1)[-1].removesuffix(".parquet")))
-        self._next_index = max(indices) + 1
         errors = read_parquet_dir(self.storage, self.path(C.ERRORS_DIR), C.ERRORS_SCHEMA)
         self.error_keys = {(r["uri"], r["clip_id"], r["stage"]) for r in errors.to_pylist()}
         for uri in self.storage.list(self.path(C.DONE_DIR), ".json"):
@@ -160,57 +154,98 @@ class DatasetWriter:
     # -- streaming ------------------------------------------------------------------------------------------
     def add(self, row: Row) -> None:
         kind, uri, meta = row["kind"], row["source_uri"], row["meta"]
-        clip_id = meta.get("clip_id") if kind in ("clip", "dropped", "error") else None
-        owner = self._owner.get(clip_id) if clip_id is not None else None
-        if owner == uri:  # sent again by a task Ray retried after its worker died: count it once
-            self.stats.clips_duplicate += kind == "clip"
-            return
-        src = self._sources.setdefault(uri, _Source())
-        if owner is not None:  # the same clip from a byte-identical copy: it settles with the first copy's
-            self.stats.clips_duplicate += kind == "clip"
-            if clip_id in self._open_ids:
-                src.pending += 1
-            else:
-                src.settled += 1
-            return
-        if clip_id is not None:
-            self._owner[clip_id] = uri
-        if kind == "clip":
-            self.stats.motion_all.append(meta["motion"])
-            if meta["clip_id"] in self.committed:
-                self.stats.clips_duplicate += 1
-                src.settled += 1
-            else:
-                self._append(meta, row)
-                src.pending += 1
-                src.written += 1
-        elif kind == "dropped":
-            self.stats.motion_all.append(meta["motion"])
-            self.stats.dropped[meta["dropped_by"]] += 1
-            self._reject_example(meta)
-            src.settled += 1
-            src.dropped += 1
+        if kind == "shard":
+            self._shard(meta)
         elif kind == "summary":
-            src.expected = meta["num_clips"]
-            sha1 = meta.get("source_sha1")
-            first = self._sha1_owner.setdefault(sha1, uri) if sha1 else uri
-            if first != uri:
-                src.duplicate_of = first
-                self.stats.sources_duplicate += 1
+            self._summary(self._sources.setdefault(uri, _Source()), uri, meta)
+        elif kind in ("dropped", "error"):
+            src = self._claim(meta.get("clip_id"), uri)
+            if src is None:
                 return
-            self.stats.source_seconds += meta["duration_s"]
-            short = meta.get("num_short_scenes", 0)
-            if short:
-                # Scenes shorter than scenes.min_clip_s make no candidate clip, so no dropped row says why.
-                self.stats.dropped["too_short"] += short
-                self._reject_example({"source_uri": uri, "start_s": 0.0, "end_s": meta["duration_s"],
-                                      "num_scenes": short, "dropped_by": "too_short"})
-        elif kind == "error":
-            self._error(src, meta)
+            if kind == "error":
+                self._error(src, meta)
+            else:
+                self.stats.motion_all.append(meta["motion"])
+                self.stats.dropped[meta["dropped_by"]] += 1
+                self._reject_example(meta)
+                src.settled += 1
+                src.dropped += 1
         else:
             raise ValueError(f"unexpected row kind {kind!r}")
-        if self._rows and (self._bytes >= self.cfg.target_size_mb * 1e6 or len(self._rows) >= self.cfg.max_clips):
-            self.flush()
+        self._settle()
+
+    def _claim(self, clip_id: str | None, uri: str, clip: bool = False) -> _Source | None:
+        """The source a row of a clip counts for, or None when the row is to be ignored: the clip was sent before
+        by the same source (a task Ray retried after its worker died). A byte-identical copy's clip settles at once."""
+        owner = self._owner.get(clip_id) if clip_id is not None else None
+        if owner == uri:
+            self.stats.clips_duplicate += clip
+            return None
+        src = self._sources.setdefault(uri, _Source())
+        if owner is not None:
+            src.settled += 1
+            self.stats.clips_duplicate += clip
+            return None
+        if clip_id is not None:
+            self._owner[clip_id] = uri
+        return src
+
+    def _summary(self, src: _Source, uri: str, meta: dict) -> None:
+        src.expected = meta["num_clips"]
+        sha1 = meta.get("source_sha1")
+        first = self._sha1_owner.setdefault(sha1, uri) if sha1 else uri
+        if first != uri:
+            src.duplicate_of = first
+            self.stats.sources_duplicate += 1
+            return
+        self.stats.source_seconds += meta["duration_s"]
+        short = meta.get("num_short_scenes", 0)
+        if short:
+            # Scenes shorter than scenes.min_clip_s make no candidate clip, so no dropped row says why.
+            self.stats.dropped["too_short"] += short
+            self._reject_example({"source_uri": uri, "start_s": 0.0, "end_s": meta["duration_s"],
+                                  "num_scenes": short, "dropped_by": "too_short"})
+
+    def _shard(self, meta: dict) -> None:
+        """A shard a worker wrote: commit it, or the clips of it not committed yet, or stage it for a merge."""
+        records = meta["records"]
+        keep = []
+        for r in records:
+            src = self._claim(r["clip_id"], r["source_uri"], clip=True)
+            if src is None:
+                continue
+            self.stats.motion_all.append(r["motion"])
+            if r["clip_id"] in self.committed:  # committed by an earlier run
+                self.stats.clips_duplicate += 1
+                src.settled += 1
+                continue
+            keep.append(r)
+            src.pending += 1
+        folder = C.STAGING_DIR if meta["staged"] else C.SHARDS_DIR
+        uri = self.path(folder, f"{meta['name']}.tar")
+        if meta["staged"] and keep:
+            self._staged.append((uri, [(r["source_uri"], r["clip_id"]) for r in keep]))
+            self._staged_bytes += meta["bytes"] * len(keep) / len(records)
+            if self._staged_bytes >= self.cfg.target_size_mb * 1e6:
+                self._merge()
+            return
+        if keep and len(keep) == len(records):
+            self._commit(meta["name"], records, meta["bytes"])
+            return
+        if keep:
+            shard = self.repack([uri], [(r["source_uri"], r["clip_id"]) for r in keep])
+            self._commit(shard["name"], shard["records"], shard["bytes"])
+        # What is left holds only clips committed elsewhere; a retried task may have written a shard (or a staged
+        # tail) that is committed or still waiting under this very name: those stay.
+        if meta["name"] not in self.committed_shards and uri not in {u for u, _ in self._staged}:
+            self.storage.remove(uri)
+
+    def _merge(self) -> None:
+        pieces, self._staged, self._staged_bytes = self._staged, [], 0.0
+        shard = self.repack([u for u, _ in pieces], [clip for _, clips in pieces for clip in clips])
+        self._commit(shard["name"], shard["records"], shard["bytes"])
+        for uri, _ in pieces:
+            self.storage.remove(uri)
 
     def _reject_example(self, meta: dict) -> None:
         examples = self.stats.rejected.setdefault(meta["dropped_by"], [])
@@ -239,61 +274,41 @@ class DatasetWriter:
             src.settled += 1
             src.clip_errors += 1
 
-    def _append(self, meta: dict, row: Row) -> None:
-        if self._tar is None:
-            os.makedirs(self._tmpdir, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(suffix=".tar", prefix="shard-", dir=self._tmpdir)
-            os.close(fd)
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
-        shard = C.shard_name(self._next_index)
-        record = C.manifest_row(meta, shard)
-        key = C.check_clip_id(meta["clip_id"])
-        members = {C.MP4: row["mp4"], C.JSON: json.dumps(record).encode()}
-        if record["caption"] is not None:
-            members[C.CAPTION] = record["caption"].encode()
-        for k, png in enumerate(row.get("pngs") or []):
-            members[C.subject_member(k)] = png
-        now = time.time()
-        for member, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{member}")
-            info.size, info.mtime, info.mode = len(data), now, 0o444
-            self._tar.addfile(info, io.BytesIO(data))
-            self._bytes += len(data)
-        self._rows.append(record)
-        self._open_ids.add(key)
-        self.stats.clip_seconds += meta["end_s"] - meta["start_s"]
-        if len(self.stats.samples) < self.sample_clips:
-            self.stats.samples.append((key, row["mp4"], row.get("pngs") or []))
-
     # -- commit ---------------------------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Commit the open shard, its manifest part and pending errors, then mark finished sources done."""
-        name = C.shard_name(self._next_index)
-        if self._tar is not None or self._errors:
-            self.check_lease()
-        if self._tar is not None:
-            self._tar.close()
-            self.storage.write_atomic(self.path(C.SHARDS_DIR, f"{name}.tar"), local_file=self._tmp)
-            self.stats.bytes_written += os.path.getsize(self._tmp)
-            os.remove(self._tmp)
-            table = pa.Table.from_pylist(self._rows, schema=C.MANIFEST_SCHEMA)
-            self.storage.write_atomic(self.path(C.MANIFEST_DIR, f"{name}.parquet"), _parquet(table))
-            self.committed.update(r["clip_id"] for r in self._rows)
-            self.stats.clips_written += len(self._rows)
-            self.stats.shards_written += 1
-            log.info("committed shard %s: %d clips, %.1f MB", name, len(self._rows), self._bytes / 1e6)
-        if self._errors:
-            table = pa.Table.from_pylist(self._errors, schema=C.ERRORS_SCHEMA)
-            self.storage.write_atomic(self.path(C.ERRORS_DIR, f"{name}.parquet"), _parquet(table))
-        if self._tar is not None or self._errors:
-            self._next_index += 1
-        self._tar, self._tmp, self._rows, self._bytes, self._errors = None, None, [], 0, []
-        self._open_ids.clear()
-        for uri, src in list(self._sources.items()):
-            src.settled += src.pending
-            src.pending = 0
-            if src.complete():
-                self._mark_done(uri, src)
+    def _commit(self, name: str, records: list[dict], size: int) -> None:
+        """The shard ``name`` (already in shards/) joins the dataset: its manifest part is the commit point."""
+        self.check_lease()
+        table = pa.Table.from_pylist(records, schema=C.MANIFEST_SCHEMA)
+        self.storage.write_atomic(self.path(C.MANIFEST_DIR, f"{name}.parquet"), _parquet(table))
+        self.committed.update(r["clip_id"] for r in records)
+        self.committed_shards.add(name)
+        self.stats.clips_written += len(records)
+        self.stats.shards_written += 1
+        self.stats.bytes_written += size
+        for r in records:
+            src = self._sources[r["source_uri"]]
+            src.pending -= 1
+            src.settled += 1
+            src.written += 1
+            self.stats.clip_seconds += r["end_s"] - r["start_s"]
+            if len(self.stats.samples) < self.sample_clips:
+                self.stats.samples.append((r["clip_id"], name))
+        log.info("committed shard %s: %d clips, %.1f MB", name, len(records), size / 1e6)
+
+    def _write_errors(self) -> None:
+        self.check_lease()
+        table = pa.Table.from_pylist(self._errors, schema=C.ERRORS_SCHEMA)
+        digest = hashlib.sha1("\n".join(f"{e['uri']}|{e['clip_id']}|{e['stage']}" for e in self._errors).encode())
+        self.storage.write_atomic(self.path(C.ERRORS_DIR, f"errors-{digest.hexdigest()[:20]}.parquet"), _parquet(table))
+        self._errors = []
+
+    def _settle(self) -> None:
+        """Mark done every source whose clips are all committed, dropped or failed, after the errors seen so far."""
+        complete = [uri for uri, src in self._sources.items() if src.complete()]
+        if complete and self._errors:
+            self._write_errors()
+        for uri in complete:
+            self._mark_done(uri, self._sources[uri])
 
     def _mark_done(self, uri: str, src: _Source) -> None:
         # A source with a failed clip is not "ok": retry_errors=true gives its failed clips another try.
@@ -312,19 +327,17 @@ class DatasetWriter:
             self.stats.sources_done += 1
 
     def close(self) -> None:
-        self.flush()
+        """Merge the staged tails into the last shard, write the errors left, mark what is complete done."""
+        if self._staged:
+            self._merge()
+        if self._errors:
+            self._write_errors()
+        self._settle()
         unfinished = [u for u, s in self._sources.items() if not s.complete()]
         if unfinished:
             # Rows of these sources never all arrived (a worker died mid-batch) or an environment fault stopped
             # them; a rerun will finish them.
             log.warning("%d source(s) not complete; rerun the job to finish them: %s", len(unfinished), unfinished[:5])
-
-    def discard(self) -> None:
-        """Drop the open shard (a run that stops without committing it): nothing is left in the temporary folder."""
-        if self._tar is not None:
-            self._tar.close()
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
-        self._tar, self._tmp = None, None
 
 
 def _parquet(table: pa.Table) -> bytes:

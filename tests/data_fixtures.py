@@ -14,6 +14,7 @@ from PIL import Image
 
 from common.storage import Storage
 from curation.config import ShardsConfig
+from curation.shard_sink import ShardSink
 from curation.writer import DatasetWriter
 
 
@@ -84,13 +85,17 @@ def clip_row(c: Clip) -> dict:
 
 
 def write_dataset(out: Path, clips: list[Clip], clips_per_shard: int) -> None:
-    """Shards, manifest and done markers under ``out``, through curation's DatasetWriter."""
-    writer = DatasetWriter(str(out), Storage(), ShardsConfig(max_clips=clips_per_shard))
+    """Shards, manifest and done markers under ``out``, through curation's shard sink and writer; every shard full
+    (``clips_per_shard`` clips) but the last."""
+    cfg = ShardsConfig(max_clips=clips_per_shard, tail_fraction=0)
+    writer = DatasetWriter(str(out), Storage(), cfg)
     writer.recover()
+    rows = []
     for c in clips:
         row = clip_row(c)
+        rows += [row, {"kind": "summary", "source_uri": row["source_uri"], "meta": {"num_clips": 1, "duration_s": 1.0}}]
+    for row in ShardSink(str(out), Storage(), cfg)(rows):
         writer.add(row)
-        writer.add({"kind": "summary", "source_uri": row["source_uri"], "meta": {"num_clips": 1, "duration_s": 1.0}})
     writer.close()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from curation.config import JobConfig, load_job
+from curation.executor import run_local
 from curation.stages import CPU_STAGES
 from tiny_models.curation_models import tiny_overrides
 
@@ -20,11 +21,7 @@ def job(paths: dict, *overrides: str) -> JobConfig:
 
 
 def run(stages, cfg: JobConfig, rows: list[dict]) -> list[dict]:
-    for stage_cls in stages:
-        stage = stage_cls(cfg)
-        stage.setup()
-        rows = stage(rows)
-    return rows
+    return run_local(cfg, stages, rows=rows)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,20 @@ def run_cpu_stages(path, *overrides) -> list[dict]:
     """The CPU stages (probe, scenes, filter, encode) on one source in this process, with the demo's CPU settings
     and adaptive detection unless overridden: the rows they send to the writer."""
     from curation.config import load_job
-    from curation.stages import CPU_STAGES, make_row
+    from curation.executor import run_local
+    from curation.stages import CPU_STAGES
 
     cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=1", *overrides],
                    input="x", output="unused")
-    rows = [make_row("source", str(path), {})]
-    for cls in CPU_STAGES:
-        stage = cls(cfg)
-        stage.setup()
-        rows = stage(rows)
-    return rows
+    return run_local(cfg, CPU_STAGES, [str(path)])
+
+
+def send(writer, rows: list[dict]) -> None:
+    """``rows`` as one worker task sends them: through the shard sink (shards written), then into the driver's writer."""
+    from curation.shard_sink import ShardSink
+
+    for row in ShardSink(writer.out, writer.storage, writer.cfg)(rows):
+        writer.add(row)
 
 
 def manifest(out: str, storage: Storage | None = None):
@@ -37,9 +41,9 @@ def errors(out: str, storage: Storage | None = None):
     return read_parquet_dir(storage, storage.join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
 
 
-def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
-    """Every manifest row is in its shard exactly once with a decodable mp4 and its own JSON; no shard holds
-    anything the manifest does not list. Returns the manifest rows by clip id."""
+def check_contract(out: str, storage: Storage | None = None, decode: bool = True) -> dict[str, dict]:
+    """Every manifest row is in its shard exactly once with its own JSON and (``decode``) a decodable mp4 of its
+    frame count; no shard holds anything the manifest does not list. Returns the manifest rows by clip id."""
     storage = storage or Storage()
     rows = manifest(out, storage).to_pylist()
     ids = [r["clip_id"] for r in rows]
@@ -57,8 +61,9 @@ def check_contract(out: str, storage: Storage | None = None) -> dict[str, dict]:
             seen.add(key)
             meta = json.loads(members[f"{key}.json"])
             assert meta == json.loads(json.dumps(by_id[key]))
-            with av.open(io.BytesIO(members[f"{key}.mp4"])) as c:
-                n = sum(1 for _ in c.decode(video=0))
-            assert n == meta["num_frames"]
+            if decode:
+                with av.open(io.BytesIO(members[f"{key}.mp4"])) as c:
+                    n = sum(1 for _ in c.decode(video=0))
+                assert n == meta["num_frames"]
     assert seen == set(by_id), "manifest rows without a shard member"
     return by_id

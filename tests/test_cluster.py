@@ -1,6 +1,7 @@
-"""The cluster job as a user runs it: a running Ray cluster of two nodes (a head and a worker, two raylets on this
-machine), the job submitted with `ray job submit`, input and output on the loopback S3 server, and the worker node's
-raylet killed mid-job."""
+"""The cluster jobs as a user runs them: a running Ray cluster of two nodes (a head and a worker, two raylets on this
+machine), the job submitted with `ray job submit`, input and output on the loopback S3 server. The CPU job loses
+its worker node's raylet mid-job; the GPU job's shape (model stages on GPU actors) runs on a worker node that
+declares a GPU (`ray start --num-gpus=1`: Ray schedules by resources, the tiny models run on the CPU)."""
 
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -18,6 +20,7 @@ import pytest
 
 from common.storage import Storage, StorageConfig
 from jobs.loopback_s3 import free_port
+from tiny_models.curation_models import tiny_overrides
 
 from .conftest import ROOT, VIDEOS
 from .pipeline_helpers import check_contract
@@ -41,10 +44,11 @@ def raylet(node_ip: str) -> psutil.Process:
     return proc
 
 
-@pytest.fixture
-def cluster(s3_server, tmp_path):
-    """A head (1 CPU) and a worker node (2 CPUs) with token authentication, credentials in the nodes' environment
-    (as the README asks); torn down by killing exactly its own processes (`ray stop` would kill every Ray here)."""
+@contextmanager
+def ray_cluster(worker_gpus: int = 0):
+    """A head (1 CPU) and a worker node (2 CPUs, ``worker_gpus`` GPUs) with token authentication, credentials in the
+    nodes' environment (as the README asks); torn down by killing exactly its own processes (`ray stop` would kill
+    every Ray here)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # it forbids a second node
     port, dashboard = free_port(), free_port()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
@@ -57,7 +61,7 @@ def cluster(s3_server, tmp_path):
     nodes = [raylet(HEAD_IP)]
     try:
         ray_cli(env, "start", f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}", "--num-cpus=2",
-                "--disable-usage-stats")
+                f"--num-gpus={worker_gpus}", "--disable-usage-stats")
         nodes.append(raylet(WORKER_IP))
         yield env
     finally:
@@ -71,11 +75,33 @@ def cluster(s3_server, tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def submit(env, endpoint: str) -> str:
-    run = (f"cd {ROOT} && {sys.executable} -m curation run jobs/cluster_curation.yaml --input s3://cluster-raw/videos/ "
-           f"--output s3://cluster-datasets/cinema --set storage.endpoint_url={endpoint} "
+@pytest.fixture
+def cluster(s3_server):
+    with ray_cluster() as env:
+        yield env
+
+
+@pytest.fixture
+def gpu_cluster(s3_server):
+    with ray_cluster(worker_gpus=1) as env:
+        yield env
+
+
+def upload(s3_server, names: list[str]) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    for bucket in ("cluster-raw", "cluster-datasets"):  # the session's S3 server is shared with other tests
+        s3.create_bucket(Bucket=bucket)
+    for name in names:
+        s3.upload_file(str(VIDEOS / name), "cluster-raw", f"videos/{name}")
+
+
+def submit(env, endpoint: str, job: str = "jobs/cluster_curation.yaml", output: str = "cinema",
+           sets: list[str] = ()) -> str:
+    extra = "".join(f" --set '{s}'" for s in sets)
+    run = (f"cd {ROOT} && {sys.executable} -m curation run {job} --input s3://cluster-raw/videos/ "
+           f"--output s3://cluster-datasets/{output} --set storage.endpoint_url={endpoint} "
            "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
-           "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1")
+           "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1" + extra)
     out = ray_cli(env, "job", "submit", "--no-wait", "--", "bash", "-c", run)
     return re.search(r"raysubmit_\w+", out).group(0)
 
@@ -99,11 +125,7 @@ def wait(env, job: str, log_line: str | None = None, timeout=300) -> str:
 @pytest.mark.slow
 def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op(cluster, s3_server):
     env = cluster
-    s3 = boto3.client("s3", endpoint_url=s3_server)
-    for bucket in ("cluster-raw", "cluster-datasets"):  # the session's S3 server is shared with other tests
-        s3.create_bucket(Bucket=bucket)
-    for name in INPUTS:
-        s3.upload_file(str(VIDEOS / name), "cluster-raw", f"videos/{name}")
+    upload(s3_server, INPUTS)
     job = submit(env, s3_server)
     wait(env, job, log_line="| probe 1 ")  # mid-job: the first source is through probe, the rest in flight
     raylet(WORKER_IP).kill()
@@ -114,5 +136,24 @@ def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op
     clips = check_contract("s3://cluster-datasets/cinema", storage)  # nothing lost, nothing twice
     assert len(clips) >= 5 and {c["source_uri"].rsplit("/", 1)[-1] for c in clips.values()} >= {"counter.mp4", "testvideo.mp4"}
     again = submit(env, s3_server)
+    assert wait(env, again) == "SUCCEEDED"
+    assert "nothing to do: every source is already done" in ray_cli(env, "job", "logs", again)
+
+
+@pytest.mark.slow
+def test_the_gpu_job_runs_its_model_stages_on_a_gpu_node(gpu_cluster, s3_server, tiny_paths):
+    env = gpu_cluster
+    upload(s3_server, INPUTS[:2])
+    # The GPU job file as written, at the tiny models, every model stage asking for a whole GPU of the worker node.
+    gpu = ["caption.num_gpus=1", "aesthetic.num_gpus=1", "subjects.num_gpus=1", "aesthetic.min_score=null",
+           "caption.batch_size=4", "subjects.batch_size=4", "encode.max_short_side=null", "filters.min_width=0"]
+    job = submit(env, s3_server, "jobs/gpu_cluster_curation.yaml", "cinema-gpu",
+                 [*tiny_overrides(tiny_paths, fixed_answer=True), *gpu])
+    assert wait(env, job) == "SUCCEEDED", ray_cli(env, "job", "logs", job)
+    clips = check_contract("s3://cluster-datasets/cinema-gpu", Storage(StorageConfig(endpoint_url=s3_server)))
+    assert len(clips) >= 3 and all(c["caption"] and c["aesthetic"] is not None for c in clips.values())
+    assert any(c["subjects"] for c in clips.values())
+    again = submit(env, s3_server, "jobs/gpu_cluster_curation.yaml", "cinema-gpu",
+                   [*tiny_overrides(tiny_paths, fixed_answer=True), *gpu])
     assert wait(env, again) == "SUCCEEDED"
     assert "nothing to do: every source is already done" in ray_cli(env, "job", "logs", again)

@@ -40,6 +40,14 @@ def config(urls, **changes) -> DataConfig:
     return data_preset("tiny", urls=[str(u) for u in urls], **{**values, **changes})
 
 
+def in_write_order(shards: list[str]) -> list[str]:
+    """Local shards ordered by their first clip id (shard names come from their clips, not from when they were written)."""
+    def first(shard):
+        with tarfile.open(shard) as tar:
+            return min(tar.getnames())
+    return sorted(shards, key=first)
+
+
 def take(loader, n):
     return list(itertools.islice(loader, n))
 
@@ -102,7 +110,7 @@ def test_clip_is_centre_cropped_and_sampled_at_the_target_fps():
 @pytest.mark.parametrize("num_shards,world_size,workers", [(3, 2, 2), (3, 1, 2), (1, 2, 2)])
 def test_shards_split_over_ranks_and_workers_cover_every_sample_once_per_epoch(dataset, monkeypatch, num_shards,
                                                                                world_size, workers):
-    shards = list_shards(config([dataset]))[:num_shards]
+    shards = in_write_order(list_shards(config([dataset])))[:num_shards]
     with tarfile.open(shards[0]) as tar:
         first_shard = {m.name.split(".")[0] for m in tar.getmembers()}
     expected = sorted(GOOD) + ["short"] if num_shards == 3 else sorted(first_shard)
@@ -117,7 +125,7 @@ def test_shards_split_over_ranks_and_workers_cover_every_sample_once_per_epoch(d
 
 @pytest.mark.timeout(60)
 def test_one_shard_feeds_every_worker_of_every_rank(dataset):
-    shard = list_shards(config([dataset]))[:1]
+    shard = in_write_order(list_shards(config([dataset])))[:1]
     seen = []
     for rank in range(2):
         loader = ShardLoader(config(shard, num_workers=2), rank, world_size=2)
@@ -217,7 +225,7 @@ def test_corrupt_samples_and_damaged_shards_are_skipped_and_counted(tmp_path, ca
     clips = [Clip(f"c{i}", 48, 32, caption=str(i)) for i in range(9)]
     clips[1].mp4 = b"not a video" * 50
     write_dataset(tmp_path / "ds", clips, clips_per_shard=3)  # shards: c0-c2, c3-c5, c6-c8
-    shards = list_shards(config([tmp_path / "ds"]))
+    shards = in_write_order(list_shards(config([tmp_path / "ds"])))
     with tarfile.open(shards[1]) as tar:  # cut shard 1 in the middle of c5's mp4
         mp4 = tar.getmember("c5.mp4")
     with open(shards[1], "r+b") as f:
@@ -246,11 +254,13 @@ def test_streams_from_s3_and_a_presigned_http_url(dataset, s3_server):
         if path.is_file():
             s3.upload_file(str(path), "train", f"ds/{path.relative_to(dataset)}")
     cfg = config(["s3://train/ds"], storage={"endpoint_url": s3_server}, num_workers=2)
-    assert list_shards(cfg) == [f"s3://train/ds/shards/{C.shard_name(i)}.tar" for i in range(3)]
+    local = in_write_order(list_shards(config([dataset])))
+    names = [s.rsplit("/", 1)[-1] for s in list_shards(config([dataset]))]
+    assert list_shards(cfg) == [f"s3://train/ds/shards/{n}" for n in names]
     batches = take(ShardLoader(cfg), 24)  # each worker's first epoch (at most 8 samples) and more
     assert {k for b in batches for k in b["key"]} == set(GOOD)
 
-    key = f"ds/shards/{C.shard_name(0)}.tar"
+    key = f"ds/shards/{local[0].rsplit('/', 1)[-1]}"  # clip-00 to clip-03
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "train", "Key": key}, ExpiresIn=600)
     assert list_shards(config([url])) == [url]
     stream = ShardStream(config([url]), [url], 0, 1)
@@ -288,7 +298,7 @@ class FlakyFile(io.RawIOBase):
 
 
 def test_read_errors_reopen_mid_shard_then_skip_the_shard(dataset, monkeypatch):
-    shards = list_shards(config([dataset]))
+    shards = in_write_order(list_shards(config([dataset])))
     good, bad = shards[0], shards[2]
     opens = {good: 0, bad: 0}
 
@@ -352,8 +362,10 @@ def test_hostile_members_are_neither_extracted_nor_unpickled(tmp_path, monkeypat
 def test_only_committed_shards_are_listed(dataset, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(dataset, root)
-    (root / C.SHARDS_DIR / f"{C.shard_name(7)}.tar").write_bytes(b"")  # orphan: its manifest part never landed
-    assert list_shards(config([root])) == [str(root / C.SHARDS_DIR / f"{C.shard_name(i)}.tar") for i in range(3)]
+    committed = list_shards(config([root]))
+    assert len(committed) == 3
+    (root / C.SHARDS_DIR / f"{C.shard_name([('x.mp4', 'orphan')])}.tar").write_bytes(b"")  # its manifest part never landed
+    assert list_shards(config([root])) == committed
     with pytest.raises(ValueError, match="cannot be listed"):
         list_shards(config(["https://example.com/ds"]))
     with pytest.raises(ValueError, match="no committed shards"):

@@ -19,12 +19,14 @@ from curation.config import ShardsConfig, load_job
 from curation.faults import JobStopped, fault_of
 from curation.lease import Lease, LeaseHeld
 from curation.preflight import check_job
+from curation.shard_sink import ShardSink
 from curation.stages import SceneStage, error_row, make_row
-from curation.video import VideoError, analyse, open_video, probe
+from curation.analysis import analyse
+from curation.video import VideoError, open_video, probe
 from curation.writer import DatasetWriter, done_marker_name
 
 from .conftest import VIDEOS
-from .pipeline_helpers import run_cpu_stages
+from .pipeline_helpers import check_contract, run_cpu_stages, send
 
 ST = Storage()
 
@@ -272,11 +274,9 @@ def test_environment_faults_leave_the_source_to_the_rerun_and_clip_failures_are_
     writer = DatasetWriter(str(out), ST, ShardsConfig())
     writer.recover()
     refused = error_row(row("source", "http://h/a.mp4"), "probe", StorageUnavailable("http://h/a.mp4: refused"))
-    writer.add(refused)
-    for clip_id in ("c1", "c2"):
-        writer.add(row("clip", "b.mp4", **clip_meta(clip_id)))
-    writer.add(error_row(row("clip", "b.mp4", clip_id="c3"), "encode", ValueError("odd frame")))
-    writer.add(row("summary", "b.mp4", num_clips=3, duration_s=3.0, source_sha1="s" * 40))
+    send(writer, [refused, *(row("clip", "b.mp4", **clip_meta(clip_id)) for clip_id in ("c1", "c2")),
+                  error_row(row("clip", "b.mp4", clip_id="c3"), "encode", ValueError("odd frame")),
+                  row("summary", "b.mp4", num_clips=3, duration_s=3.0, source_sha1="s" * 40)])
     writer.close()
     done = markers(out)
     assert "http://h/a.mp4" not in done and writer.stats.environment  # before: marked "error" for good
@@ -288,45 +288,72 @@ def test_byte_identical_copies_settle_in_one_run(tmp_path):
     writer = DatasetWriter(str(out), ST, ShardsConfig())
     writer.recover()
     for uri in ("a.mp4", "copy-of-a.mp4", "another-copy.mp4"):  # interleaved, as parallel workers send them
-        writer.add(row("clip", uri, **clip_meta("c1")))
+        send(writer, [row("clip", uri, **clip_meta("c1"))])
     for uri in ("a.mp4", "copy-of-a.mp4", "another-copy.mp4"):
-        writer.add(row("clip", uri, **clip_meta("c2")))
-        writer.add(row("summary", uri, num_clips=2, duration_s=2.0, source_sha1="s" * 40))
+        send(writer, [row("clip", uri, **clip_meta("c2")),
+                      row("summary", uri, num_clips=2, duration_s=2.0, source_sha1="s" * 40)])
     writer.close()
     done = markers(out)
     # Before: only a.mp4 settled; each copy needed a rerun of its own, decoding it again.
     assert {u: (m["status"], m.get("duplicate_of")) for u, m in done.items()} == {
         "a.mp4": ("ok", None), "copy-of-a.mp4": ("ok", "a.mp4"), "another-copy.mp4": ("ok", "a.mp4")}
     assert writer.stats.clips_written == 2 and writer.stats.sources_duplicate == 2
+    assert check_contract(str(out), decode=False).keys() == {"c1", "c2"}  # each copy's staged tail merged without the copies' clips
+    assert not list((out / C.STAGING_DIR).iterdir())
     # A copy found in a later run settles on the committed clips just the same.
     later = DatasetWriter(str(out), ST, ShardsConfig())
     later.recover()
-    for clip_id in ("c1", "c2"):
-        later.add(row("clip", "late-copy.mp4", **clip_meta(clip_id)))
-    later.add(row("summary", "late-copy.mp4", num_clips=2, duration_s=2.0, source_sha1="s" * 40))
+    send(later, [*(row("clip", "late-copy.mp4", **clip_meta(clip_id)) for clip_id in ("c1", "c2")),
+                 row("summary", "late-copy.mp4", num_clips=2, duration_s=2.0, source_sha1="s" * 40)])
     later.close()
     assert markers(out)["late-copy.mp4"]["duplicate_of"] == "a.mp4" and later.stats.clips_written == 0
+    assert check_contract(str(out), decode=False).keys() == {"c1", "c2"}
 
 
-def test_a_failed_commit_leaves_no_temporary_shard_and_recover_cleans_a_killed_runs(tmp_path, monkeypatch):
+def test_a_shard_with_clips_committed_elsewhere_is_rewritten_without_them(tmp_path):
+    # A retried task packs new clips with ones its first attempt already sent: only the new ones are committed.
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), ST, ShardsConfig(max_clips=2))
+    writer.recover()
+    send(writer, [row("clip", "a.mp4", **clip_meta(c)) for c in ("c1", "c2")])
+    send(writer, [row("clip", "a.mp4", **clip_meta(c)) for c in ("c2", "c3")])
+    send(writer, [row("clip", "a.mp4", **clip_meta(c)) for c in ("c1", "c2")])  # all committed: nothing to add
+    writer.close()
+    rows = check_contract(str(out), decode=False)
+    assert sorted(rows) == ["c1", "c2", "c3"] and rows["c3"]["shard"] == C.shard_name([("a.mp4", "c3")])
+    assert len(list((out / C.SHARDS_DIR).iterdir())) == 2  # the shard of c2 + c3 was removed once rewritten
+    assert writer.stats.clips_duplicate == 3
+
+
+def test_small_last_shards_are_merged_into_full_ones(tmp_path):
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), ST, ShardsConfig(target_size_mb=2e-5))  # 20 bytes: about 7 clips of 3
+    writer.recover()
+    for k in range(10):  # ten tasks with one small clip each: each one's only shard is a staged tail
+        send(writer, [row("clip", f"s{k}.mp4", **clip_meta(f"c{k}")),
+                      row("summary", f"s{k}.mp4", num_clips=1, duration_s=1.0, source_sha1=f"{k}" * 40)])
+        assert len(list((out / C.STAGING_DIR).iterdir())) <= 6  # merged as soon as they add up to a shard
+    writer.close()
+    shards = {}
+    for r in check_contract(str(out), decode=False).values():
+        shards[r["shard"]] = shards.get(r["shard"], 0) + 1
+    assert sorted(shards.values()) == [3, 7] and not list((out / C.STAGING_DIR).iterdir())
+    assert len(markers(out)) == 10
+
+
+def test_recover_removes_what_a_killed_run_left_uncommitted(tmp_path):
     out = tmp_path / "out"
     writer = DatasetWriter(str(out), ST, ShardsConfig())
     writer.recover()
-    writer.add(row("clip", "a.mp4", **clip_meta("c1")))
-    assert os.listdir(writer._tmpdir)
-
-    def read_only(*_a, **_k):
-        raise OSError(errno.EROFS, "Read-only file system", str(out))
-
-    monkeypatch.setattr(ST, "write_atomic", read_only)
-    with pytest.raises(OSError, match="Read-only file system"):
-        writer.close()
-    writer.discard()
-    assert not os.path.exists(writer._tmpdir)
-    os.makedirs(writer._tmpdir)
-    (open(os.path.join(writer._tmpdir, "shard-killed.tar"), "wb")).close()  # what kill -9 leaves
-    DatasetWriter(str(out), Storage(), ShardsConfig()).recover()
-    assert not os.path.exists(writer._tmpdir)
+    send(writer, [row("clip", "a.mp4", **clip_meta("c1"))])  # a staged tail the driver never merged
+    # A worker's full shard whose rows never reached the driver, and a shard cut off mid-write.
+    list(ShardSink(str(out), ST, ShardsConfig(tail_fraction=0))([row("clip", "b.mp4", **clip_meta("c2"))]))
+    (out / C.SHARDS_DIR / ".part-x.tar.1234abcd.tmp").write_bytes(b"half")
+    assert len(list((out / C.STAGING_DIR).iterdir())) == 1 and len(list((out / C.SHARDS_DIR).iterdir())) == 2
+    again = DatasetWriter(str(out), Storage(), ShardsConfig())
+    again.recover()  # the driver was killed: nothing of the above was committed, so none of it stays
+    assert not list((out / C.STAGING_DIR).iterdir()) and not list((out / C.SHARDS_DIR).iterdir())
+    assert again.committed == set()
 
 
 def test_storage_does_not_retry_what_cannot_get_better(tmp_path, monkeypatch):
@@ -361,8 +388,7 @@ def test_a_read_only_output_mid_run_is_the_error_the_user_reads(tmp_path, monkey
                  "--set", "ray.progress_interval_s=0.5"])
     err = capsys.readouterr().err
     assert code == 3 and "Read-only file system" in err and "shut down" not in err, err
-    tmpdir = DatasetWriter(str(out), ST, ShardsConfig())._tmpdir
-    assert not os.path.exists(tmpdir)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not (out / C.DONE_DIR / done_marker_name(str(VIDEOS / "counter.mp4"))).exists()
 
 

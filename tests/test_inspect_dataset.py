@@ -43,14 +43,14 @@ def _rewrite(shard, keep=lambda name: True, extra: dict[str, bytes] = {}):
             t.addfile(info, io.BytesIO(data))
 
 
-PLANTS = {
+PLANTS = {  # planted in the shard that holds clip-01; {shard} is its file name
     "missing member": (lambda s: _rewrite(s, keep=lambda n: n != "clip-01.subject_0.png"),
-                       "clip clip-01: missing from part-000000.tar: subject_0.png"),
+                       "clip clip-01: missing from {shard}: subject_0.png"),
     "orphan member": (lambda s: _rewrite(s, extra={"stray-9.mp4": b"x"}),
-                      "part-000000.tar: member(s) with no manifest row: stray-9.mp4"),
-    "tar cut inside a member": (lambda s: s.write_bytes(s.read_bytes()[:1000]), "part-000000.tar: not a readable tar"),
+                      "{shard}: member(s) with no manifest row: stray-9.mp4"),
+    "tar cut inside a member": (lambda s: s.write_bytes(s.read_bytes()[:1000]), "{shard}: not a readable tar"),
     "tar cut between members": (lambda s: s.write_bytes(s.read_bytes()[: s.stat().st_size // 2]),
-                                "part-000000.tar: not a readable tar"),
+                                "{shard}: not a readable tar"),
     "unsafe key": (lambda s: _rewrite(s, extra={"../x.mp4": b"x"}), "unsafe or unknown member '../x.mp4'"),
 }
 
@@ -65,10 +65,11 @@ def test_validate_lists_a_planted_problem(dataset, tmp_path, capsys, plant):
     bad = tmp_path / "bad"
     shutil.copytree(dataset, bad)
     make, message = PLANTS[plant]
-    make(bad / "shards" / "part-000000.tar")
+    shard = next(p for p in (bad / "shards").iterdir() if "clip-01.mp4" in tarfile.open(p).getnames())
+    make(shard)
     assert main(["validate", str(bad)]) == 1
     out = capsys.readouterr().out
-    assert message in out, out
+    assert message.format(shard=shard.name) in out, out
     assert not (tmp_path / "x.mp4").exists()  # member bytes are read, never extracted
 
 

@@ -17,7 +17,7 @@ def stats(**kw) -> RunStats:
 def test_progress_says_sources_done_of_total_rate_eta_and_stages_in_pipeline_order():
     s = stats(sources_done=2, sources_failed=1, clips_written=14, dropped=Counter(motion=2, blank=1), errors=Counter(VideoError=1))
     counts = {"encode": [5, 5, 0, 1.0], "probe": [4, 4, 0, 0.1], "scenes": [3, 9, 1, 5.0]}
-    line = progress_line(30.0, 10, s, counts, ["probe", "scenes", "filter", "encode"])
+    line = progress_line(30.0, 10, s, counts, ["probe", "scenes", "encode"])
     assert line == "[    30s] sources 3/10 (0.10/s, ETA 70s) | clips 14 written, 3 dropped | errors 1 | probe 4 | scenes 3 | encode 5"
     assert "ETA ?" in progress_line(2.0, 10, RunStats(), {}, ["probe"])  # the first line, before anything is done
 
