@@ -103,7 +103,7 @@ def reference_runs(s3_dataset, tmp_path_factory):
 
 
 @pytest.mark.parametrize("victim,encoders", [("every process", "replicated"), ("rank 1 alone", "replicated"),
-                                             ("every process", "precomputed")])
+                                             ("every process", "sharded"), ("every process", "precomputed")])
 def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, victim, encoders, tmp_path):
     reference, args = reference_runs(encoders)
     resumed = tmp_path / "resumed"
@@ -130,6 +130,9 @@ def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, v
     ref, res = metrics(reference), metrics(resumed)
     assert sorted(res) == list(range(last + 1, 7))  # the resumed run starts after the last complete checkpoint
     assert all(res[s] == pytest.approx(ref[s], rel=1e-5) for s in res), (ref, res)
+    if encoders == "sharded":  # the MLLM sharded per decoder layer: the same losses as replicated on the same samples
+        replicated = metrics(reference_runs("replicated")[0])
+        assert all(ref[s] == pytest.approx(replicated[s], rel=1e-5) for s in ref), (ref, replicated)
     for rank in (0, 1):
         assert samples(resumed, rank) == samples(reference, rank)
     keys = {k for rank in (0, 1) for ks in samples(reference, rank).values() for k in ks}

@@ -6,7 +6,7 @@ The trained parts are sharded while they are still on the meta device (``CinemaM
 
 Frozen parts hold no gradients or optimizer state. With ``encoders="replicated"`` every rank keeps its own copy in
 the frozen dtype; with ``"sharded"`` the MLLM (and the T5 encoder where the stage has one) is sharded with
-`fully_shard` per decoder layer and once more for what is left (embeddings, vision merger, final norm), as torchtitan
+`fully_shard` per decoder layer and once more for what is left (embeddings, vision tower, final norm), as torchtitan
 shards frozen encoders: its memory divides by the world size and each layer's weights are all-gathered just for its
 forward. They are groups of their own, never mixed with trained weights, so each group has one dtype. The VAE (0.2 B
 parameters, convolutions) stays replicated.
@@ -65,25 +65,27 @@ def apply_fsdp(model: CinemaModel, mesh: DeviceMesh, param_dtype: torch.dtype, r
         fully_shard(part, mesh=mesh, mp_policy=mp)
 
 
-def _frozen_layer_lists(model: CinemaModel) -> dict[str, list[nn.ModuleList]]:
-    """Frozen part -> its repeated layers: Qwen2-VL's decoder layers and vision blocks, T5's encoder blocks."""
+def _frozen_layer_lists(model: CinemaModel) -> dict[str, nn.ModuleList]:
+    """Frozen part -> the layers every forward runs: Qwen2-VL's decoder layers, T5's encoder blocks. Not the vision
+    blocks: a rank whose samples have no subject image skips them, and a per-block all-gather would then wait forever
+    on the ranks that run them; they sit in the part's root group, gathered by every forward."""
     out = {}
     if model.mllm is not None:
-        base = model.mllm.model
-        out["mllm"] = [base.language_model.layers, base.visual.blocks]
+        out["mllm"] = model.mllm.model.language_model.layers
     if model.t5 is not None:
-        out["t5"] = [model.t5.model.encoder.block]
+        out["t5"] = model.t5.model.encoder.block
     return out
 
 
 def apply_frozen_fsdp(model: CinemaModel, mesh: DeviceMesh) -> None:
-    """Shard the frozen encoders per layer, then each encoder's remaining weights as one group (its root)."""
+    """Shard the frozen encoders per layer, then each encoder's remaining weights as one group (its root).
+    ``reshard_after_forward`` given explicitly: FSDP2 otherwise keeps a root's weights gathered after its forward
+    (for the backward a frozen encoder never has), which would undo the sharding of the root group."""
     parts = {"mllm": model.mllm, "t5": model.t5}
-    for name, lists in _frozen_layer_lists(model).items():
-        for layers in lists:
-            for layer in layers:
-                fully_shard(layer, mesh=mesh)
-        fully_shard(parts[name].model, mesh=mesh)
+    for name, layers in _frozen_layer_lists(model).items():
+        for layer in layers:
+            fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+        fully_shard(parts[name].model, mesh=mesh, reshard_after_forward=True)
 
 
 def parallelize(model: CinemaModel, mesh: DeviceMesh | None, *, activation_checkpointing: bool, compile: bool,
