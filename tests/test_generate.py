@@ -120,3 +120,15 @@ def test_vae_tiling_and_slicing_decode_as_without(model, tmp_path, monkeypatch):
     main(_tiny_args("--out", str(tmp_path / "w.mp4")))
     assert calls == [dict(tiling=True, slicing=True), dict(tiling=False, slicing=False)]
     assert _sheet(tmp_path / "v.mp4") == _sheet(tmp_path / "w.mp4")  # 32x32: below a tile
+
+
+def test_the_gpu_benchmarks_code_paths_run_on_cpu_at_the_tiny_preset():
+    """What benchmarks/gpu_check.sh runs on a GPU, here at the tiny preset on CPU: it must not be the GPU run
+    that finds a crash."""
+    from benchmarks.generate_bench import bench
+    from benchmarks.model_bench import gpu_bench
+
+    rows = gpu_bench(subjects=1, reps=1, peak=None, name="tiny", device="cpu")
+    assert [r["activation_checkpointing"] for r in rows] == [True, False] and all(r["fwd_bwd_s"] > 0 for r in rows)
+    row = bench("tiny", tiny_checkpoints(), "cpu", steps=2, num_subjects=1, vae_tiling=False)
+    assert row["video"] == [9, 32, 32] and row["seconds"] > 0 and row["subjects"] == 1
