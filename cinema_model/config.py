@@ -20,8 +20,6 @@ INSTRUCTION = (
     "and keep the video consistent in time and space. Description: {caption}"
 )
 
-MAX_SUBJECTS = 6
-
 
 @dataclass
 class MllmConfig:

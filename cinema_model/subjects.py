@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cinema_model.config import MAX_SUBJECTS
+from common.contract import MAX_SUBJECTS
 
 
 def frame_subject(image: Image.Image, height: int, width: int) -> torch.Tensor:

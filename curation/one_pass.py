@@ -1,13 +1,13 @@
 """Encode clips from the scene pass's own decoded frames, so most clips need no second decode of their source.
 
-``video.analyse`` hands every decoded frame, its scores and the breaks released at it to a ``OnePassEncoder``.
+``analysis.analyse`` hands every decoded frame, its scores and the breaks released at it to a ``OnePassEncoder``.
 It holds the frames of the open scene, up to ``max_bytes``. When a break closes the scene, it plans the scene with
-``planning.plan_scene`` (trimming needs the whole scene's scores, splitting a long scene evenly its length: hence
-holding), encodes the clips the filters keep from the held frames and appends the MP4s to an anonymous spill
-file, so memory stays bounded and nothing is left behind if the worker dies.
+the source's ``planning.Planner`` (trimming needs the whole scene's scores, splitting a long scene evenly its
+length: hence holding), encodes the clips the plan keeps from the held frames and appends the MP4s to an anonymous
+spill file, so memory stays bounded and nothing is left behind if the worker dies.
 
-It accepts breaks as they come by the rule the final plan applies (``shots.BreakMerger``), so the two agree when
-breaks arrive in order, as ``analyse`` releases them. The scene stage still takes a held clip only where the final
+It accepts breaks as they come by the rule the final plan applies (``planning.BreakMerger``), so the two agree
+when breaks arrive in order, as ``analyse`` releases them. The scene stage still takes a held clip only where the final
 plan has exactly that clip; the rest is cut from the source in a second decode (``ClipCutter``): a scene too big
 to hold, a scene a detector broke later than it had settled.
 """
@@ -17,14 +17,13 @@ from __future__ import annotations
 import tempfile
 from collections import deque
 from fractions import Fraction
-from typing import Callable
 
 import av
 
-from .config import EncodeConfig, TrimConfig
-from .planning import Scores, clip_scores, plan_scene
-from .shots import Break, BreakMerger
-from .video import ClipEncoder, ClipSpec, EncodedClip
+from .config import EncodeConfig
+from .encoding import ClipEncoder, ClipSpec, EncodedClip
+from .planning import BreakMerger, Planner, Scores
+from .shots import Break
 
 
 def _nbytes(frame: av.VideoFrame) -> int:
@@ -32,11 +31,9 @@ def _nbytes(frame: av.VideoFrame) -> int:
 
 
 class OnePassEncoder:
-    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, limits: tuple[int, int],
-                 min_gap: int, max_bytes: int, trim: TrimConfig, keep: Callable[[dict], bool]):
-        self.cfg, self.rotation, self.source_fps, self.limits = cfg, rotation, source_fps, limits
-        self.max_bytes, self.trim, self.keep = max_bytes, trim, keep
-        self.merger = BreakMerger(min_gap)
+    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, planner: Planner, max_bytes: int):
+        self.cfg, self.rotation, self.source_fps, self.planner, self.max_bytes = cfg, rotation, source_fps, planner, max_bytes
+        self.merger = BreakMerger(planner.min_gap)
         self.frames: deque[tuple[int, int, av.VideoFrame]] = deque()  # (index, pts, frame) from the open scene
         self.bytes = 0
         self.next_index = 0  # the index of the next frame to come
@@ -100,10 +97,9 @@ class OnePassEncoder:
             scene.append(self.frames[0])
             self._pop()
         if end > self.start and self.whole and len(scene) == end - self.start:
-            s = Scores.of(self.scores[self.start : end])
-            for p in plan_scene(0, end - self.start, s, self.trim, self.limits):
-                if not p.blank and self.keep(clip_scores(s, p.start, p.end, self.trim)):
-                    self._encode(self.start + p.start, self.start + p.end, scene[p.start : p.end])
+            for c in self.planner.scene(0, end - self.start, Scores.of(self.scores[self.start : end])):
+                if c.dropped_by is None:
+                    self._encode(self.start + c.start, self.start + c.end, scene[c.start : c.end])
         self._open(end)
 
     def _open(self, start: int) -> None:

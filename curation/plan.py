@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from .config import JobConfig
+from .stages import CPU_STAGES as _CPU_STAGE_CLASSES
 
-CPU_STAGES = ("probe", "scenes", "filter", "encode")
+CPU_STAGES = tuple(s.name for s in _CPU_STAGE_CLASSES)
 OVERHEAD = "cpu overhead"  # a line of the plan, never its bottleneck stage
 # How to (re)write each file, as the messages show it.
 CURATION_CMD = "`make bench`"
@@ -142,7 +143,7 @@ def load_bench(folder: str | Path, job: JobConfig) -> Bench:
     where = f"curation.json, {clips} clips, detectors {measured}, {cores} cores of this machine"
     rates = [StageRate(s, "cpu", _need(busy, s, path, CURATION_CMD) / clips, f"stage_busy_s.{s} / clips ({where})")
              for s in CPU_STAGES]
-    # What the stages' busy time leaves out: Ray scheduling, the driver writing shards, idle tails.
+    # What the stages' busy time leaves out: Ray scheduling, the shard sink, the driver's commits, idle tails.
     overhead = (wall - cur.get("ray_start_s", 0.0)) * cores - sum(busy[s] for s in CPU_STAGES)
     if overhead > 0:
         rates.append(StageRate(OVERHEAD, "cpu", overhead / clips,

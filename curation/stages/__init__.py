@@ -3,12 +3,11 @@
 from ..config import JobConfig
 from .base import Row, Stage, error_row, make_row
 from .encode import EncodeStage
-from .filters import FilterStage
 from .model_stages import enabled_model_stages
 from .probe import ProbeStage
 from .scenes import SceneStage
 
-CPU_STAGES = (ProbeStage, SceneStage, FilterStage, EncodeStage)
+CPU_STAGES = (ProbeStage, SceneStage, EncodeStage)
 
 
 def pipeline(cfg: JobConfig) -> list[type[Stage]]:
@@ -16,4 +15,4 @@ def pipeline(cfg: JobConfig) -> list[type[Stage]]:
     return [*CPU_STAGES, *enabled_model_stages(cfg)]
 
 
-__all__ = ["CPU_STAGES", "pipeline", "EncodeStage", "FilterStage", "ProbeStage", "Row", "SceneStage", "Stage", "error_row", "make_row"]
+__all__ = ["CPU_STAGES", "pipeline", "EncodeStage", "ProbeStage", "Row", "SceneStage", "Stage", "error_row", "make_row"]

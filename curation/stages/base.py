@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable, Iterator
 
+from ..encoding import EncodedClip
 from ..faults import fault_of
 from ..video import VideoError
 
@@ -29,6 +30,12 @@ Row = dict
 
 def make_row(kind: str, source_uri: str, meta: dict, mp4: bytes | None = None) -> Row:
     return {"kind": kind, "source_uri": source_uri, "meta": meta, "mp4": mp4}
+
+
+def with_clip(row: Row, clip: EncodedClip) -> Row:
+    """The clip row carrying its encoded MP4, with the size and rate it was encoded at."""
+    meta = {**row["meta"], "width": clip.width, "height": clip.height, "fps": clip.fps, "num_frames": clip.num_frames}
+    return {**row, "meta": meta, "mp4": clip.mp4}
 
 
 def error_row(row: Row, stage: str, exc: BaseException) -> Row:

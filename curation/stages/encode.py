@@ -1,5 +1,6 @@
-"""Cut and encode the clips the scene pass could not encode from its own frames (see ``curation.one_pass``):
-frame-accurately from the source, upright, as H.264 (yuv420p) MP4. Clips that already carry their MP4 pass."""
+"""The second decode: cut and encode the clips the scene pass could not encode from its own frames (see
+``curation.one_pass``), frame-accurately from the source, upright, as H.264 (yuv420p) MP4. Clips that already
+carry their MP4 pass."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ from typing import Iterator
 from common.storage import Storage
 
 from ..config import JobConfig
-from ..video import ClipCutter, ClipSpec, EncodedClip
-from .base import Row, Stage
-
-
-def with_clip(row: Row, clip: EncodedClip) -> Row:
-    """The clip row carrying its encoded MP4, with the size and rate it was encoded at."""
-    meta = {**row["meta"], "width": clip.width, "height": clip.height, "fps": clip.fps, "num_frames": clip.num_frames}
-    return {**row, "meta": meta, "mp4": clip.mp4}
+from ..encoding import ClipCutter, ClipSpec
+from .base import Row, Stage, with_clip
 
 
 def clip_spec(meta: dict) -> ClipSpec:
