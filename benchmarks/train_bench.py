@@ -40,16 +40,20 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int) -> bytes:
 
 
 def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int) -> None:
+    """Clips of 2 subjects each, 4 to a shard, through curation's shard sink and writer (as a job writes them)."""
     from common.storage import Storage
     from curation.config import ShardsConfig
+    from curation.shard_sink import ShardSink
     from curation.writer import DatasetWriter
 
-    writer = DatasetWriter(str(folder), Storage(), ShardsConfig(max_clips=4))
+    cfg = ShardsConfig(max_clips=4, tail_fraction=0)
+    writer = DatasetWriter(str(folder), Storage(), cfg)
     writer.recover()
     png = io.BytesIO()
     from PIL import Image
 
     Image.fromarray(np.full((64, 48, 4), 200, np.uint8), "RGBA").save(png, format="PNG")
+    rows = []
     for i in range(clips):
         uri = f"/synthetic/{i}.mp4"
         meta = {"clip_id": f"clip-{i:04d}", "source_uri": uri, "source_sha1": "0" * 40, "start_frame": 0,
@@ -57,9 +61,11 @@ def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int
                 "height": height, "num_frames": frames, "motion": 1.0, "caption": f"a drifting pattern {i}",
                 "subjects": [{"label": "thing", "score": 0.5, "bbox": [0.0, 0.0, 48.0, 64.0], "frame": 0,
                               "mask_rle": "{}", "area": 3072}] * 2}
-        writer.add({"kind": "clip", "source_uri": uri, "meta": meta, "mp4": synthetic_clip(frames, height, width, i),
-                    "pngs": [png.getvalue()] * 2})
-        writer.add({"kind": "summary", "source_uri": uri, "meta": {"num_clips": 1, "duration_s": frames / 8}})
+        rows += [{"kind": "clip", "source_uri": uri, "meta": meta, "mp4": synthetic_clip(frames, height, width, i),
+                  "pngs": [png.getvalue()] * 2},
+                 {"kind": "summary", "source_uri": uri, "meta": {"num_clips": 1, "duration_s": frames / 8}}]
+    for row in ShardSink(str(folder), Storage(), cfg)(rows):
+        writer.add(row)
     writer.close()
 
 
