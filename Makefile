@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.model_stages_bench
 	$(BIN)/python -m benchmarks.memory_bench --layers 10 --before a6ef479
 	$(BIN)/python -m benchmarks.features_bench
+	$(BIN)/python -m benchmarks.sink_bench
 
 clean:
 	rm -rf out

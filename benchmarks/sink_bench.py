@@ -1,7 +1,7 @@
 """Where shards are written: on the workers (this tree) vs in the driver (a baseline revision), same script, same run.
 
 (a) the sink alone: a stage makes clips of CLIP_MB random bytes from nothing, so the sink is all there is to time;
-(b) the real CPU job (probe, scenes, filter, encode) over the sample videos and three montages of real footage.
+(b) the real CPU job (probe, scenes, encode) over the sample videos (real footage, ../shared/data/videos).
 For each: clips/s, MB/s of shards written, and bytes that reach the driver per clip (the Arrow batches it reads
 from Ray Data). The baseline is checked out with `git worktree` at BASELINE (the last revision whose driver wrote
 every shard); each run is a fresh process with its own local Ray on 127.0.0.1.
@@ -98,8 +98,6 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--clips", type=int, default=40, help="clips per made-up source (sink alone)")
     args = parser.parse_args()
-    from benchmarks.curation_bench import montages
-
     work = Path(tempfile.mkdtemp(prefix="sink-bench-"))
     base = work / "baseline"
     subprocess.run(["git", "worktree", "add", "--detach", str(base), args.baseline], cwd=ROOT, check=True,
@@ -109,8 +107,7 @@ def main() -> None:
         sources = work / "sources.txt"
         sources.write_text("".join(f"made://source-{i}\n" for i in range(4)))
         videos = work / "videos.txt"
-        real = sorted((ROOT.parent / "shared" / "data" / "videos").glob("*.mp4")) + montages(ROOT / "out" / "bench" / "montages")
-        videos.write_text("".join(f"{p}\n" for p in real))
+        videos.write_text("".join(f"{p}\n" for p in sorted((ROOT.parent / "shared" / "data" / "videos").glob("*.mp4"))))
         results = {}
         for kind, inputs in (("sink", str(sources)), ("cpu_job", str(videos))):
             results[kind] = {"workers": run_in(ROOT, kind, inputs, args.clips),

@@ -102,7 +102,15 @@ def submit(env, endpoint: str, job: str = "jobs/cluster_curation.yaml", output: 
            f"--output s3://cluster-datasets/{output} --set storage.endpoint_url={endpoint} "
            "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
            "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1" + extra)
-    out = ray_cli(env, "job", "submit", "--no-wait", "--", "bash", "-c", run)
+    deadline = time.time() + 120
+    while True:  # the head's job agent may still be starting (as on any freshly started cluster): try again
+        done = subprocess.run([RAY, "job", "submit", "--no-wait", "--", "bash", "-c", run], env=env,
+                              capture_output=True, text=True, timeout=120)
+        out = done.stdout + done.stderr
+        if done.returncode == 0 or "No available agent" not in out or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, out
     return re.search(r"raysubmit_\w+", out).group(0)
 
 
