@@ -23,8 +23,8 @@ demo: setup
 	$(BIN)/python -m jobs.demo
 
 # CPU benchmarks; each prints ratios against a baseline run in the same script and writes out/bench/*.json.
-# GPU figures: python -m benchmarks.model_bench --gpu-only, python -m benchmarks.model_stages_bench --gpu and
-# python -m benchmarks.train_bench, on a GPU machine.
+# GPU figures: bash benchmarks/gpu_check.sh on one GPU (the DiT's MFU, generate seconds per video, the model
+# stages' throughput; under 10 minutes), and python -m benchmarks.train_bench on a GPU machine.
 bench: setup
 	$(BIN)/python -m benchmarks.curation_bench
 	$(BIN)/python -m benchmarks.clean_clips
