@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from cinema_model.config import latent_frames, preset
+from cinema_model.config import PRESETS, latent_frames, preset
+from common.typed_config import ConfigError
 
 
 def _offline():
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         return p
 
-    add_model_args(sub.add_parser("summary")).add_argument("preset", choices=["tiny", "mid", "full"])
+    add_model_args(sub.add_parser("summary")).add_argument("preset", choices=list(PRESETS))
     gen = add_model_args(sub.add_parser("generate"))
-    gen.add_argument("--preset", default="full", choices=["tiny", "mid", "full"])
+    gen.add_argument("--preset", default="full", choices=list(PRESETS))
     gen.add_argument("--weights", help="safetensors of the trained parts (a run's trained.safetensors, or "
                      "python -m training export); with it the DiT's CogVideoX initial weights are not loaded")
     gen.add_argument("--ema", action="store_true", help="the EMA weights beside --weights (*.ema.safetensors)")
@@ -169,10 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     _offline()
-    if args.command == "summary":
-        _summary(args)
-    else:
-        _generate(args)
+    try:
+        if args.command == "summary":
+            _summary(args)
+        else:
+            _generate(args)
+    except ConfigError as e:  # what the user asked for cannot be built: one line, no traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
