@@ -98,9 +98,12 @@ def kept_clips(path: Path, overrides: list[str]) -> tuple[list[tuple[int, int]],
 
     cfg = load_job(ROOT / "jobs" / "demo_curation.yaml", ["caption.enabled=false", "aesthetic.enabled=false",
                    "encode.hold_mb=0", *overrides], input=str(path), output="unused")
-    busy = {}
-    rows = run_local(cfg, [s for s in CPU_STAGES if s.name != "encode"], [str(path)],
-                     report=lambda stage, *counts: busy.__setitem__(stage, busy.get(stage, 0.0) + counts[-1]))
+    busy: dict[str, float] = {}
+
+    def add_busy(stage: str, consumed: int, made: int, errors: int, seconds: float) -> None:
+        busy[stage] = busy.get(stage, 0.0) + seconds
+
+    rows = run_local(cfg, [s for s in CPU_STAGES if s.name != "encode"], [str(path)], report=add_busy)
     seconds = busy.get("scenes", 0.0)
     frames = next((r["meta"]["num_frames"] for r in rows if r["kind"] == "summary"), 0)
     errors = [r["meta"]["message"] for r in rows if r["kind"] == "error"]

@@ -223,10 +223,11 @@ def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[
 def _remote_repack(cfg: JobConfig):
     """The writer's repack as a task on a worker: the shards' bytes go from storage to storage, not via the driver."""
 
-    def repack_remote(pieces: list[str], keep: list[tuple[str, str]]) -> dict:
-        import ray
+    import ray
 
-        task = ray.remote(num_cpus=1, max_retries=3)(repack)
+    task = ray.remote(num_cpus=1, max_retries=3)(repack)  # made once: each merge then only submits it
+
+    def repack_remote(pieces: list[str], keep: list[tuple[str, str]]) -> dict:
         return ray.get(task.remote(cfg.output, Storage(cfg.storage), pieces, keep))
 
     return repack_remote

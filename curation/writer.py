@@ -122,6 +122,7 @@ class DatasetWriter:
         self._errors: list[dict] = []
         self._staged: list[tuple[str, list[tuple[str, str]]]] = []  # tails to merge: (uri, (source, clip id) to keep)
         self._staged_bytes = 0.0
+        self._touched: set[str] = set()  # sources whose counts changed since the last settle: the ones to check
 
     def path(self, *parts: str) -> str:
         return self.storage.join(self.out, *parts)
@@ -157,6 +158,7 @@ class DatasetWriter:
         if kind == "shard":
             self._shard(meta)
         elif kind == "summary":
+            self._touched.add(uri)
             self._summary(self._sources.setdefault(uri, _Source()), uri, meta)
         elif kind in ("dropped", "error"):
             src = self._claim(meta.get("clip_id"), uri)
@@ -172,7 +174,7 @@ class DatasetWriter:
                 src.dropped += 1
         else:
             raise ValueError(f"unexpected row kind {kind!r}")
-        self._settle()
+        self._settle(self._touched)
 
     def _claim(self, clip_id: str | None, uri: str, clip: bool = False) -> _Source | None:
         """The source a row of a clip counts for, or None when the row is to be ignored: the clip was sent before
@@ -182,6 +184,7 @@ class DatasetWriter:
             self.stats.clips_duplicate += clip
             return None
         src = self._sources.setdefault(uri, _Source())
+        self._touched.add(uri)
         if owner is not None:
             src.settled += 1
             self.stats.clips_duplicate += clip
@@ -287,6 +290,7 @@ class DatasetWriter:
         self.stats.bytes_written += size
         for r in records:
             src = self._sources[r["source_uri"]]
+            self._touched.add(r["source_uri"])
             src.pending -= 1
             src.settled += 1
             src.written += 1
@@ -302,9 +306,12 @@ class DatasetWriter:
         self.storage.write_atomic(self.path(C.ERRORS_DIR, f"errors-{digest.hexdigest()[:20]}.parquet"), _parquet(table))
         self._errors = []
 
-    def _settle(self) -> None:
-        """Mark done every source whose clips are all committed, dropped or failed, after the errors seen so far."""
-        complete = [uri for uri, src in self._sources.items() if src.complete()]
+    def _settle(self, uris) -> None:
+        """Mark done each of ``uris`` whose clips are all committed, dropped or failed, after the errors seen so far.
+        Only sources a row has just changed can have completed: checking every open source per row would cost the
+        driver time in proportion to the sources in flight."""
+        complete = [uri for uri in sorted(uris) if uri in self._sources and self._sources[uri].complete()]
+        self._touched = set()
         if complete and self._errors:
             self._write_errors()
         for uri in complete:
@@ -332,7 +339,7 @@ class DatasetWriter:
             self._merge()
         if self._errors:
             self._write_errors()
-        self._settle()
+        self._settle(list(self._sources))
         unfinished = [u for u, s in self._sources.items() if not s.complete()]
         if unfinished:
             # Rows of these sources never all arrived (a worker died mid-batch) or an environment fault stopped
