@@ -1,21 +1,28 @@
 """Peak host memory per rank from the start of a training run to its first step, 2 CPU ranks (gloo): the meta-device
-build (trained parts sharded on meta, only each rank's shards materialised, CogVideoX read into the shards) against
-the build before it (every rank a random fp32 DiT plus a second fp32 copy from diffusers, then fully_shard), run
-in the tree of the commit before the meta-device build, unpacked with git archive (``--before``; the eager build
-is no longer a trainer option, so it is measured on the code that had it).
+build (trained parts sharded on meta, only each rank's shards materialised, CogVideoX read into the shards) with
+AdamW after the backward (``after``) and stepped inside it (``in_backward``: ``optim.step_in_backward``, gradients
+freed as each is used), against the build before it (every rank a random fp32 DiT plus a second fp32 copy from
+diffusers, then fully_shard), run in the tree of the commit before the meta-device build, unpacked with git archive
+(``--before``; the eager build is no longer a trainer option, so it is measured on the code that had it).
 
 The `large` preset: a DiT of about 1 B parameters initialised from a CogVideoX-layout checkpoint of its size (bf16,
-as CogVideoX-5B is stored, written once by this script), tiny frozen parts. ``--layers N`` scales the DiT down for
-a machine with less memory: a run takes about 2.3 GB per 0.1 B DiT parameters over its 2 ranks (8.8 GB at
-``--layers 10``, 0.38 B), the whole preset about 20 GB.
+as CogVideoX-5B is stored, written once by this script), tiny frozen parts, the trainer's default bf16 compute.
+``--layers N`` scales the DiT down for a machine with less memory (the whole preset takes about 16 GB over its 2
+ranks in_backward, more after the backward, much more before).
 
-Each rank reports VmHWM (peak resident set) after the build and after the first optimizer step, and its share of the
-trained parameters, AdamW state and frozen parts (its fp32 gradients, freed by then, are as large as its
-parameters: with them AdamW's first step needs at least 4/3 of the goal's sum); the goal: peak <= 1.3 x (parameters + optimizer state
-+ frozen parts) of the rank. Writes out/bench/memory.json.
+Each rank reports VmHWM (peak resident set) after the build and after the first optimizer step, VmRSS when the build
+starts (the process before any model: torch, transformers, the data loader), and its share of the trained
+parameters, AdamW state and frozen parts; the goal: peak <= 1.3 x (parameters + optimizer state + frozen parts) of the
+rank. After the backward, the rank's fp32 gradients (as large as its parameters) are alive when AdamW steps, so that
+mode cannot go below 4/3 of the sum; in the backward only one FSDP group's gradients are.
+
+Every run sets MALLOC_MMAP_THRESHOLD_ to 1 MiB (``--glibc-default`` leaves it): by default glibc raises its mmap
+threshold after each large free and then keeps multi-MB blocks in heaps it seldom returns, so VmHWM would count what
+the allocator retains, not what tensors hold (on a GPU the caching allocator's counters make that distinction).
+Writes out/bench/memory.json.
 
     python -m benchmarks.memory_bench --layers 10 --before a6ef479     # the commit before the meta-device build
-    python -m benchmarks.memory_bench                                  # after only, the whole large preset
+    python -m benchmarks.memory_bench --runs in_backward               # the whole large preset
 """
 
 from __future__ import annotations
@@ -56,11 +63,11 @@ def worker(result_dir: str) -> None:
     import training.trainer as trainer
     from training.__main__ import main as train_main
 
-    baseline = _status_kb("VmRSS")  # torch, transformers, diffusers imported: the process before any model
     seen: dict = {}
     build = trainer.build
 
     def recording_build(*args, **kwargs):
+        seen["baseline"] = _status_kb("VmRSS")  # the process before any model: imports, loader, process group
         model, trained = build(*args, **kwargs)
         seen.update(model=model, trained=trained, build_peak=_status_kb("VmHWM"))
         return model, trained
@@ -76,8 +83,9 @@ def worker(result_dir: str) -> None:
     def recording_step(self, *args, **kwargs):
         row = step(self, *args, **kwargs)
         trained, model = seen["trained"], seen["model"]
-        state = [t for s in seen["optimizer"].state.values() for t in s.values() if hasattr(t, "numel")]
-        report = {"rank": dist.get_rank(), "baseline_rss_kb": baseline, "build_peak_kb": seen["build_peak"],
+        optimizers = seen["optimizer"] if isinstance(seen["optimizer"], list) else [seen["optimizer"]]
+        state = [t for o in optimizers for s in o.state.values() for t in s.values() if hasattr(t, "numel")]
+        report = {"rank": dist.get_rank(), "baseline_rss_kb": seen["baseline"], "build_peak_kb": seen["build_peak"],
                   "first_step_peak_kb": _status_kb("VmHWM"),
                   "params_bytes": _local_bytes(trained.parameters()),
                   "optimizer_bytes": _local_bytes(state),
@@ -102,7 +110,11 @@ def write_cogvideox(path: Path, layers: int, checkpoints: Path) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
 
 
-def run(tree: Path, work: Path, name: str, layers: int, checkpoints: Path, cogvideox: Path) -> list[dict]:
+RUNS = {"after": (), "in_backward": ("optim.step_in_backward=true", "optim.grad_clip=0")}
+
+
+def run(tree: Path, work: Path, name: str, layers: int, checkpoints: Path, cogvideox: Path, more: tuple[str, ...],
+        malloc: dict) -> list[dict]:
     from jobs.loopback_s3 import free_port
 
     results = work / name
@@ -114,13 +126,13 @@ def run(tree: Path, work: Path, name: str, layers: int, checkpoints: Path, cogvi
             f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
             f"data.buckets=[[{SIZE}, {SIZE}]]", "data.num_workers=0", "data.shuffle_buffer=1", "steps=2",
             "metrics.every=1", "metrics.tensorboard=false", "checkpoint.every=1000", f"out_dir={work / name / 'run'}",
-            "parallel.param_dtype=float32"]
+            "parallel.param_dtype=bfloat16", *more]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(Path(__file__).resolve()), "--worker", str(results),
            *[a for s in sets for a in ("--set", s)]]
     # The tree's own packages first (a worktree of an older commit), then this file's helpers.
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **malloc}
     done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{name} run failed:\n{done.stderr[-4000:]}")
@@ -148,7 +160,10 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=28, help="DiT blocks (28: the large preset, 1.06 B parameters)")
     p.add_argument("--before", help=f"the tree to measure 'before' in: a folder, or a commit to unpack with git "
                                     f"archive (the one before the meta-device build: {BEFORE_COMMIT})")
+    p.add_argument("--runs", default="after,in_backward", help=f"which of {', '.join(RUNS)} to run (comma-separated)")
+    p.add_argument("--glibc-default", action="store_true", help="leave glibc's dynamic mmap threshold on")
     args = p.parse_args()
+    malloc = {} if args.glibc_default else {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
     from tests.data_fixtures import Clip, write_dataset
     from tiny_models.cinema_checkpoints import save_tiny_checkpoints
@@ -168,26 +183,32 @@ def main() -> None:
     write_dataset(work / "data", [Clip(f"c{i}", SIZE, SIZE, num_frames=FRAMES, num_subjects=1, caption=f"a ball {i}")
                                   for i in range(4)], clips_per_shard=2)
     result = {"preset": "large", "dit_layers": args.layers, "world_size": 2, "video": [FRAMES, SIZE, SIZE],
-              "after": summarise(run(ROOT, work, "after", args.layers, checkpoints, cogvideox))}
-    print(json.dumps({k: v for k, v in result["after"].items() if k != "ranks"}), flush=True)
+              "malloc": malloc or "glibc default"}
+    for name in args.runs.split(","):
+        result[name] = summarise(run(ROOT, work, name, args.layers, checkpoints, cogvideox, RUNS[name], malloc))
     if args.before:
-        result["before"] = summarise(run(Path(args.before), work, "before", args.layers, checkpoints, cogvideox))
+        result["before"] = summarise(run(Path(args.before), work, "before", args.layers, checkpoints, cogvideox, (),
+                                         malloc))
         result["before_tree"] = args.before
         result["before_commit"] = before_commit
-        result["peak_before_over_after"] = result["before"]["peak_gb"] / result["after"]["peak_gb"]
-        result["build_peak_before_over_after"] = result["before"]["build_peak_gb"] / result["after"]["build_peak_gb"]
-    for name in ("before", "after"):
+        for name in RUNS:
+            if name in result:
+                result[f"peak_before_over_{name}"] = result["before"]["peak_gb"] / result[name]["peak_gb"]
+                result[f"build_peak_before_over_{name}"] = (result["before"]["build_peak_gb"]
+                                                            / result[name]["build_peak_gb"])
+    for name in ("before", "after", "in_backward"):
         if name in result:
             r = result[name]
-            print(f"{name:6s} DiT {r['dit_params'] / 1e9:.2f} B, per rank: peak {r['peak_gb']:.2f} GB "
+            print(f"{name:11s} DiT {r['dit_params'] / 1e9:.2f} B, per rank: peak {r['peak_gb']:.2f} GB "
                   f"(after the build {r['build_peak_gb']:.2f} GB, the process before any model "
                   f"{r['baseline_rss_gb']:.2f} GB); shard: params {r['params_gb']:.2f} GB (fp32 grads as much), "
                   f"AdamW {r['optimizer_gb']:.2f} GB, frozen {r['frozen_gb']:.3f} GB; peak / (params + AdamW + frozen) "
                   f"= {r['ratio_to_params_optimizer_frozen']:.2f}x ({r['ratio_above_baseline']:.2f}x above the "
                   "process baseline); goal <= 1.3x")
-    if "before" in result:
-        print(f"peak before / after: {result['peak_before_over_after']:.2f}x; "
-              f"after the build: {result['build_peak_before_over_after']:.2f}x")
+    for name in RUNS:
+        if f"peak_before_over_{name}" in result:
+            print(f"peak before / {name}: {result[f'peak_before_over_{name}']:.2f}x; "
+                  f"after the build: {result[f'build_peak_before_over_{name}']:.2f}x")
     out = ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps(result, indent=2))

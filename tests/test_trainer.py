@@ -11,6 +11,8 @@ from pathlib import Path
 import boto3
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from common import contract as C
 from jobs.loopback_s3 import free_port
@@ -45,8 +47,8 @@ def precompute_cmd(*overrides: str) -> list[str]:
     return [sys.executable, "-m", "training.precompute", *sets]
 
 
-def metrics(out: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+def metrics(out: Path, field: str = "loss") -> dict[int, float]:
+    return {r["step"]: r[field] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
 
 def samples(out: Path, rank: int) -> dict[tuple[int, int], list[str]]:
@@ -81,32 +83,46 @@ def s3_dataset(s3_server, tmp_path_factory):
     return s3_server, "s3://train/ds"
 
 
+# How a kill-and-resume run trains: the encoders' mode, or AdamW stepped in the backward (encoders replicated).
+MODES = {"replicated": ["model.encoders=replicated"], "sharded": ["model.encoders=sharded"],
+         "precomputed": ["model.encoders=precomputed"],
+         "in_backward": ["model.encoders=replicated", "optim.step_in_backward=true", "optim.grad_clip=0"]}
+
+
 @pytest.fixture(scope="module")
 def reference_runs(s3_dataset, tmp_path_factory):
-    """encoders -> an uninterrupted 6-step run on 2 ranks in that mode (made on first use; for precomputed, after
+    """mode -> an uninterrupted 6-step run on 2 ranks in that mode (made on first use; for precomputed, after
     the precompute job wrote the features into the bucket), and the arguments it ran with."""
     endpoint, url = s3_dataset
     runs = {}
 
-    def reference(encoders: str):
-        if encoders not in runs:
+    def reference(mode: str):
+        if mode not in runs:
             data = [f"data.urls=[{url}]", f"data.storage.endpoint_url={endpoint}"]
-            if encoders == "precomputed":
+            if mode == "precomputed":
                 subprocess.run(precompute_cmd(*data), cwd=ROOT, check=True, capture_output=True, timeout=600)
+            # A clip norm no gradient reaches: the norm is measured and scaling by 1.0 changes nothing, so a run
+            # stepping in the backward (which cannot clip) trains exactly as one stepping after it.
             args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", *data, "optim.lr=1e-3",
-                    f"model.encoders={encoders}"]
+                    "optim.grad_clip=1e9", *MODES[mode]]
             out = tmp_path_factory.mktemp("reference") / "run"
             subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
-            runs[encoders] = out, args
-        return runs[encoders]
+            runs[mode] = out, args
+        return runs[mode]
 
     return reference
 
 
-@pytest.mark.parametrize("victim,encoders", [("every process", "replicated"), ("rank 1 alone", "replicated"),
-                                             ("every process", "sharded"), ("every process", "precomputed")])
-def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, victim, encoders, tmp_path):
-    reference, args = reference_runs(encoders)
+@pytest.mark.parametrize("victim,mode", [("every process", "replicated"), ("rank 1 alone", "replicated"),
+                                         ("every process", "sharded"), ("every process", "precomputed"),
+                                         ("every process", "in_backward")])
+def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, victim, mode, tmp_path):
+    """Killed after its checkpoint of step 2 and rerun: the same losses and samples as an uninterrupted run. The
+    sharded MLLM and AdamW stepped in the backward are checked against the replicated run they must equal; the
+    one resumed in the backward is that comparison's run (6 steps with a kill are the same as 6 without)."""
+    reference, args = reference_runs("replicated" if mode == "in_backward" else mode)
+    if mode == "in_backward":
+        args = [*args, *MODES["in_backward"]]
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(train_cmd(resumed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -131,9 +147,15 @@ def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, v
     ref, res = metrics(reference), metrics(resumed)
     assert sorted(res) == list(range(last + 1, 7))  # the resumed run starts after the last complete checkpoint
     assert all(res[s] == pytest.approx(ref[s], rel=1e-5) for s in res), (ref, res)
-    if encoders == "sharded":  # the MLLM sharded per decoder layer: the same losses as replicated on the same samples
+    if mode == "sharded":  # the MLLM sharded per decoder layer: the same losses as replicated on the same samples
         replicated = metrics(reference_runs("replicated")[0])
         assert all(ref[s] == pytest.approx(replicated[s], rel=1e-5) for s in ref), (ref, replicated)
+    if mode == "in_backward":  # the gradient norm it measures is the one clipping measures
+        norms = [metrics(out, "grad_norm") for out in (reference, resumed)]
+        assert all(norms[1][s] == pytest.approx(norms[0][s], rel=1e-5) for s in norms[1]), norms
+        want, got = (load_file(out / "trained.safetensors") for out in (reference, resumed))
+        assert want.keys() == got.keys()
+        assert all(torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-7) for k in want)
     for rank in (0, 1):
         assert samples(resumed, rank) == samples(reference, rank)
     keys = {k for rank in (0, 1) for ks in samples(reference, rank).values() for k in ks}
@@ -189,7 +211,7 @@ def test_no_weight_decay_on_norms_biases_and_the_aligner_queries():
 
     from cinema_model.model import CinemaModel
     from training.parallelize import apply_activation_checkpointing
-    from training.trainer import param_groups
+    from training.optimizer import param_groups
 
     from .model_fixtures import tiny_config
 
@@ -222,12 +244,14 @@ def test_mfu_counts_the_subject_slots_compute_runs_at():
     assert flops == dit_train_flops(model.cfg.dit, latent_frames(9), 4, 4, model.cfg.t5.max_length, 3)  # not the mean 1
 
 
-def test_data_and_video_frame_counts_must_agree():
+def test_settings_that_cannot_work_together_are_refused():
     from training.config import ConfigError, load_train_job
 
     with pytest.raises(ConfigError, match=r"data.num_frames=45 but the model's video.num_frames=49 \(preset full\)"):
         load_train_job(None, ["model.preset=full", "data.num_frames=45", "data.urls=[x]"])
     assert load_train_job(None, ["model.preset=full"]).data.num_frames == 49
+    with pytest.raises(ConfigError, match=r"set optim.grad_clip=0 and grad_accum=1 \(now 1.0 and 1\)"):
+        load_train_job(None, ["optim.step_in_backward=true"])
 
 
 def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):

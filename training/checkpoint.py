@@ -58,8 +58,8 @@ class TrainState:
     """What a checkpoint holds. The data position differs per rank, so each rank's is stored under its own key;
     ``data`` is this rank's position to save, ``saved_data`` every saved rank's position after a load."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, rank: int,
-                 ema: dict[str, torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], scheduler,
+                 rank: int, ema: dict[str, torch.Tensor] | None = None):
         self.model, self.optimizer, self.scheduler, self.rank, self.ema = model, optimizer, scheduler, rank, ema
         self.step = 0
         self.data: dict = {}

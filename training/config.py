@@ -94,6 +94,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # the cosine decays to lr * this at the last step
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     ema_decay: float | None = None  # keep an EMA of the trained weights (exported beside them)
+    # Step each parameter inside the backward, its gradient freed at once (training.optimizer): a rank's peak drops
+    # by a whole fp32 copy of its shard; needs grad_clip=0 and grad_accum=1.
+    step_in_backward: bool = False
 
     def validate(self) -> None:
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0:
@@ -168,6 +171,10 @@ class TrainJob:
     def validate(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
             raise ConfigError("steps and grad_accum must be >= 1")
+        if self.optim.step_in_backward and (self.optim.grad_clip or self.grad_accum > 1):
+            raise ConfigError("optim.step_in_backward updates each parameter as soon as its gradient is ready, so it "
+                              "cannot clip to a global norm or accumulate: set optim.grad_clip=0 and grad_accum=1 "
+                              f"(now {self.optim.grad_clip} and {self.grad_accum})")
         frames = preset(self.model.preset, self.model.checkpoints, self.model.overrides).video.num_frames
         if self.stage == "cinema" and self.data.num_frames != frames:
             raise ConfigError(f"data.num_frames={self.data.num_frames} but the model's video.num_frames={frames} "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -28,6 +27,7 @@ from .data.features import FeatureSet, open_features
 from .data.loader import ShardLoader
 from .data.shard_urls import list_shards
 from .metrics import Metrics
+from .optimizer import Optimizers
 from .parallelize import parallelize
 
 log = logging.getLogger("training")
@@ -70,14 +70,6 @@ def on_every_rank(fn):
     return result
 
 
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio`` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class Ema:
     """Exponential moving average of the trained weights, kept in each parameter's own (sharded) layout, under the
     parameters' own names (what activation checkpointing and compile wrap around them left out)."""
@@ -90,17 +82,6 @@ class Ema:
     def update(self) -> None:
         for k, p in self.params.items():
             self.shadow[k].lerp_(p.detach(), 1 - self.decay)
-
-
-def param_groups(trained: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices only, none on norms, biases (1-D) and the learned tokens a
-    module lists in ``no_weight_decay`` (AlignerNet's queries)."""
-    exempt = {clean_fqn(f"{name}.{p}") for name, module in trained.named_modules()
-              for p in getattr(module, "no_weight_decay", ())}
-    decay, no_decay = [], []
-    for name, p in trained.named_parameters():
-        (no_decay if p.ndim < 2 or clean_fqn(name) in exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build(job: TrainJob, device: torch.device, features: FeatureSet | None = None,
@@ -157,12 +138,9 @@ def train(job: TrainJob) -> dict:
         latest = checkpointer.latest() if job.checkpoint.resume else None
         model, trained = build(job, device, features, initial_weights=latest is None)  # a resume loads no CogVideoX
         params = {clean_fqn(k): p for k, p in trained.named_parameters()}
-        o = job.optim
-        optimizer = torch.optim.AdamW(param_groups(trained, o.weight_decay), lr=o.lr, betas=o.betas)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, o.warmup_steps, job.steps, o.min_lr_ratio))
-        ema = Ema(params, o.ema_decay) if o.ema_decay else None
-        state = TrainState(trained, optimizer, scheduler, rank, ema.shadow if ema else None)
+        optimizers = Optimizers(trained, job.optim, job.steps)
+        ema = Ema(params, job.optim.ema_decay) if job.optim.ema_decay else None
+        state = TrainState(trained, optimizers.optimizers, optimizers.schedule, rank, ema.shadow if ema else None)
         if latest is not None:
             exclude = set(job.checkpoint.exclude_from_loading)
             on_every_rank(lambda: checkpointer.load(state, latest, exclude))
@@ -192,11 +170,7 @@ def train(job: TrainJob) -> dict:
                 sample_tokens, sample_flops = _per_sample_cost(model, batch, job.stage)
                 tokens, flops = tokens + b * sample_tokens, flops + b * sample_flops
                 seen.write(json.dumps({"step": step, "micro": micro, "keys": list(batch["key"])}) + "\n")
-            grad_norm = (torch.nn.utils.clip_grad_norm_(list(params.values()), o.grad_clip)
-                         if o.grad_clip else None)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizers.step()
             if ema:
                 ema.update()
             # One all-reduce (a sum: gloo has no AVG) for the loss and the loader counters of every rank.
@@ -204,7 +178,8 @@ def train(job: TrainJob) -> dict:
                                 torch.tensor(_counters(loader), dtype=torch.float64, device=device)])
             dist.all_reduce(totals)
             loss, skipped, retries = totals.tolist()
-            extra = {"lr": scheduler.get_last_lr()[0], "data_skipped": int(skipped), "data_retries": int(retries)}
+            extra = {"lr": optimizers.schedule.get_last_lr()[0], "data_skipped": int(skipped),
+                     "data_retries": int(retries)}
             if grad_norm is not None:
                 extra["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             row = metrics.step(step, loss / world, b * job.grad_accum, tokens, flops, wait, extra) or row
