@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,22 +154,11 @@ def summarise(ranks: list[dict]) -> dict:
             "ranks": ranks}
 
 
-def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        return worker(sys.argv[2])
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=28, help="DiT blocks (28: the large preset, 1.06 B parameters)")
-    p.add_argument("--before", help=f"the tree to measure 'before' in: a folder, or a commit to unpack with git "
-                                    f"archive (the one before the meta-device build: {BEFORE_COMMIT})")
-    p.add_argument("--runs", default="after,in_backward", help=f"which of {', '.join(RUNS)} to run (comma-separated)")
-    p.add_argument("--glibc-default", action="store_true", help="leave glibc's dynamic mmap threshold on")
-    args = p.parse_args()
-    malloc = {} if args.glibc_default else {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
-
+def measure(args, work: Path, malloc: dict) -> dict:
+    """The runs ``args`` asks for, in ``work``."""
     from tests.data_fixtures import Clip, write_dataset
     from tiny_models.cinema_checkpoints import save_tiny_checkpoints
 
-    work = Path(tempfile.mkdtemp(prefix="memory-bench-"))
     before_commit = None
     if args.before and not Path(args.before).is_dir():
         before_commit = args.before
@@ -189,13 +179,33 @@ def main() -> None:
     if args.before:
         result["before"] = summarise(run(Path(args.before), work, "before", args.layers, checkpoints, cogvideox, (),
                                          malloc))
-        result["before_tree"] = args.before
+        result["before_tree"] = None if before_commit else args.before  # an unpacked commit is removed after
         result["before_commit"] = before_commit
         for name in RUNS:
             if name in result:
                 result[f"peak_before_over_{name}"] = result["before"]["peak_gb"] / result[name]["peak_gb"]
                 result[f"build_peak_before_over_{name}"] = (result["before"]["build_peak_gb"]
                                                             / result[name]["build_peak_gb"])
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=28, help="DiT blocks (28: the large preset, 1.06 B parameters)")
+    p.add_argument("--before", help=f"the tree to measure 'before' in: a folder, or a commit to unpack with git "
+                                    f"archive (the one before the meta-device build: {BEFORE_COMMIT})")
+    p.add_argument("--runs", default="after,in_backward", help=f"which of {', '.join(RUNS)} to run (comma-separated)")
+    p.add_argument("--glibc-default", action="store_true", help="leave glibc's dynamic mmap threshold on")
+    args = p.parse_args()
+    malloc = {} if args.glibc_default else {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+
+    work = Path(tempfile.mkdtemp(prefix="memory-bench-"))
+    try:
+        result = measure(args, work, malloc)
+    finally:  # the checkpoint it wrote is GBs
+        shutil.rmtree(work, ignore_errors=True)
     for name in ("before", "after", "in_backward"):
         if name in result:
             r = result[name]
