@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from common.lease import LeaseHeld
     from common.storage import Storage
 
     from .faults import JobStopped
-    from .lease import LeaseHeld
     from .report import summary_text, write_report
     from .runner import run
 

@@ -12,13 +12,13 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from common.lease import Lease
 from common.storage import Storage
 from common.typed_config import ConfigError
 
 from .config import JobConfig
 from .executor import shard_sink, stream
 from .faults import JobStopped
-from .lease import Lease
 from .preflight import check_job
 from .run_record import run_stats, write_run_record
 from .shard_sink import repack

@@ -15,7 +15,7 @@ died, a rerun of a half-committed source, a byte-identical copy of a source: cli
 content) is rewritten without them by a worker (``shard_sink.repack``) before it is committed, or removed. The
 copy's own marker names the copy it duplicates. Workers' small last shards are staged and merged the same way.
 
-The writer runs under the output's lease (``curation.lease``): ``check_lease`` is called before every commit.
+The writer runs under the output's lease (``common.lease``): ``check_lease`` is called before every commit.
 """
 
 from __future__ import annotations

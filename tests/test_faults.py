@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from common import contract as C
+from common.lease import Lease, LeaseHeld
 from common.storage import Storage, StorageUnavailable
 from common.typed_config import ConfigError
 from curation.__main__ import main
 from curation.analysis import analyse
 from curation.config import ShardsConfig, load_job
 from curation.faults import JobStopped, fault_of
-from curation.lease import Lease, LeaseHeld
 from curation.preflight import check_job
 from curation.shard_sink import ShardSink
 from curation.stages import SceneStage, error_row, make_row

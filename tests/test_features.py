@@ -182,6 +182,35 @@ def test_precompute_is_exactly_once(dataset, tmp_path):
             assert p.stat().st_mtime_ns == stamp, p
 
 
+def test_one_precompute_driver_per_features_folder(dataset, tmp_path):
+    """As in curation: while another driver holds a dataset's features, precompute is refused with the holder named
+    and writes nothing; an encoder actor whose driver's lease was taken over commits nothing and says so."""
+    import os
+
+    from common.lease import Lease
+    from common.storage import Storage, StorageConfig
+    from training.precompute.runner import ShardActor
+
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root)
+    marker = sorted((root / "features" / "done").glob("*.json"))[0]
+    marker.unlink()
+    tar = root / "features" / (marker.stem + ".tar")
+    tar.unlink()
+    other = Lease(Storage(StorageConfig()), str(root / "features"), settle_s=0)
+    other.acquire()
+    try:
+        refused = precompute(str(root))
+        assert refused.returncode == 4, refused.stderr[-3000:]
+        assert f"in use by another driver (pid {os.getpid()} on" in refused.stderr, refused.stderr
+        actor = ShardActor(job(root, "precompute.batch_size=2"), {str(root): "a driver that lost the lease"})
+        row = actor({"shard": [str(root / "shards" / tar.name)]})
+        assert row["lease_lost"] == [True] and "in use by another driver" in row["error"][0], row
+    finally:
+        other.release()
+    assert not marker.exists() and not tar.exists() and not list((root / "features").glob(".*.tmp"))
+
+
 def test_the_cluster_job_file_loads_for_both_commands():
     from training.config import load_train_job
 

@@ -210,8 +210,8 @@ def test_no_weight_decay_on_norms_biases_and_the_aligner_queries():
     from torch import nn
 
     from cinema_model.model import CinemaModel
-    from training.parallelize import apply_activation_checkpointing
     from training.optimizer import param_groups
+    from training.parallelize import apply_activation_checkpointing
 
     from .model_fixtures import tiny_config
 

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # frozen weights from local folders or the hub cache only
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from common.lease import LeaseHeld
+
     from .runner import run
 
     try:
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, JobError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except LeaseHeld as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 4
     print(f"features: {result['written']} shard(s) written ({result['samples']} clips, {result['samples_skipped']} "
           f"unusable clips skipped), {result['committed_before']} already committed, {len(result['failed'])} failed",
           flush=True)

@@ -8,6 +8,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import save as save_tensors
@@ -59,8 +60,9 @@ class FeatureEncoder:
         self.storage.write_atomic(url, save_tensors({"states": states[0][mask[0]].to(self.dtype).cpu().contiguous(),
                                                      "mask": mask[0][mask[0]].cpu().contiguous()}))
 
-    def shard(self, shard_url: str) -> dict:
-        """Write the shard's features, then its commit marker; returns the marker."""
+    def shard(self, shard_url: str, check_lease: Callable[[], None] = lambda: None) -> dict:
+        """Write the shard's features, then its commit marker, each after ``check_lease`` (the driver still holds
+        the output); returns the marker."""
         stream = ShardStream(self.job.data, [shard_url], 0, 1, media=True)
         samples = 0
         with tempfile.TemporaryFile() as tmp:
@@ -83,12 +85,14 @@ class FeatureEncoder:
             tmp.seek(0)
             sha = hashlib.file_digest(tmp, "sha256").hexdigest()
             tmp.seek(0)
+            check_lease()
             self.storage.write_atomic(F.features_url(self.storage, shard_url), write=lambda f: shutil.copyfileobj(tmp, f))
         c = stream.counters
         marker = {"shard": shard_url, "features": F.features_url(self.storage, shard_url), "size": size,
                   "sha256": sha, "samples": samples, "samples_corrupt": c["samples_corrupt"],
                   "samples_too_short": c["samples_too_short"], "shard_corrupt": bool(c["shards_corrupt"]),
                   "made_with": F.digest(self.made_with)}
+        check_lease()
         self.storage.write_atomic(F.marker_url(self.storage, shard_url), json.dumps(marker, indent=1).encode())
         return marker
 

@@ -1,4 +1,7 @@
-"""The precompute job's driver: which shards need features, a Ray Data pipeline of encoder actors over them."""
+"""The precompute job's driver: which shards need features, a Ray Data pipeline of encoder actors over them.
+
+One driver per dataset root's ``features/`` at a time, as in curation (``common.lease``): the driver takes the lease
+before it touches anything there, and the actors check it before each commit."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 import os
 import time
 
+from common.lease import Lease, LeaseHeld
 from common.storage import Storage
 from common.typed_config import ConfigError
 
@@ -18,45 +22,52 @@ log = logging.getLogger("training.precompute")
 
 class ShardActor:
     """A Ray Data actor: the encoders once, then one shard per call. A shard that cannot be read is an error row
-    (nothing committed: the rerun does it); any other failure is a bug and fails the job."""
+    (nothing committed: the rerun does it); so is a lease another driver took over (``lease_lost``: the driver
+    stops); any other failure is a bug and fails the job."""
 
-    def __init__(self, job: TrainJob):
+    def __init__(self, job: TrainJob, leases: dict[str, str]):
         from .encode import FeatureEncoder
 
         self.encoder = FeatureEncoder(job)
+        self.leases = {root: Lease(self.encoder.storage, features_dir(self.encoder.storage, root), holder=holder)
+                       for root, holder in leases.items()}  # root -> the driver's lease, to check
         self.roots: set[str] = set()
 
     def __call__(self, batch: dict) -> dict:
         from .encode import ShardUnreadable
 
-        out = {"shard": [], "samples": [], "skipped": [], "error": []}
+        out = {"shard": [], "samples": [], "skipped": [], "error": [], "lease_lost": []}
         for url in batch["shard"]:
             url = str(url)
             root = F.dataset_root(url)
             if root not in self.roots:
                 self.encoder.write_uncond(root)  # before any marker: a committed shard always has it
                 self.roots.add(root)
+            marker, error, lost = None, "", False
             try:
-                marker = self.encoder.shard(url)
-                out["samples"].append(marker["samples"])
-                out["skipped"].append(marker["samples_corrupt"] + marker["samples_too_short"])
-                out["error"].append("")
+                marker = self.encoder.shard(url, self.leases[root].check)
+            except LeaseHeld as e:  # another driver took the output over
+                error, lost = str(e), True
             except (ShardUnreadable, OSError) as e:
-                out["samples"].append(0)
-                out["skipped"].append(0)
-                out["error"].append(f"{type(e).__name__}: {e}")
+                error = f"{type(e).__name__}: {e}"
+            out["samples"].append(marker["samples"] if marker else 0)
+            out["skipped"].append(marker["samples_corrupt"] + marker["samples_too_short"] if marker else 0)
+            out["error"].append(error)
+            out["lease_lost"].append(lost)
             out["shard"].append(url)
         return out
 
 
-def plan(job: TrainJob) -> tuple[list[str], list[str]]:
-    """(every committed shard of the job's dataset roots, those without committed features). Writes each root's
-    ``features/meta.json`` the first time; refuses (JobError) features made with another model or clip shape."""
+def features_dir(storage: Storage, root: str) -> str:
+    return storage.join(root, F.FEATURES_DIR)
+
+
+def plan(job: TrainJob, storage: Storage, shards: list[str]) -> list[str]:
+    """The shards without committed features. Writes each root's ``features/meta.json`` the first time; refuses
+    (JobError) features made with another model or clip shape."""
     from cinema_model.config import preset
 
-    storage = Storage(job.data.storage)
     expected = F.made_with(preset(job.model.preset, job.model.checkpoints, job.model.overrides), job.data)
-    shards = list_shards(job.data)
     todo = []
     for root in dict.fromkeys(F.dataset_root(s) for s in shards):
         meta = F.read_meta(storage, root)
@@ -70,7 +81,7 @@ def plan(job: TrainJob) -> tuple[list[str], list[str]]:
                 storage.remove(tmp)
         done = F.committed(storage, root)
         todo += [s for s in shards if F.dataset_root(s) == root and F.shard_stem(s) not in done]
-    return shards, todo
+    return todo
 
 
 def _meta_json(expected: dict) -> bytes:
@@ -81,9 +92,24 @@ def _meta_json(expected: dict) -> bytes:
 
 
 def run(job: TrainJob) -> dict:
-    """Precompute the features of every shard that has none; returns counts (shards total, skipped as committed,
-    written, failed, samples written, samples skipped)."""
-    shards, todo = plan(job)
+    """Precompute the features of every shard that has none, under each dataset root's lease (LeaseHeld: another
+    driver has one); returns counts (shards total, skipped as committed, written, failed, samples written, samples
+    skipped)."""
+    storage = Storage(job.data.storage)
+    shards = list_shards(job.data)
+    held = []
+    try:
+        for root in dict.fromkeys(F.dataset_root(s) for s in shards):
+            lease = Lease(storage, features_dir(storage, root))
+            lease.acquire()
+            held.append((root, lease))
+        return _run(job, shards, plan(job, storage, shards), {root: lease.holder for root, lease in held})
+    finally:
+        for _, lease in held:
+            lease.release()
+
+
+def _run(job: TrainJob, shards: list[str], todo: list[str], leases: dict[str, str]) -> dict:
     result = {"shards": len(shards), "committed_before": len(shards) - len(todo), "written": 0, "failed": [],
               "samples": 0, "samples_skipped": 0}
     print(f"{len(shards)} shard(s), {len(shards) - len(todo)} with committed features, {len(todo)} to do", flush=True)
@@ -109,10 +135,12 @@ def run(job: TrainJob) -> dict:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
         ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(ShardActor, fn_constructor_args=(job,), batch_size=1, num_cpus=p.num_cpus,
+        ds = ds.map_batches(ShardActor, fn_constructor_args=(job, leases), batch_size=1, num_cpus=p.num_cpus,
                             num_gpus=p.num_gpus, compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))))
         t0 = time.time()
         for row in ds.iter_rows():
+            if row["lease_lost"]:  # another driver took the output over: stop before anything more is written
+                raise LeaseHeld(row["error"])
             if row["error"]:
                 result["failed"].append(f"{row['shard']}: {row['error']}")
                 log.warning("%s: not committed (the rerun does it): %s", row["shard"], row["error"])

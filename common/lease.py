@@ -4,7 +4,8 @@ A second driver on the same output is refused with a message naming the holder. 
 taken over: at once when it ran on this host and its process no longer exists (a killed driver's rerun), else
 once it has not renewed for ``ttl_s``. Storage has no compare-and-swap, so taking the lease is write, wait, read
 back (two drivers starting together: the last writer wins, the other sees it and stops), and the holder reads it
-back before every commit (a driver whose lease was taken over stops before it writes anything more).
+back before every commit (a driver whose lease was taken over stops before it writes anything more). Where workers
+commit, each checks the driver's lease the same way: ``Lease(storage, output, holder=driver_lease.holder)``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ class LeaseHeld(Exception):
 
 
 class Lease:
-    def __init__(self, storage: Storage, output: str, ttl_s: float = 120.0, settle_s: float = 1.0):
+    def __init__(self, storage: Storage, output: str, ttl_s: float = 120.0, settle_s: float = 1.0,
+                 holder: str | None = None):
+        """``holder``: the id of the driver this process commits for (a worker), which only ``check``s."""
         self.storage, self.uri = storage, storage.join(output.rstrip("/"), LEASE_FILE)
         self.ttl_s, self.settle_s = ttl_s, settle_s
-        self.me = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.me = {"id": holder or uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+
+    @property
+    def holder(self) -> str:
+        return self.me["id"]
 
     def _read(self) -> dict | None:
         try:
