@@ -80,6 +80,7 @@ def test_a_batch_of_features_gives_the_loss_of_encoding_it(dataset):
 def test_the_t5_ablation_precomputes_t5_features(tmp_path):
     """Conditioning "t5": the stored states are T5's padded features; made in-process by the actors' code."""
     from cinema_model.config import preset
+    from training.data import list_shards
     from training.precompute.encode import FeatureEncoder
     from training.precompute.runner import plan
 
@@ -87,7 +88,7 @@ def test_the_t5_ablation_precomputes_t5_features(tmp_path):
                              for i in range(4)], clips_per_shard=2)
     overrides = ["ablation.conditioning=t5", "flow.condition_dropout=0.5"]
     j = job(tmp_path, "data.batch_size=4", "data.shuffle_buffer=1", f"model.overrides=[{', '.join(overrides)}]")
-    _, todo = plan(j)
+    todo = plan(j, list_shards(j.data))
     encoder = FeatureEncoder(j, "cpu")
     encoder.write_uncond(str(tmp_path))
     assert [encoder.shard(s)["samples"] for s in todo] == [2, 2]
@@ -132,7 +133,7 @@ def test_features_of_another_model_or_clip_shape_are_refused(dataset, tmp_path):
     with pytest.raises(JobError, match=r"conditioning: \"mllm\" \(features\) != \"t5\""):
         check(overrides=["ablation.conditioning=t5"])
     with pytest.raises(JobError, match="another model"):  # the precompute job refuses to mix them in too
-        plan(job(dataset, "data.target_fps=4"))
+        plan(job(dataset, "data.target_fps=4"), list_shards(job(dataset).data))
     other = tmp_path / "plain"
     write_dataset(other, [Clip("x", 32, 32, num_frames=9)], clips_per_shard=1)
     with pytest.raises(JobError, match=r"no precomputed features .*python -m training.precompute"):

@@ -62,11 +62,12 @@ def features_dir(storage: Storage, root: str) -> str:
     return storage.join(root, F.FEATURES_DIR)
 
 
-def plan(job: TrainJob, storage: Storage, shards: list[str]) -> list[str]:
-    """The shards without committed features. Writes each root's ``features/meta.json`` the first time; refuses
-    (JobError) features made with another model or clip shape."""
+def plan(job: TrainJob, shards: list[str]) -> list[str]:
+    """Those of the job's ``shards`` without committed features. Writes each root's ``features/meta.json`` the
+    first time; refuses (JobError) features made with another model or clip shape."""
     from cinema_model.config import preset
 
+    storage = Storage(job.data.storage)
     expected = F.made_with(preset(job.model.preset, job.model.checkpoints, job.model.overrides), job.data)
     todo = []
     for root in dict.fromkeys(F.dataset_root(s) for s in shards):
@@ -103,7 +104,7 @@ def run(job: TrainJob) -> dict:
             lease = Lease(storage, features_dir(storage, root))
             lease.acquire()
             held.append((root, lease))
-        return _run(job, shards, plan(job, storage, shards), {root: lease.holder for root, lease in held})
+        return _run(job, shards, plan(job, shards), {root: lease.holder for root, lease in held})
     finally:
         for _, lease in held:
             lease.release()
