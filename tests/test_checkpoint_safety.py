@@ -112,6 +112,27 @@ def test_parts_excluded_from_loading_are_left_as_they_are(tmp_path):
     assert everything.saved_data == [{"position": 60}]
 
 
+def test_a_checkpoint_with_param_groups_by_position_still_resumes(tmp_path):
+    """Checkpoints written before AdamW's state was keyed by parameter name load as they were written, and the next
+    save is keyed by name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    from training.checkpoint import SafeReader
+
+    saved = state(step=4)
+    saved.optim_options = StateDictOptions()  # the layout those checkpoints have
+    old = Checkpointer(tmp_path, keep=3).save(saved)
+    assert "train.optim.param_groups.0.lr" in SafeReader(old).read_metadata().state_dict_metadata
+    resumed = state(seed=1, step=0)
+    Checkpointer(tmp_path, keep=3).load(resumed, old)
+    for p, q in zip(resumed.model.parameters(), saved.model.parameters()):
+        assert torch.equal(resumed.optimizer.state[p]["exp_avg"], saved.optimizer.state[q]["exp_avg"])
+    resumed.step = 6
+    new = Checkpointer(tmp_path, keep=3).save(resumed)
+    keys = SafeReader(new).read_metadata().state_dict_metadata
+    assert "train.optim.param_groups.0.weight.lr" in keys and "train.optim.param_groups.0.lr" not in keys
+
+
 def test_exported_weights_are_world_readable_and_say_what_they_are(tmp_path):
     from safetensors import safe_open
 

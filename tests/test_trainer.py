@@ -266,10 +266,27 @@ def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):
     assert Checkpointer(tmp_path, keep=3).latest() == tmp_path / "step-00000002"
 
 
+def adam_steps(checkpoint: Path) -> dict[str, float]:
+    """Parameter name -> the update count AdamW's state holds for it in a checkpoint, read in one process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from training.checkpoint import SafeLoadPlanner, SafeReader
+
+    reader = SafeReader(checkpoint)
+    prefix = "train.optim.state."
+    wanted = {k: torch.empty(m.size, dtype=m.properties.dtype)
+              for k, m in reader.read_metadata().state_dict_metadata.items()
+              if k.startswith(prefix) and k.endswith(".step") and isinstance(m, TensorStorageMetadata)}
+    dcp.load(wanted, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=True)
+    return {k.removeprefix(prefix).removesuffix(".step"): float(v) for k, v in wanted.items()}
+
+
 def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_path):
-    """2 ranks (AC on) -> 1 rank (AC off) -> 2 ranks (AC on), each from the last one's checkpoint, with an EMA: the
-    step and LR schedule go on, no sample of the epoch is trained twice, and the loader counters of every rank
-    reach the metrics (rank 1's first sample is not a video)."""
+    """2 ranks (AC on) -> 1 rank (AC off, AdamW stepped in the backward) -> 2 ranks (AC on, AdamW after it), each
+    from the last one's checkpoint, with an EMA: the step and LR schedule go on, AdamW's state carries across both
+    optimizer layouts, no sample of the epoch is trained twice, and the loader counters of every rank reach the
+    metrics (rank 1's first sample is not a video)."""
     import shutil
 
     from safetensors import safe_open
@@ -298,7 +315,8 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
 
     a, rows_a, _ = run("a", 2, 4)
     assert [r["data_skipped"] for r in rows_a] == [1, 1, 1, 1]  # rank 1's, summed over ranks
-    b, rows_b, log_b = run("b", 1, 4, "parallel.activation_checkpointing=false",
+    b, rows_b, log_b = run("b", 1, 4, "parallel.activation_checkpointing=false", "optim.step_in_backward=true",
+                           "optim.grad_clip=0",
                            resume_from=a / "checkpoints" / "step-00000002")
     assert "re-derived" in log_b and "no sample is seen twice in an epoch" in log_b
     assert [r["step"] for r in rows_b] == [3, 4]
@@ -306,6 +324,8 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
     assert abs(rows_b[0]["loss"] - rows_a[2]["loss"]) < 0.3, (rows_a, rows_b)  # other samples, the same weights
     c, rows_c, _ = run("c", 2, 6, resume_from=b / "checkpoints" / "step-00000004")
     assert [r["step"] for r in rows_c] == [5, 6]
+    steps = adam_steps(c / "checkpoints" / "step-00000006")
+    assert len(steps) > 50 and set(steps.values()) == {6.0}, steps  # every parameter's moments saw all 6 updates
     trained = [k for out, ranks, steps in ((a, 2, (1, 2)), (b, 1, (3, 4)), (c, 2, (5, 6)))
                for rank in range(ranks) for step in steps for k in samples(out, rank)[(step, 0)]]
     assert len(trained) == 10 and len(set(trained)) == 10, trained  # one epoch of 15 good clips: none twice

@@ -51,6 +51,12 @@ log = logging.getLogger("training")
 
 _NAME = re.compile(r"^step-(\d{8})$")
 _DATA_KEY = re.compile(r"^train\.data_rank(\d+)$")
+# AdamW's state and hyperparameters keyed by parameter name, as torchtitan keeps them: a checkpoint loads into one
+# optimizer or one per parameter (optim.step_in_backward) alike. Checkpoints written before kept param groups by
+# position (``train.optim.param_groups.0...``): they load into the layout that wrote them (AdamW after the backward).
+_OPTIM_BY_NAME = StateDictOptions(flatten_optimizer_state_dict=True)
+_OPTIM_BY_POSITION = StateDictOptions()
+_POSITIONAL_GROUP = re.compile(r"^train\.optim\.param_groups\.\d+\.lr$")
 COMMIT = "commit.json"
 
 
@@ -61,13 +67,14 @@ class TrainState:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], scheduler,
                  rank: int, ema: dict[str, torch.Tensor] | None = None):
         self.model, self.optimizer, self.scheduler, self.rank, self.ema = model, optimizer, scheduler, rank, ema
+        self.optim_options = _OPTIM_BY_NAME
         self.step = 0
         self.data: dict = {}
         self.saved_data: list[dict] | None = None
 
     def to_save(self) -> dict:
         state = {"model": get_model_state_dict(self.model),
-                 "optim": get_optimizer_state_dict(self.model, self.optimizer),
+                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self.optim_options),
                  "step": self.step, "scheduler": self.scheduler.state_dict(),
                  f"data_rank{self.rank}": json.dumps(self.data)}  # a leaf: DCP restores leaves, not empty dicts
         if self.ema is not None:
@@ -87,7 +94,7 @@ class TrainState:
     def apply(self, state: dict) -> None:
         set_model_state_dict(self.model, state["model"])
         if "optim" in state:
-            set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=self.optim_options)
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
         ranks = sorted(int(k.removeprefix("data_rank")) for k in state if k.startswith("data_rank"))
@@ -143,12 +150,17 @@ class Checkpointer:
         "data"). A checkpoint that holds anything but DCP's metadata and plain values is refused (JobError)."""
         reader = SafeReader(path)
         try:
-            saved = [int(m[1]) for k in reader.read_metadata().state_dict_metadata if (m := _DATA_KEY.match(k))]
+            keys = reader.read_metadata().state_dict_metadata
+            saved = [int(m[1]) for k in keys if (m := _DATA_KEY.match(k))]
+            if any(_POSITIONAL_GROUP.match(k) for k in keys):
+                state.optim_options = _OPTIM_BY_POSITION
             wanted = {"train": state.to_load(len(saved), exclude)}
             dcp.load(wanted, storage_reader=reader, planner=SafeLoadPlanner())
+            state.apply(wanted["train"])
         except CheckpointException as e:
             raise next((exc for exc, _ in e.failures.values() if isinstance(exc, JobError)), e) from None
-        state.apply(wanted["train"])
+        finally:
+            state.optim_options = _OPTIM_BY_NAME  # what the next save writes
         log.info("resumed from %s at step %d%s", path, state.step,
                  f" (not loaded: {', '.join(sorted(exclude))})" if exclude else "")
 

@@ -10,8 +10,9 @@ right after. A rank holds its parameters, their moments and one FSDP group's gra
 The update is the same AdamW with the same learning rate; what this gives up is clipping to a global norm (no
 parameter may wait for the others) and gradient accumulation. The global norm is still measured for the metrics.
 
-Either way the checkpoint holds the same entries: the optimizer state under the parameters' names, and one
-schedule (every per-parameter schedule is the same function of the step).
+Either way the checkpoint holds the same entries: AdamW's state and hyperparameters under the parameters' names
+(``training.checkpoint``) and one schedule (every per-parameter schedule is the same function of the step), so a run
+can switch between the two on a resume.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ class Schedule:
         return self.schedulers[0].state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Into any optimizer layout: every param group starts from optim.lr, so the per-group lists hold one value
+        however many groups the run that saved them had."""
         for s in self.schedulers:
-            s.load_state_dict(dict(state))
+            groups = len(s.optimizer.param_groups)
+            s.load_state_dict({k: v[:1] * groups if k in ("base_lrs", "_last_lr") else v for k, v in state.items()})
 
 
 class Optimizers:
