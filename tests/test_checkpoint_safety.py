@@ -112,16 +112,18 @@ def test_parts_excluded_from_loading_are_left_as_they_are(tmp_path):
     assert everything.saved_data == [{"position": 60}]
 
 
-def test_a_checkpoint_with_param_groups_by_position_still_resumes(tmp_path):
+def test_a_checkpoint_with_param_groups_by_position_still_resumes(tmp_path, monkeypatch):
     """Checkpoints written before AdamW's state was keyed by parameter name load as they were written, and the next
     save is keyed by name."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
+    import training.checkpoint
     from training.checkpoint import SafeReader
 
     saved = state(step=4)
-    saved.optim_options = StateDictOptions()  # the layout those checkpoints have
-    old = Checkpointer(tmp_path, keep=3).save(saved)
+    with monkeypatch.context() as m:
+        m.setattr(training.checkpoint, "_OPTIM_BY_NAME", StateDictOptions())  # the layout those checkpoints have
+        old = Checkpointer(tmp_path, keep=3).save(saved)
     assert "train.optim.param_groups.0.lr" in SafeReader(old).read_metadata().state_dict_metadata
     resumed = state(seed=1, step=0)
     Checkpointer(tmp_path, keep=3).load(resumed, old)

@@ -67,23 +67,24 @@ class TrainState:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], scheduler,
                  rank: int, ema: dict[str, torch.Tensor] | None = None):
         self.model, self.optimizer, self.scheduler, self.rank, self.ema = model, optimizer, scheduler, rank, ema
-        self.optim_options = _OPTIM_BY_NAME
         self.step = 0
         self.data: dict = {}
         self.saved_data: list[dict] | None = None
 
-    def to_save(self) -> dict:
+    def to_save(self, optim_options: StateDictOptions | None = None) -> dict:
+        """Every entry, the optimizer's keyed by parameter name (a save) or in ``optim_options``' layout."""
         state = {"model": get_model_state_dict(self.model),
-                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=self.optim_options),
+                 "optim": get_optimizer_state_dict(self.model, self.optimizer, options=optim_options or _OPTIM_BY_NAME),
                  "step": self.step, "scheduler": self.scheduler.state_dict(),
                  f"data_rank{self.rank}": json.dumps(self.data)}  # a leaf: DCP restores leaves, not empty dicts
         if self.ema is not None:
             state["ema"] = self.ema  # loaded in place by DCP
         return state
 
-    def to_load(self, data_ranks: int, exclude: set[str]) -> dict:
-        """The entries to read: all but the excluded ones, with every saved rank's data position."""
-        state = self.to_save()
+    def to_load(self, data_ranks: int, exclude: set[str], optim_options: StateDictOptions) -> dict:
+        """The entries to read: all but the excluded ones, with every saved rank's data position, the optimizer's
+        in the checkpoint's layout."""
+        state = self.to_save(optim_options)
         del state[f"data_rank{self.rank}"]
         if "optimizer" in exclude:
             del state["optim"]
@@ -91,10 +92,10 @@ class TrainState:
             state.update({f"data_rank{r}": "" for r in range(data_ranks)})
         return state
 
-    def apply(self, state: dict) -> None:
+    def apply(self, state: dict, optim_options: StateDictOptions) -> None:
         set_model_state_dict(self.model, state["model"])
         if "optim" in state:
-            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=self.optim_options)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=optim_options)
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
         ranks = sorted(int(k.removeprefix("data_rank")) for k in state if k.startswith("data_rank"))
@@ -152,15 +153,12 @@ class Checkpointer:
         try:
             keys = reader.read_metadata().state_dict_metadata
             saved = [int(m[1]) for k in keys if (m := _DATA_KEY.match(k))]
-            if any(_POSITIONAL_GROUP.match(k) for k in keys):
-                state.optim_options = _OPTIM_BY_POSITION
-            wanted = {"train": state.to_load(len(saved), exclude)}
+            layout = _OPTIM_BY_POSITION if any(_POSITIONAL_GROUP.match(k) for k in keys) else _OPTIM_BY_NAME
+            wanted = {"train": state.to_load(len(saved), exclude, layout)}
             dcp.load(wanted, storage_reader=reader, planner=SafeLoadPlanner())
-            state.apply(wanted["train"])
         except CheckpointException as e:
             raise next((exc for exc, _ in e.failures.values() if isinstance(exc, JobError)), e) from None
-        finally:
-            state.optim_options = _OPTIM_BY_NAME  # what the next save writes
+        state.apply(wanted["train"], layout)
         log.info("resumed from %s at step %d%s", path, state.step,
                  f" (not loaded: {', '.join(sorted(exclude))})" if exclude else "")
 

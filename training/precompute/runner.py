@@ -29,7 +29,7 @@ class ShardActor:
         from .encode import FeatureEncoder
 
         self.encoder = FeatureEncoder(job)
-        self.leases = {root: Lease(self.encoder.storage, features_dir(self.encoder.storage, root), holder=holder)
+        self.leases = {root: Lease(self.encoder.storage, self.encoder.storage.join(root, F.FEATURES_DIR), holder=holder)
                        for root, holder in leases.items()}  # root -> the driver's lease, to check
         self.roots: set[str] = set()
 
@@ -56,10 +56,6 @@ class ShardActor:
             out["lease_lost"].append(lost)
             out["shard"].append(url)
         return out
-
-
-def features_dir(storage: Storage, root: str) -> str:
-    return storage.join(root, F.FEATURES_DIR)
 
 
 def plan(job: TrainJob, shards: list[str]) -> list[str]:
@@ -101,7 +97,7 @@ def run(job: TrainJob) -> dict:
     held = []
     try:
         for root in dict.fromkeys(F.dataset_root(s) for s in shards):
-            lease = Lease(storage, features_dir(storage, root))
+            lease = Lease(storage, storage.join(root, F.FEATURES_DIR))
             lease.acquire()
             held.append((root, lease))
         return _run(job, shards, plan(job, shards), {root: lease.holder for root, lease in held})
