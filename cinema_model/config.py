@@ -115,10 +115,13 @@ class VideoConfig:
 
 @dataclass
 class AblationConfig:
-    """The paper's ablations: (b) conditioning="t5"; (c) subject_tokens=False; (d) aligner.pretrained=None."""
+    """The paper's ablations: (b) conditioning="t5"; (c) subject_tokens=False; (d) aligner_from_scratch: the
+    cinema stage trains the AlignerNet from random weights, with no aligner.pretrained (the trainer refuses that
+    unless it is named here)."""
 
     conditioning: Literal["mllm", "t5"] = "mllm"
     subject_tokens: bool = True
+    aligner_from_scratch: bool = False
 
 
 @dataclass

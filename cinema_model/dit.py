@@ -174,11 +174,14 @@ class CinemaDiT(nn.Module):
         if subjects is None:
             subjects = video.new_zeros(b, 0, *video.shape[2:])
         num_subjects = subjects.shape[1]
-        x_text = self.text_embed(text)
-        x_video = self.patch_embed(patchify(video, p))
-        x_subjects = self.patch_embed(patchify(subjects, p))
-        temb = self.time_embed(t)
-        temb_clean = self.time_embed(torch.zeros_like(t))
+        # Inputs are cast to the weights' dtype here, and only the tokens: the timestep and the RoPE tables stay
+        # float32 however the weights compute (as in diffusers), so training in bf16 sees the t that generate sees.
+        dtype = self.patch_embed.weight.dtype
+        x_text = self.text_embed(text.to(dtype))
+        x_video = self.patch_embed(patchify(video, p).to(dtype))
+        x_subjects = self.patch_embed(patchify(subjects, p).to(dtype))
+        temb = self.time_embed(t.float())
+        temb_clean = self.time_embed(torch.zeros_like(t, dtype=torch.float32))
 
         positions = visual_positions(frames, h // p, w // p, num_subjects, device=video.device)
         rope = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)

@@ -203,17 +203,22 @@ class CinemaModel(nn.Module):
 
     # -- losses -------------------------------------------------------------------------------------------------
 
-    def loss(self, batch: dict, generators: list[torch.Generator] | None = None) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, generators: list[torch.Generator] | None = None,
+             timesteps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Flow-matching loss of a training batch (module docstring); {"loss": scalar to backprop, "flow": its
         detached value}. Subject latents enter clean and are never part of the prediction or the loss.
 
         ``generators`` (one CPU generator per sample) draw each sample's condition dropout, timestep and noise, so
-        a sample's randomness depends on its generator only, not on which rank or batch it lands in."""
+        a sample's randomness depends on its generator only, not on which rank or batch it lands in.
+        ``timesteps`` (B,) fixes each sample's t and conditions every sample: the validation loss."""
         x0 = batch["latents"].to(self.device) if "latents" in batch else self.vae.encode(batch["video"].to(self.device))
         b = x0.shape[0]
         gens = generators or [None] * b
-        drop = torch.cat([torch.rand(1, generator=g) for g in gens]) < self.cfg.flow.condition_dropout
-        t = torch.cat([sample_timesteps(self.cfg.flow, 1, generator=g) for g in gens]).to(self.device)
+        if timesteps is None:
+            drop = torch.cat([torch.rand(1, generator=g) for g in gens]) < self.cfg.flow.condition_dropout
+            t = torch.cat([sample_timesteps(self.cfg.flow, 1, generator=g) for g in gens]).to(self.device)
+        else:
+            drop, t = torch.zeros(b, dtype=torch.bool), timesteps.float().to(self.device)
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0)
         captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist())]
         counts = batch["num_subjects"].cpu().masked_fill(drop, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -27,6 +28,54 @@ REPORT_FILE = "report.html"
 MP4 = "mp4"
 JSON = "json"
 CAPTION = "caption.txt"
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The frames the trainer takes from a clip: from its first frame, one every ``step(fps)`` frames (the target
+    frame rate), as many as the longest of ``frame_counts`` the clip holds. Curation's defaults follow from it (no
+    kept clip shorter than the shortest window, long scenes split into parts that each hold one), and the caption
+    and subject frames are drawn from the window the clip will give.
+
+    The counts are 1 + 8k, which CogVideoX's VAE keeps in place (an odd latent count). The default offers every such
+    count from 17 (2 s at 8 fps: shorter is close to a still image for a video model) to 49 (6 s, CogVideoX's
+    training length and the model's ``video.num_frames``): a real clip trains on its whole length, rounded down to a
+    step of 1 s, instead of being skipped below 6 s."""
+
+    frame_counts: tuple[int, ...] = (17, 25, 33, 41, 49)
+    fps: float | None = 8.0  # None: every frame of the clip
+
+    def step(self, clip_fps: float) -> int:
+        return 1 if self.fps is None else max(1, round(clip_fps / self.fps))
+
+    def frames_for(self, clip_fps: float, num_frames: int) -> int | None:
+        """The longest frame count a clip of ``num_frames`` frames at ``clip_fps`` gives, or None (too short)."""
+        available = (num_frames - 1) // self.step(clip_fps) + 1 if num_frames > 0 else 0
+        fits = [n for n in self.frame_counts if n <= available]
+        return max(fits) if fits else None
+
+    def span(self, clip_fps: float, frames: int) -> int:
+        """The clip frames from the first to the last frame a window of ``frames`` takes, inclusive."""
+        return (frames - 1) * self.step(clip_fps) + 1
+
+    def shortest_clip(self, clip_fps: float) -> int:
+        return self.span(clip_fps, min(self.frame_counts))
+
+    def longest_clip(self, clip_fps: float) -> int:
+        return self.span(clip_fps, max(self.frame_counts))
+
+    def seconds(self, clip_fps: float, frames: int) -> float:
+        return self.span(clip_fps, frames) / clip_fps
+
+
+TRAINING_WINDOW = TrainingWindow()
+
+
+def window_frames(clip_fps: float, num_frames: int, window: TrainingWindow = TRAINING_WINDOW) -> int:
+    """The clip frames the default trainer's window spans (what captions and subject crops describe): the longest
+    window the clip holds, or the whole clip when it holds none."""
+    frames = window.frames_for(clip_fps, num_frames)
+    return num_frames if frames is None else window.span(clip_fps, frames)
 
 
 def subject_member(k: int) -> str:
@@ -70,6 +119,18 @@ def committed_shards(storage: Storage, root: str) -> list[str]:
     a shard without one (its writer died between the two) was never committed and is not part of the dataset."""
     parts = storage.list(storage.join(root, MANIFEST_DIR), ".parquet")
     return [storage.join(root, SHARDS_DIR, p.rsplit("/", 1)[-1].removesuffix(".parquet") + ".tar") for p in parts]
+
+
+def read_manifest(storage: Storage, root: str, columns: list[str] | None = None) -> pa.Table:
+    """The committed manifest of a dataset root, or those columns of it (empty when nothing is committed)."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri in storage.list(storage.join(root, MANIFEST_DIR), ".parquet"):
+        with storage.open(uri) as f:
+            tables.append(pq.read_table(f, columns=columns, schema=MANIFEST_SCHEMA))
+    schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 SUBJECT = pa.struct(

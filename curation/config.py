@@ -58,16 +58,21 @@ class ScenesConfig:
     num_gpus: float = 0.0  # GPU share per scene worker: transnetv2 then runs on it (0: on the worker's CPU)
     min_scene_s: float = 0.5  # a cut this close to the previous cut or to the start is ignored
     analysis_width: int = 256  # frames are decoded once and downscaled to this width for detection and motion
-    min_clip_s: float = 2.0  # shorter scenes are dropped
-    max_clip_s: float = 10.0  # longer scenes are split evenly into parts no longer than this
+    # Shorter scenes are dropped; longer ones are split evenly into parts no longer than max_clip_s. Unset (the
+    # default), both follow the dataset contract's training window at the clip's frame rate: no clip shorter than
+    # the trainer's shortest window (17 frames at 8 fps, about 2 s), none longer than its longest (49, about 6 s),
+    # so every kept clip trains and its caption describes what the trainer takes (common.contract.TrainingWindow).
+    min_clip_s: float | None = None
+    max_clip_s: float | None = None
 
     def validate(self) -> None:
         if self.analysis_width < 16:
             raise ConfigError("scenes.analysis_width must be >= 16")
         if not self.detectors:
             raise ConfigError("scenes.detectors: at least one detector is needed")
-        if not 0 < self.min_clip_s <= self.max_clip_s:
-            raise ConfigError("scenes: need 0 < min_clip_s <= max_clip_s")
+        given = [s for s in (self.min_clip_s, self.max_clip_s) if s is not None]
+        if any(s <= 0 for s in given) or len(given) == 2 and self.min_clip_s > self.max_clip_s:
+            raise ConfigError("scenes: need 0 < min_clip_s <= max_clip_s (or leave them unset: the training window)")
 
 
 @dataclass
@@ -204,7 +209,8 @@ class AestheticConfig:
 
 @dataclass
 class SubjectsConfig:
-    """Open-vocabulary detection of the caption's subjects on the clip's middle frame, SAM masks, clean-up."""
+    """Open-vocabulary detection of the caption's subjects on the middle frame of the clip's training window (the
+    frames the trainer takes), SAM masks, clean-up."""
 
     enabled: bool = True  # runs only when captioning runs too: the labels come from the caption
     detector: Literal["yolo_world", "grounding_dino"] = "yolo_world"

@@ -95,6 +95,8 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
     errors = read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
     seconds = sum(s["seconds"] for s in per_source.values())
     subjects = Counter(len(r["subjects"]) for r in rows)
+    window = C.TRAINING_WINDOW
+    frames = Counter(window.frames_for(r["fps"], r["num_frames"]) for r in rows)
     return {
         "output": output,
         "clips": len(rows),
@@ -106,6 +108,9 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
         "scores": {k: _quantiles([r[k] for r in rows]) for k in SCORES},
         "subjects_per_clip": {str(k): subjects[k] for k in sorted(subjects)},
         "captioned": sum(r["caption"] is not None for r in rows),
+        # What the default trainer takes from each clip (common.contract.TrainingWindow), and what it cannot use.
+        "training_window": {"fps": window.fps, "frames": {str(k): frames[k] for k in sorted(filter(None, frames))},
+                            "too_short": frames[None]},
         "errors": dict(Counter(f"{e['stage']}/{e['error_type']}" for e in errors)),
     }
 
@@ -119,6 +124,10 @@ def format_stats(s: dict) -> str:
         f"{src['failed']} failed",
     ]
     lines += [f"  no clip: {w['uri']}: {w['reason']}" for w in src["without_clips"]]
+    tw = s["training_window"]
+    lines.append(f"training window (frames at {tw['fps']} fps, clips): "
+                 + (", ".join(f"{k}: {n}" for k, n in tw["frames"].items()) or "-")
+                 + f"; too_short: {tw['too_short']}" + (" (the default trainer skips them)" if tw["too_short"] else ""))
     lines.append("subjects per clip: " + (", ".join(f"{k}: {n}" for k, n in s["subjects_per_clip"].items()) or "-"))
     lines.append("filter scores of the kept clips (count, min, p10, median, p90, max):")
     for name, q in s["scores"].items():

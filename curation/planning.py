@@ -2,7 +2,8 @@
 
 Breaks merge into scenes by one rule (``BreakMerger``). Every scene (the frames between two merged breaks) is
 trimmed: black, white and flat frames, and the frames of a fade, are left out at both ends. What remains is split
-evenly into clips no longer than the longest clip. A scene with no clip's worth of content left is planned as one
+evenly into clips no longer than the longest clip, and with the training window's limits each part is cut to
+the longest window it holds, from its middle (``clip_window``). A scene with no clip's worth of content left is planned as one
 ``blank`` candidate; the filters (``rejection``) drop the clips whose scores fail them. ``Planner`` applies all of
 it, online in the scene pass's encoder as each scene closes (``curation.one_pass``) and offline to the whole
 analysis (the scene stage's final plan): the same decisions either way.
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from .config import FiltersConfig, TrimConfig
+from common.contract import TRAINING_WINDOW, window_frames
+
+from .config import FiltersConfig, ScenesConfig, TrimConfig
 from .shots import Break
 
 
@@ -58,9 +62,27 @@ def content_range(luma: np.ndarray, contrast: np.ndarray, trim: TrimConfig) -> t
     return int(idx[0]), int(idx[-1]) + 1
 
 
-def frame_limits(fps: float, min_s: float, max_s: float) -> tuple[int, int]:
-    min_len = max(1, math.ceil(min_s * fps - 1e-6))
-    return min_len, max(min_len, math.floor(max_s * fps + 1e-6))
+def clip_limits(sc: ScenesConfig, fps: float, encode_fps: float | None = None) -> tuple[int, int]:
+    """(shortest, longest) clip in source frames at ``fps``: ``scenes.min_clip_s`` and ``max_clip_s`` where set,
+    else the training window's shortest and longest span at the frame rate the clip is encoded at. A clip resampled
+    to ``encode_fps`` gets one source frame more than the window needs, so rounding in the resampler never leaves
+    it a frame short."""
+    out = encode_fps or fps
+    per_out = fps / out  # source frames per encoded frame
+    lo = (max(1, math.ceil(sc.min_clip_s * fps - 1e-6)) if sc.min_clip_s is not None
+          else math.ceil(TRAINING_WINDOW.shortest_clip(out) * per_out - 1e-6) + (out != fps))
+    hi = (math.floor(sc.max_clip_s * fps + 1e-6) if sc.max_clip_s is not None
+          else math.floor(TRAINING_WINDOW.longest_clip(out) * per_out + 1e-6))
+    return lo, max(lo, hi)
+
+
+def clip_window(sc: ScenesConfig, fps: float, encode_fps: float | None = None) -> Callable[[int], int] | None:
+    """With the training window's limits (``min_clip_s`` and ``max_clip_s`` unset) and no resampling: a part's
+    length -> the frames a clip keeps of it, the span of the longest window it holds, so that every frame kept is a
+    frame trained on and the caption describes the whole clip. None otherwise: parts are kept whole."""
+    if sc.min_clip_s is not None or sc.max_clip_s is not None or (encode_fps and encode_fps != fps):
+        return None
+    return lambda length: window_frames(fps, length)
 
 
 def split_evenly(start: int, end: int, min_len: int, max_len: int) -> list[tuple[int, int]]:
@@ -73,9 +95,22 @@ def split_evenly(start: int, end: int, min_len: int, max_len: int) -> list[tuple
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_len]
 
 
-def plan_scene(start: int, end: int, scores: Scores, trim: TrimConfig, limits: tuple[int, int]) -> list[Planned]:
+def centred(start: int, end: int, length: int) -> tuple[int, int]:
+    """``length`` frames from the middle of [start, end): what is left out lies at the cuts, where a missed
+    transition frame would sit."""
+    a = start + (end - start - length) // 2
+    return a, a + length
+
+
+def plan_scene(start: int, end: int, scores: Scores, trim: TrimConfig, limits: tuple[int, int],
+               window: Callable[[int], int] | None = None) -> list[Planned]:
+    """The scene's clips: its content (blank and fading ends trimmed) split evenly within ``limits``, each part cut
+    to its ``window`` (``clip_window``) where given."""
     a, b = content_range(scores.luma[start:end], scores.contrast[start:end], trim)
-    clips = [Planned(s, e, False) for s, e in split_evenly(start + a, start + b, *limits)]
+    parts = split_evenly(start + a, start + b, *limits)
+    if window is not None:
+        parts = [centred(s, e, window(e - s)) for s, e in parts]
+    clips = [Planned(s, e, False) for s, e in parts]
     if not clips and end - start >= limits[0]:
         return [Planned(start, end, True)]
     return clips
@@ -169,13 +204,13 @@ class Planner:
     filters drop. The source's size is what the resolution filter sees."""
 
     def __init__(self, trim: TrimConfig, limits: tuple[int, int], min_gap: int, filters: FiltersConfig,
-                 width: int, height: int):
-        self.trim, self.limits, self.min_gap, self.filters = trim, limits, min_gap, filters
+                 width: int, height: int, window: Callable[[int], int] | None = None):
+        self.trim, self.limits, self.min_gap, self.filters, self.window = trim, limits, min_gap, filters, window
         self.size = {"width": width, "height": height}
 
     def scene(self, start: int, end: int, scores: Scores) -> list[PlannedClip]:
         clips = []
-        for p in plan_scene(start, end, scores, self.trim, self.limits):
+        for p in plan_scene(start, end, scores, self.trim, self.limits, self.window):
             s = clip_scores(scores, p.start, p.end, self.trim)
             why = "blank" if p.blank else rejection({**self.size, **s}, self.filters)
             clips.append(PlannedClip(p.start, p.end, s, why))

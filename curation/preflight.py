@@ -3,12 +3,17 @@ failing every clip in the workers (where a failure looks like the source's fault
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from common.contract import TRAINING_WINDOW
 from common.typed_config import ConfigError
 
 from .config import DetectorConfig, JobConfig
 from .encoding import check_encoder
+
+log = logging.getLogger("curation")
+COMMON_FPS = (23.976, 24, 25, 29.97, 30, 50, 60)
 
 
 def check_job(cfg: JobConfig) -> None:
@@ -19,12 +24,24 @@ def check_job(cfg: JobConfig) -> None:
                           f"crf={cfg.encode.crf}: {e}") from None
     for i, d in enumerate(cfg.scenes.detectors):
         _check_detector(f"scenes.detectors[{i}]", d)
+    _warn_untrainable(cfg.scenes.min_clip_s)
     for field, ref, kind in _model_files(cfg):
         if kind == "file" and not Path(ref).is_file():
             raise ConfigError(f"{field}: no such file: {ref}")
         if kind == "model" and not _model_available(ref):
             raise ConfigError(f"{field}: {ref!r} is neither a local folder nor in the Hugging Face cache "
                               "(nothing is downloaded at run time: download it first, or point at a folder)")
+
+
+def _warn_untrainable(min_clip_s: float | None) -> None:
+    """A set ``scenes.min_clip_s`` below the training window keeps clips the default trainer skips: allowed (another
+    trainer may take them), said once."""
+    w = TRAINING_WINDOW
+    if min_clip_s is not None and any(min_clip_s * fps < w.shortest_clip(fps) for fps in COMMON_FPS):
+        log.warning("scenes.min_clip_s=%g keeps clips shorter than the default trainer's shortest window (%d frames "
+                    "at %g fps: %.2f-%.2f s by frame rate); it skips them, counted as too_short. Leave min_clip_s "
+                    "unset to keep only clips it trains on", min_clip_s, min(w.frame_counts), w.fps,
+                    min(w.shortest_clip(f) / f for f in COMMON_FPS), max(w.shortest_clip(f) / f for f in COMMON_FPS))
 
 
 def _check_detector(field: str, d: DetectorConfig) -> None:

@@ -3,7 +3,8 @@
 1. builds the tiny models (curation's captioner, detector and SAM; the CINEMA model's frozen parts) offline;
 2. starts an S3-compatible server on loopback and curates the sample videos into s3://cinema/dataset with every
    stage (scenes, clips, captions, subjects);
-3. trains the tiny CINEMA model with 2 FSDP2 ranks (gloo) streaming those shards from the bucket;
+3. trains the tiny CINEMA model with 2 FSDP2 ranks (gloo) streaming those shards from the bucket, in the paper's
+   two stages (the AlignerNet on captions, then AlignerNet + DiT), with a validation split held out by source;
 4. generates a video from a prompt and two subject crops taken out of the dataset;
 and prints where the report, the contact sheets, the loss curve and the video are, and the commands to look at
 each. The bucket goes with the server, so the dataset is mirrored to out/demo/dataset first.
@@ -50,13 +51,21 @@ def curate(endpoint: str, paths: dict) -> int:
 
 
 def train(endpoint: str) -> None:
-    run_dir = OUT / "train"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: the demo's checkpoints would otherwise resume
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "training", str(ROOT / "jobs" / "train_demo.yaml"),
-           "--set", f"data.storage.endpoint_url={endpoint}", "--set", f"out_dir={run_dir}",
-           "--set", f"model.checkpoints={CINEMA_TINY}"]
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    """The paper's recipe: the AlignerNet pre-trained on the captions, then the cinema stage starting from it."""
+    aligner_dir, run_dir = OUT / "aligner", OUT / "train"
+    for d in (aligner_dir, run_dir):
+        shutil.rmtree(d, ignore_errors=True)  # fresh runs: the demo's checkpoints would otherwise resume
+
+    def torchrun(out_dir: Path, *sets: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "training", str(ROOT / "jobs" / "train_demo.yaml")]
+        for s in (f"data.storage.endpoint_url={endpoint}", f"out_dir={out_dir}", f"model.checkpoints={CINEMA_TINY}",
+                  *sets):
+            cmd += ["--set", s]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+
+    torchrun(aligner_dir, "stage=aligner", "steps=10")
+    torchrun(run_dir, f"model.overrides=[aligner.pretrained={aligner_dir / 'trained.safetensors'}]")
 
 
 def subject_crops(storage, count: int = 2) -> tuple[dict, list[Path]]:
@@ -104,7 +113,8 @@ def main() -> int:
         shutil.rmtree(DATASET, ignore_errors=True)
         fs, path = storage.fs("s3://cinema/dataset")
         fs.get(path + "/", str(DATASET), recursive=True)
-        step("3/4 training the tiny CINEMA model: 2 FSDP2 ranks streaming the shards from the bucket")
+        step("3/4 training the tiny CINEMA model: 2 FSDP2 ranks streaming the shards from the bucket, AlignerNet "
+         "first, then AlignerNet + DiT")
         train(endpoint)
         clip, crops = subject_crops(storage)
     step(f"4/4 generating a video for {clip['caption']!r} with two subject crops from the dataset")
@@ -114,6 +124,7 @@ def main() -> int:
     print(f"  curation report:        {DATASET / 'report.html'}")
     print(f"  clips contact sheet:    {DATASET / 'contact_sheet.png'}")
     print(f"  loss curve:             {OUT / 'train' / 'loss_curve.png'}")
+    print(f"  validation samples:     {OUT / 'train' / 'validation'}  (a held-out clip's caption and subjects)")
     print(f"  trained weights:        {OUT / 'train' / 'trained.safetensors'}")
     print(f"  generated video:        {OUT / 'video.mp4'} (a tiny model trained for seconds: expect noise)")
     print(f"  generation sheet:       {OUT / 'video.png'}  (subjects left, frames right)")

@@ -3,6 +3,7 @@ DatasetWriter so the loader reads exactly what the pipeline writes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,8 +20,8 @@ from curation.writer import DatasetWriter
 
 
 def frame_level(i: int) -> int:
-    """The grey level of frame i of a test clip, so tests can tell which frames were sampled."""
-    return 30 + 25 * i
+    """The grey level of frame i of a test clip, so tests can tell which frames were sampled (wraps after 9)."""
+    return (30 + 25 * i) % 250
 
 
 def encode_clip(frames: list[np.ndarray], fps: float) -> bytes:
@@ -71,8 +72,9 @@ class Clip:
 
 
 def clip_row(c: Clip) -> dict:
+    uri = f"/videos/{c.clip_id}.mp4"
     meta = {
-        "clip_id": c.clip_id, "source_uri": f"/videos/{c.clip_id}.mp4", "source_sha1": "0" * 40,
+        "clip_id": c.clip_id, "source_uri": uri, "source_sha1": hashlib.sha1(uri.encode()).hexdigest(),
         "start_frame": 0, "end_frame": c.num_frames, "start_s": 0.0, "end_s": c.num_frames / c.fps, "fps": c.fps,
         "width": c.width, "height": c.height, "num_frames": c.num_frames, "motion": 1.0, "caption": c.caption,
         "subjects": [{"label": f"thing {k}", "score": 0.5, "bbox": [0.0, 0.0, 4.0, 4.0], "frame": 0,
@@ -81,7 +83,7 @@ def clip_row(c: Clip) -> dict:
     }
     mp4 = c.mp4 if c.mp4 is not None else tiny_clip(c.width, c.height, c.num_frames, c.fps)
     pngs = [subject_png(8 + 4 * k, 12) for k in range(c.num_subjects)]
-    return {"kind": "clip", "source_uri": meta["source_uri"], "meta": meta, "mp4": mp4, "pngs": pngs}
+    return {"kind": "clip", "source_uri": uri, "meta": meta, "mp4": mp4, "pngs": pngs}
 
 
 def write_dataset(out: Path, clips: list[Clip], clips_per_shard: int) -> None:

@@ -112,11 +112,16 @@ def test_a_clip_that_breaks_the_batched_call_loses_only_itself(tiny_paths, clip_
         assert r["meta"]["caption"] == "fine" and r["meta"]["subject_labels"] == ["car"] and "frames" not in r
 
 
-def test_prep_samples_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_rows):
+def test_prep_samples_the_training_window_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_rows):
+    """The caption frames and the subjects' keyframe come from the frames the default trainer takes."""
+    from common.contract import TRAINING_WINDOW, window_frames
+
     out = prepared(tiny_paths, clip_rows, "caption.num_frames=5", "caption.max_pixels=20000")
     for clip, row in zip(clip_rows, out):
         m = row["meta"]
-        n = m["num_frames"]
+        n = window_frames(m["fps"], m["num_frames"])  # the window spans these first frames of the clip
+        frames = TRAINING_WINDOW.frames_for(m["fps"], m["num_frames"])
+        assert n == (frames - 1) * TRAINING_WINDOW.step(m["fps"]) + 1 <= m["num_frames"]
         assert len(row["frames"]) == 5 and m["frame_indices"] == sorted(set(m["frame_indices"]))
         assert m["frame_indices"][0] < n / 5 and m["frame_indices"][-1] >= n * 4 / 5 and m["frame_indices"][-1] < n
         h, w, _ = decode_image(row["frames"][0]).shape

@@ -36,7 +36,7 @@ def dataset(tmp_path_factory):
 
 
 def config(urls, **changes) -> DataConfig:
-    values = dict(num_frames=3, shuffle_buffer=1, batch_size=1, retry_backoff_s=0.0)
+    values = dict(frames=[3], shuffle_buffer=1, batch_size=1, retry_backoff_s=0.0)
     return data_preset("tiny", urls=[str(u) for u in urls], **{**values, **changes})
 
 
@@ -348,7 +348,7 @@ def test_hostile_members_are_neither_extracted_nor_unpickled(tmp_path, monkeypat
         tar.addfile(link)
     before = sorted(tmp_path.rglob("*"))
 
-    cfg = config([shard], num_frames=2)
+    cfg = config([shard], frames=[2])
     stream = ShardStream(cfg, [str(shard)], 0, 1)
     raws = list(itertools.islice(stream.raw_samples(), 2))
     assert [(r.key, sorted(r.members)) for r in raws] == [("ok", ["caption.txt", "mp4"]), ("evil", [])]

@@ -12,10 +12,10 @@ import torch
 
 from .data_fixtures import Clip, write_dataset
 from .model_fixtures import tiny_checkpoints
-from .test_trainer import ROOT, TINY, metrics, precompute_cmd, samples, train_cmd
+from .test_trainer import ROOT, SCRATCH, TINY, metrics, precompute_cmd, samples, train_cmd
 
 # Condition dropout on half the samples: the unconditional path must match as well.
-DROPOUT = "model.overrides=[flow.condition_dropout=0.5]"
+DROPOUT = f"model.overrides=[flow.condition_dropout=0.5, {SCRATCH}]"
 
 
 def precompute(url: str, *more: str) -> subprocess.CompletedProcess:
@@ -87,7 +87,7 @@ def test_the_t5_ablation_precomputes_t5_features(tmp_path):
     write_dataset(tmp_path, [Clip(f"c{i}", 32, 32, num_frames=9, num_subjects=i % 3, caption=f"ball {i}")
                              for i in range(4)], clips_per_shard=2)
     overrides = ["ablation.conditioning=t5", "flow.condition_dropout=0.5"]
-    j = job(tmp_path, "data.batch_size=4", "data.shuffle_buffer=1", f"model.overrides=[{', '.join(overrides)}]")
+    j = job(tmp_path, "data.batch_size=4", "data.shuffle_buffer=1", f"model.overrides=[{', '.join([*overrides, SCRATCH])}]")
     todo = plan(j, list_shards(j.data))
     encoder = FeatureEncoder(j, "cpu")
     encoder.write_uncond(str(tmp_path))
@@ -126,8 +126,8 @@ def test_features_of_another_model_or_clip_shape_are_refused(dataset, tmp_path):
     assert len(check().shards) == 4  # the job they were made for
     with pytest.raises(JobError, match=r"another model.*buckets: \[\[32, 32\]\] \(features\) != \[\[32, 48\]\]"):
         check("data.buckets=[[32,48]]")
-    with pytest.raises(JobError, match=r"num_frames: 9 \(features\) != 17"):
-        check("data.num_frames=17", "model.overrides=[video.num_frames=17]", overrides=["video.num_frames=17"])
+    with pytest.raises(JobError, match=r"frames: \[9\] \(features\) != \[9, 17\]"):
+        check("data.frames=[9,17]")
     with pytest.raises(JobError, match=r"encoder.instruction: .* != \"Describe {caption}\""):
         check(overrides=["mllm.instruction=Describe {caption}"])
     with pytest.raises(JobError, match=r"conditioning: \"mllm\" \(features\) != \"t5\""):

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.config import EncodeConfig, FiltersConfig, TrimConfig, load_job
+from curation.config import EncodeConfig, FiltersConfig, ScenesConfig, TrimConfig, load_job
 from curation.executor import run_local
 from curation.one_pass import OnePassEncoder
-from curation.planning import Planner, frame_limits, split_evenly
+from curation.planning import Planner, clip_limits, split_evenly
 from curation.shots import SCENEDETECT_LAG, Break
 from curation.stages import CPU_STAGES
 
@@ -83,7 +83,7 @@ def frames(n: int) -> list[av.VideoFrame]:
     return out
 
 
-LIMITS = frame_limits(10.0, 0.5, 2.0)  # 10 fps, clips of 0.5 s to 2 s: 5 to 20 frames
+LIMITS = clip_limits(ScenesConfig(min_clip_s=0.5, max_clip_s=2.0), 10.0)  # 10 fps, 0.5 s to 2 s: 5 to 20 frames
 CONTENT = (1.0, 100.0, 50.0, 0.0)  # (motion, luma, contrast, damaged) of a frame with content
 
 

@@ -12,8 +12,8 @@ import torch
 from benchmarks.clean_clips import evaluate, labelled_videos
 from common.storage import Storage
 from curation.analysis import analyse
-from curation.config import DetectorConfig, TrimConfig
-from curation.planning import Planned, Scores, frame_limits, plan_scene
+from curation.config import DetectorConfig, ScenesConfig, TrimConfig
+from curation.planning import Planned, Scores, clip_limits, plan_scene
 from curation.shots import Break, Detectors
 from curation.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
 from curation.video import probe
@@ -142,12 +142,13 @@ def test_black_white_flat_and_fading_ends_are_trimmed():
     # 10 fps, clips 1 s to 4 s. Black (3), a fade-in (4, contrast rising to 50), content (30), white (2), flat grey (2).
     luma = [2] * 3 + [30, 50, 70, 90] + [100] * 30 + [250] * 2 + [128] * 2
     contrast = [1] * 3 + [10, 20, 30, 40] + [50] * 30 + [3] * 2 + [0] * 2
-    planned = plan_scene(0, len(luma), scene_scores(luma, contrast), TRIM, frame_limits(10, 1, 4))
+    limits = clip_limits(ScenesConfig(min_clip_s=1, max_clip_s=4), 10)
+    planned = plan_scene(0, len(luma), scene_scores(luma, contrast), TRIM, limits)
     assert planned == [Planned(7, 37, False)]  # the last fade frame has 0.8 of the content's contrast: < 0.85
 
 
 def test_a_scene_without_content_is_one_blank_candidate_and_a_short_one_is_nothing():
-    limits = frame_limits(10, 1, 4)
+    limits = clip_limits(ScenesConfig(min_clip_s=1, max_clip_s=4), 10)
     assert plan_scene(0, 30, scene_scores([1] * 30, [0] * 30), TRIM, limits) == [Planned(0, 30, True)]
     assert plan_scene(0, 8, scene_scores([1] * 8, [0] * 8), TRIM, limits) == []
     # Content shorter than the shortest clip once trimmed: blank too (nothing of it is kept).

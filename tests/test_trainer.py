@@ -22,8 +22,10 @@ from .model_fixtures import tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tiny model, tiny clips: 9 frames at 32x32, two subjects at most.
-TINY = ["model.preset=tiny", "data.num_frames=9", "data.target_fps=null", "data.buckets=[[32,32]]",
+# Tiny model, tiny clips: 9 frames at 32x32, two subjects at most; the AlignerNet trained from scratch (ablation d).
+SCRATCH = "ablation.aligner_from_scratch=true"
+TINY = ["model.preset=tiny", f"model.overrides=[{SCRATCH}]", "data.frames=[9]", "data.target_fps=null",
+        "data.buckets=[[32,32]]",
         "data.num_workers=0", "data.shuffle_buffer=4", "metrics.every=1",
         "metrics.tensorboard=false", "optim.warmup_steps=0", "parallel.param_dtype=float32"]
 
@@ -192,7 +194,7 @@ def test_a_subject_from_a_shard_and_the_same_png_given_to_generate_reach_the_mod
     from .data_fixtures import clip_row
 
     write_dataset(tmp_path / "ds", [Clip("wide", 48, 32, num_frames=3, num_subjects=4)], clips_per_shard=1)
-    cfg = data_preset("tiny", urls=[str(tmp_path / "ds")], num_frames=3, buckets=[(32, 48)], shuffle_buffer=1)
+    cfg = data_preset("tiny", urls=[str(tmp_path / "ds")], frames=[3], buckets=[(32, 48)], shuffle_buffer=1)
     batch = model_batch(next(iter(ShardLoader(cfg))), torch.device("cpu"))
     pngs = clip_row(Clip("wide", 48, 32, num_subjects=4))["pngs"]  # 8x12, 12x12, 16x12 and 20x12 red discs
     for k, png in enumerate(pngs):
@@ -247,11 +249,26 @@ def test_mfu_counts_the_subject_slots_compute_runs_at():
 def test_settings_that_cannot_work_together_are_refused():
     from training.config import ConfigError, load_train_job
 
-    with pytest.raises(ConfigError, match=r"data.num_frames=45 but the model's video.num_frames=49 \(preset full\)"):
-        load_train_job(None, ["model.preset=full", "data.num_frames=45", "data.urls=[x]"])
-    assert load_train_job(None, ["model.preset=full"]).data.num_frames == 49
+    full = ["model.preset=full", "data.urls=[x]", f"model.overrides=[{SCRATCH}]"]
+    with pytest.raises(ConfigError, match=r"data.frames: \[45\] not 1 \+ 8k"):
+        load_train_job(None, [*full, "data.frames=[17,45]"])
+    with pytest.raises(ConfigError, match=r"data.buckets: \[\[360, 640\]\] not multiples of 16"):
+        load_train_job(None, [*full, "data.buckets=[[480,720],[360,640]]"])
     with pytest.raises(ConfigError, match=r"set optim.grad_clip=0 and grad_accum=1 \(now 1.0 and 1\)"):
-        load_train_job(None, ["optim.step_in_backward=true"])
+        load_train_job(None, [*full, "optim.step_in_backward=true"])
+    # A cinema stage whose AlignerNet would start random is the paper's ablation (d): refused unless named.
+    with pytest.raises(ConfigError, match=r"ablation \(d\).*aligner.pretrained=.*ablation.aligner_from_scratch=true"):
+        load_train_job(str(ROOT / "jobs" / "train_cluster.yaml"), ["model.overrides=[]"])
+    assert load_train_job(None, [*full[:2], "model.overrides=[ablation.conditioning=t5]"])  # no AlignerNet at all
+    # The shipped recipe: stage 1 on captions, then the cinema stage starting from its weights, on the contract's
+    # training window.
+    aligner = load_train_job(str(ROOT / "jobs" / "train_aligner_cluster.yaml"))
+    for name in ("train_cluster", "precompute_cluster"):
+        cinema = load_train_job(str(ROOT / "jobs" / f"{name}.yaml"))
+        assert (aligner.stage, cinema.stage) == ("aligner", "cinema")
+        assert f"aligner.pretrained={aligner.out_dir}/trained.safetensors" in cinema.model.overrides
+        assert cinema.data.frames == list(C.TRAINING_WINDOW.frame_counts) == [17, 25, 33, 41, 49]
+        assert cinema.validation.fraction > 0 and aligner.validation.fraction == cinema.validation.fraction
 
 
 def test_a_checkpoint_cut_off_while_saving_is_never_loaded(tmp_path):

@@ -11,9 +11,9 @@ from scenedetect import AdaptiveDetector, detect
 
 from common.storage import Storage
 from curation.analysis import analyse
-from curation.config import DetectorConfig, EncodeConfig, TrimConfig
+from curation.config import DetectorConfig, EncodeConfig, ScenesConfig, TrimConfig
 from curation.encoding import ClipCutter, ClipSpec, output_size
-from curation.planning import frame_limits, merge_breaks, min_gap_frames, plan, scenes, split_evenly
+from curation.planning import clip_limits, merge_breaks, min_gap_frames, plan, scenes, split_evenly
 from curation.shots import Break, Detectors
 from curation.video import VideoError, probe
 
@@ -38,7 +38,8 @@ def cut_points(info, a, min_scene_s=0.5) -> list[int]:
 
 def untrimmed_clips(info, a, min_s, max_s):
     merged = merge_breaks(a.breaks, a.num_frames, min_gap_frames(0.5, info.fps))
-    planned = plan(scenes(merged, a.num_frames), a.scores, NO_TRIM, frame_limits(info.fps, min_s, max_s))
+    limits = clip_limits(ScenesConfig(min_clip_s=min_s, max_clip_s=max_s), info.fps)
+    planned = plan(scenes(merged, a.num_frames), a.scores, NO_TRIM, limits)
     return [(p.start, p.end) for p in planned]
 
 
@@ -62,7 +63,7 @@ def decode(mp4: bytes, fmt="rgb24") -> list[np.ndarray]:
 
 def test_split_evenly_drops_short_and_splits_long_scenes_evenly():
     # 10 fps, min 1 s, max 4 s: scenes of 5, 15 and 100 frames.
-    limits = frame_limits(10.0, 1.0, 4.0)
+    limits = clip_limits(ScenesConfig(min_clip_s=1.0, max_clip_s=4.0), 10.0)
     clips = [c for s, e in [(0, 5), (5, 20), (20, 120)] for c in split_evenly(s, e, *limits)]
     assert clips == [(5, 20), (20, 53), (53, 87), (87, 120)]
 

@@ -70,6 +70,7 @@ class TrainState:
         self.step = 0
         self.data: dict = {}
         self.saved_data: list[dict] | None = None
+        self.ema_loaded = False  # a checkpoint saved without an EMA leaves it for the trainer to start
 
     def to_save(self, optim_options: StateDictOptions | None = None) -> dict:
         """Every entry, the optimizer's keyed by parameter name (a save) or in ``optim_options``' layout."""
@@ -81,11 +82,13 @@ class TrainState:
             state["ema"] = self.ema  # loaded in place by DCP
         return state
 
-    def to_load(self, data_ranks: int, exclude: set[str], optim_options: StateDictOptions) -> dict:
+    def to_load(self, data_ranks: int, exclude: set[str], optim_options: StateDictOptions, ema: bool) -> dict:
         """The entries to read: all but the excluded ones, with every saved rank's data position, the optimizer's
-        in the checkpoint's layout."""
+        in the checkpoint's layout, the EMA where the checkpoint has one (``ema``)."""
         state = self.to_save(optim_options)
         del state[f"data_rank{self.rank}"]
+        if not ema:
+            state.pop("ema", None)
         if "optimizer" in exclude:
             del state["optim"]
         if "data" not in exclude:
@@ -94,6 +97,7 @@ class TrainState:
 
     def apply(self, state: dict, optim_options: StateDictOptions) -> None:
         set_model_state_dict(self.model, state["model"])
+        self.ema_loaded = "ema" in state
         if "optim" in state:
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=optim_options)
         self.step = state["step"]
@@ -154,7 +158,8 @@ class Checkpointer:
             keys = reader.read_metadata().state_dict_metadata
             saved = [int(m[1]) for k in keys if (m := _DATA_KEY.match(k))]
             layout = _OPTIM_BY_POSITION if any(_POSITIONAL_GROUP.match(k) for k in keys) else _OPTIM_BY_NAME
-            wanted = {"train": state.to_load(len(saved), exclude, layout)}
+            ema = any(k.startswith("train.ema.") for k in keys)
+            wanted = {"train": state.to_load(len(saved), exclude, layout, ema)}
             dcp.load(wanted, storage_reader=reader, planner=SafeLoadPlanner())
         except CheckpointException as e:
             raise next((exc for exc, _ in e.failures.values() if isinstance(exc, JobError)), e) from None

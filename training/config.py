@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cinema_model.config import preset
-from common.contract import MAX_SUBJECTS
+from common.contract import MAX_SUBJECTS, TRAINING_WINDOW, TrainingWindow
 from common.storage import StorageConfig
 from common.typed_config import ConfigError, apply_overrides, from_dict, load
 
@@ -31,9 +31,13 @@ class DataConfig:
     # shard URLs ending in .tar (local, s3:// or http(s)://; http has no listing, so it needs explicit shards).
     urls: list[str] = field(default_factory=list)
     storage: StorageConfig = field(default_factory=StorageConfig)  # the same section as a curation job's
-    num_frames: int = 49  # must equal the model's video.num_frames: 1 + 8k, CogVideoX's 49 by default
-    target_fps: float | None = 8.0  # frames are taken every round(clip fps / target_fps) frames; None: every frame
-    # (height, width); each clip goes to the bucket nearest its aspect ratio, resized to cover it and centre-cropped.
+    # Frame counts, increasing: a clip gives the longest its length allows, its frames taken from its first one
+    # every round(clip fps / target_fps) frames (None: every frame). The dataset contract's training window:
+    # 17 to 49 (2 to 6 s at 8 fps), each 1 + 8k, which CogVideoX's VAE keeps in place.
+    frames: list[int] = field(default_factory=lambda: list(TRAINING_WINDOW.frame_counts))
+    target_fps: float | None = TRAINING_WINDOW.fps
+    # (height, width); each clip goes to the size nearest its aspect ratio, resized to cover it and centre-cropped.
+    # A batch holds one bucket: one frame count at one size.
     buckets: list[tuple[int, int]] = field(default_factory=lambda: [(480, 720), (720, 480), (480, 480)])
     max_subjects: int = MAX_SUBJECTS  # subject crops are framed at the clip's bucket size (cinema_model.subjects)
     batch_size: int = 1  # per rank
@@ -47,8 +51,10 @@ class DataConfig:
     def validate(self) -> None:
         if not self.urls:
             raise ConfigError("data.urls: give at least one dataset root or shard URL")
-        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
-            raise ConfigError("data: num_frames, batch_size and shuffle_buffer must be >= 1")
+        if not self.frames or self.frames[0] < 1 or any(a >= b for a, b in zip(self.frames, self.frames[1:])):
+            raise ConfigError(f"data.frames={self.frames}: give increasing frame counts, each >= 1")
+        if self.batch_size < 1 or self.shuffle_buffer < 1:
+            raise ConfigError("data: batch_size and shuffle_buffer must be >= 1")
         if self.target_fps is not None and self.target_fps <= 0:
             raise ConfigError("data.target_fps must be > 0 (or null for every frame)")
         if not self.buckets or any(h < 1 or w < 1 for h, w in self.buckets):
@@ -58,11 +64,27 @@ class DataConfig:
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.retries < 0 or self.retry_backoff_s < 0:
             raise ConfigError("data: num_workers and retries must be >= 0, prefetch_factor >= 1, retry_backoff_s >= 0")
 
+    @property
+    def window(self) -> TrainingWindow:
+        return TrainingWindow(tuple(self.frames), self.target_fps)
+
+    @property
+    def num_buckets(self) -> int:
+        return len(self.frames) * len(self.buckets)
+
+    def bucket(self, frames: int, size: int) -> int:
+        """The bucket of ``frames`` frames at ``buckets[size]``."""
+        return self.frames.index(frames) * len(self.buckets) + size
+
+    def bucket_shape(self, bucket: int) -> tuple[int, int, int]:
+        """(frames, height, width) of a bucket."""
+        return self.frames[bucket // len(self.buckets)], *self.buckets[bucket % len(self.buckets)]
+
 
 # Presets are overrides of the defaults (which are the full, paper-scale settings).
 DATA_PRESETS: dict[str, dict] = {
     "full": {},
-    "tiny": dict(num_frames=9, target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], num_workers=0, shuffle_buffer=4),
+    "tiny": dict(frames=[9], target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], num_workers=0, shuffle_buffer=4),
 }
 
 
@@ -154,6 +176,33 @@ class PrecomputeConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """A validation split held out by source (``training.data.split``: no clip of a validation source is trained
+    on), its loss at fixed timesteps and noise every ``every`` steps, the same clips each time, so the value is
+    comparable across runs and resumes; and sample videos generated from a few of those clips' captions and subjects.
+    ``fraction: 0`` (the default) holds nothing out and measures nothing."""
+
+    fraction: float = 0.0  # share of sources held out, chosen by a hash of their content (stable as sources are added)
+    every: int = 500  # steps between validation losses
+    clips: int = 16  # held-out clips the loss is measured on (the same ones every time), at every timestep
+    timesteps: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    seed: int = 0  # of the noise (per clip and timestep)
+    samples: int = 2  # of those clips, whose caption and subjects are generated as videos (stage cinema)
+    sample_every: int = 0  # steps between sample videos (also at the last step); 0: none
+    sample_steps: int | None = None  # sampler steps (None: the model's flow.sample_steps)
+
+    def validate(self) -> None:
+        if not 0 <= self.fraction < 1:
+            raise ConfigError("validation.fraction must be within [0, 1)")
+        if self.every < 1 or self.clips < 1 or self.samples < 0 or self.sample_every < 0:
+            raise ConfigError("validation: every and clips must be >= 1, samples and sample_every >= 0")
+        if not self.timesteps or not all(0 < t <= 1 for t in self.timesteps):
+            raise ConfigError("validation.timesteps: give at least one, each within (0, 1]")
+        if self.sample_steps is not None and self.sample_steps < 1:
+            raise ConfigError("validation.sample_steps must be >= 1 (or null for the model's)")
+
+
+@dataclass
 class TrainJob:
     stage: Literal["aligner", "cinema"] = "cinema"
     steps: int = 1000
@@ -167,6 +216,7 @@ class TrainJob:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def validate(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
@@ -175,14 +225,35 @@ class TrainJob:
             raise ConfigError("optim.step_in_backward updates each parameter as soon as its gradient is ready, so it "
                               "cannot clip to a global norm or accumulate: set optim.grad_clip=0 and grad_accum=1 "
                               f"(now {self.optim.grad_clip} and {self.grad_accum})")
-        frames = preset(self.model.preset, self.model.checkpoints, self.model.overrides).video.num_frames
-        if self.stage == "cinema" and self.data.num_frames != frames:
-            raise ConfigError(f"data.num_frames={self.data.num_frames} but the model's video.num_frames={frames} "
-                              f"(preset {self.model.preset}): the loader must cut the clips the model is built for; "
-                              "set both to the same value")
+        if self.stage == "cinema":
+            self._check_buckets()
+            self._check_aligner()
         if self.model.encoders == "precomputed" and self.stage != "cinema":
             raise ConfigError("model.encoders=precomputed is for stage cinema: the aligner stage trains the "
                               "AlignerNet against T5 on captions, which it encodes every step")
+
+
+    def _check_aligner(self) -> None:
+        cfg = preset(self.model.preset, self.model.checkpoints, self.model.overrides)
+        if cfg.ablation.conditioning == "mllm" and not cfg.aligner.pretrained and not cfg.ablation.aligner_from_scratch:
+            raise ConfigError(
+                "stage cinema with MLLM conditioning starts the AlignerNet from an aligner run's weights, and "
+                "model.overrides names none (aligner.pretrained): from random weights it is the paper's ablation (d), "
+                "which it reports as worse. Train `stage: aligner` first (jobs/train_aligner_cluster.yaml) and set "
+                "aligner.pretrained=ITS_OUT_DIR/trained.safetensors, or name the ablation: "
+                "ablation.aligner_from_scratch=true")
+
+    def _check_buckets(self) -> None:
+        """What the model takes, checked before any data is read (precompute would otherwise spend hours on a
+        bucket the DiT refuses at its first batch)."""
+        odd = [n for n in self.data.frames if (n - 1) % 8]
+        if odd:
+            raise ConfigError(f"data.frames: {odd} not 1 + 8k (9, 17, ..., 49): CogVideoX's VAE keeps only an odd "
+                              "number of latent frames in place")
+        # VAE 8x, then the DiT's 2x2 patches.
+        bad = [list(b) for b in self.data.buckets if b[0] % 16 or b[1] % 16]
+        if bad:
+            raise ConfigError(f"data.buckets: {bad} not multiples of 16 (the VAE's 8x times the DiT's 2x2 patches)")
 
 
 def load_train_job(path: str | None, overrides: list[str] = ()) -> TrainJob:

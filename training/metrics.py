@@ -44,6 +44,8 @@ _GROUPS = {"loss": "loss/train", "grad_norm": "loss/grad_norm", "lr": "optim/lr"
 def tb_tag(key: str) -> str:
     if key in _GROUPS:
         return _GROUPS[key]
+    if key.startswith("val_loss"):
+        return "loss/validation" + key.removeprefix("val_loss")
     return f"data/{key.removeprefix('data_')}" if key.startswith("data") else f"perf/{key}"
 
 
@@ -121,6 +123,29 @@ class Metrics:
                     if k != "step" and isinstance(v, (int, float)):
                         self.tb.add_scalar(tb_tag(k), v, step)
         return row
+
+    def record(self, name: str, step: int, values: dict) -> None:
+        """A row of another kind (``validation``, ``data``) at ``step``: printed, appended to ``<name>.jsonl`` at once
+        and its numbers shown in TensorBoard (rank 0)."""
+        if self.rank != 0:
+            return
+        row = {"step": step, **values}
+        print(f"{name}: " + " ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
+        with open(self.out_dir / f"{name}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(tb_tag(k), v, step)
+
+    def image(self, tag: str, path: Path, step: int) -> None:
+        """A PNG written by rank 0 (a validation sample's contact sheet), shown in TensorBoard's images."""
+        if self.rank == 0 and self.tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as image:
+                self.tb.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> Path | None:
         """Write metrics.jsonl and the loss curve PNG (rank 0); returns the PNG's path."""

@@ -56,8 +56,12 @@ def apply_fsdp(model: CinemaModel, mesh: DeviceMesh, param_dtype: torch.dtype, r
     # warns about is lost only by an in-place op on that output, and nothing writes to it (condition dropout
     # replaces captions, not tokens), so the warning says nothing about this model.
     warnings.filterwarnings("ignore", r"FSDP2-wrapped module \(FSDPAlignerNet\) returned a view tensor")
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    for part in model.trainable_parts().values():
+    for name, part in model.trainable_parts().items():
+        # FSDP2 casts every floating-point forward input to param_dtype by default: the DiT's timestep and RoPE
+        # tables would reach it in bf16 (t=0.7123 as 0.7109), unlike generate's. The DiT casts its token inputs
+        # itself; the AlignerNet's only input is the encoder's states, cast as before.
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype,
+                                  cast_forward_inputs=name != "dit")
         blocks = _blocks(part)
         for i, block in enumerate(blocks):
             # The last block's parameters are needed again at once by the backward: no point in freeing them.

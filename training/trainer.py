@@ -24,11 +24,13 @@ from .batch import model_batch, sample_generators
 from .checkpoint import Checkpointer, TrainState, clean_fqn, export_consolidated
 from .config import JobError, TrainJob
 from .data.features import FeatureSet, open_features
+from .data.fit import dataset_fit
 from .data.loader import ShardLoader
 from .data.shard_urls import list_shards
 from .metrics import Metrics
 from .optimizer import Optimizers
 from .parallelize import parallelize
+from .validation import Validator
 
 log = logging.getLogger("training")
 
@@ -77,6 +79,12 @@ class Ema:
     def __init__(self, params: dict[str, nn.Parameter], decay: float):
         self.params, self.decay = params, decay
         self.shadow = {k: p.detach().clone() for k, p in params.items()}
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start from the current weights (a resume from a checkpoint saved without an EMA)."""
+        for k, p in self.params.items():
+            self.shadow[k].copy_(p.detach())
 
     @torch.no_grad()
     def update(self) -> None:
@@ -131,8 +139,13 @@ def train(job: TrainJob) -> dict:
         # First what the user may have got wrong, so that it fails in seconds. The aligner stage reads captions
         # only: no clip is decoded, none is too short.
         features = on_every_rank(lambda: _features(job)) if job.model.encoders == "precomputed" else None
-        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=job.stage == "cinema",
-                                                   features=features))
+        media, val = job.stage == "cinema", job.validation
+        fit = on_every_rank(lambda: dataset_fit(job.data, media, val.fraction, val.clips))
+        if rank == 0 and fit is not None:
+            log.info(fit.summary(job.data))
+        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=media, features=features,
+                                                   holdout=val.fraction))
+        validator = on_every_rank(lambda: _validator(job, fit, rank, world, out, features))
         ckpt_dir = Path(job.checkpoint.folder)
         checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
         latest = checkpointer.latest() if job.checkpoint.resume else None
@@ -146,7 +159,12 @@ def train(job: TrainJob) -> dict:
             on_every_rank(lambda: checkpointer.load(state, latest, exclude))
             if state.saved_data is not None:
                 on_every_rank(lambda: loader.load_state_dict(state.saved_data))
+            if ema and not state.ema_loaded:
+                ema.restart()
+                if rank == 0:
+                    log.info("optim.ema_decay: %s holds no EMA; it starts from the resumed weights", latest)
         metrics = Metrics(out, job.metrics.every, rank, world, device, job.metrics.tensorboard, to_dict(job))
+        epochs = loader.epochs_done()
         batches = iter(loader)
         # Which samples each step saw, per rank: to audit a resume or trace a loss spike back to its clips.
         seen = open(out / f"samples-rank{rank}.jsonl", "a", buffering=1)  # line-buffered: a kill loses nothing
@@ -173,17 +191,32 @@ def train(job: TrainJob) -> dict:
             grad_norm = optimizers.step()
             if ema:
                 ema.update()
-            # One all-reduce (a sum: gloo has no AVG) for the loss and the loader counters of every rank.
-            totals = torch.cat([torch.stack(losses).mean().double().reshape(1),
-                                torch.tensor(_counters(loader), dtype=torch.float64, device=device)])
+            # One all-reduce (a sum: gloo has no AVG) for the loss, the tokens and FLOPs (ranks hold other buckets)
+            # and the loader counters of every rank.
+            totals = torch.tensor([float(torch.stack(losses).mean()), tokens, flops, *_counters(loader)],
+                                  dtype=torch.float64, device=device)
             dist.all_reduce(totals)
-            loss, skipped, retries = totals.tolist()
-            extra = {"lr": optimizers.schedule.get_last_lr()[0], "data_skipped": int(skipped),
-                     "data_retries": int(retries)}
+            loss, tokens, flops, *data = totals.tolist()
+            data = dict(zip(DATA_COUNTERS, map(int, data)))
+            extra = {"lr": optimizers.schedule.get_last_lr()[0],
+                     "data_skipped": sum(data[k] for k in SKIP_REASONS), "data_retries": data["read_retries"]}
             if grad_norm is not None:
                 extra["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            row = metrics.step(step, loss / world, b * job.grad_accum, tokens, flops, wait, extra) or row
+            row = metrics.step(step, loss / world, b * job.grad_accum, tokens / world, flops / world, wait,
+                               extra) or row
             state.step = step
+            # An epoch ends once every loader worker of every rank has finished it.
+            done = torch.tensor([loader.epochs_done()], device=device)
+            dist.all_reduce(done, op=dist.ReduceOp.MIN)
+            if int(done) > epochs or step == job.steps:
+                epochs = int(done)
+                metrics.record("data", step, _data_summary(epochs, data))
+            if validator and (step % job.validation.every == 0 or step == job.steps):
+                metrics.record("validation", step, validator.loss(model, device))
+            if validator and job.validation.sample_every and (step % job.validation.sample_every == 0
+                                                             or step == job.steps):
+                for sheet in validator.samples(model, step):
+                    metrics.image(f"validation/{sheet.stem.split('-', 2)[-1]}", sheet, step)
             if step % job.checkpoint.every == 0 or step == job.steps:
                 state.data = loader.state_dict()
                 checkpointer.save(state)
@@ -203,8 +236,39 @@ def _features(job: TrainJob) -> FeatureSet:
     return open_features(list_shards(job.data), cfg, job.data)
 
 
+# The loader counters summed over ranks each step, and those that are a sample or shard the run could not use.
+DATA_COUNTERS = ("samples_yielded", "samples_held_out", "samples_too_short", "samples_corrupt", "members_rejected",
+                 "shards_corrupt", "shards_failed", "read_retries")
+SKIP_REASONS = ("samples_too_short", "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed")
+
+
 def _counters(loader: ShardLoader) -> list[int]:
-    """This rank's (samples and shards skipped, read retries) so far, for the metrics line once summed over ranks."""
+    """This rank's loader counters (``DATA_COUNTERS``) so far."""
     c = loader.counters()
-    skipped = ("samples_corrupt", "samples_too_short", "shards_corrupt", "shards_failed", "members_rejected")
-    return [sum(c.get(k, 0) for k in skipped), c.get("read_retries", 0)]
+    return [c.get(k, 0) for k in DATA_COUNTERS]
+
+
+def _data_summary(epochs: int, data: dict[str, int]) -> dict:
+    """What the run has made of its data so far (every rank's counts, from the start of the run): written when an
+    epoch ends and at the last step. ``too_short``: clips shorter than the shortest window (data.frames at
+    data.target_fps); ``held_out``: samples of validation sources."""
+    return {"epochs": epochs, "trained": data["samples_yielded"], "held_out": data["samples_held_out"],
+            **{k.removeprefix("samples_"): data[k] for k in SKIP_REASONS}}
+
+
+def _validator(job: TrainJob, fit, rank: int, world: int, out: Path, features: FeatureSet | None):
+    """The validator of a job with a validation split (None without one, or when the split holds no usable clip)."""
+    if not job.validation.fraction:
+        return None
+    if fit is None:
+        raise JobError("validation needs dataset roots in data.urls (their manifest says which clips are of "
+                       "held-out sources), not shard URLs")
+    if not fit.validation:
+        if rank == 0:
+            log.warning("validation.fraction=%g holds out no usable clip of this dataset: no validation loss",
+                        job.validation.fraction)
+        return None
+    if features is not None and job.validation.sample_every and rank == 0:
+        log.warning("validation sample videos need the encoders: with model.encoders=precomputed only the "
+                    "validation loss is measured")
+    return Validator(job, fit, rank, world, out, features)

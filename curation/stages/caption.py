@@ -1,14 +1,19 @@
 """Captioning: CPU frame preparation (for the aesthetic stage too), then batched MLLM generation on a GPU actor.
 
 Row fields added here: ``frames`` (list of JPEG bytes: the MLLM's frames, of which the aesthetic stage scores a
-few; removed again by the last of the two that runs) and ``keyframe`` (PNG bytes of the full-size middle frame,
-for SubjectStage, which removes it).
+few; removed again by the last of the two that runs) and ``keyframe`` (PNG bytes of the full-size middle frame of
+the training window, for SubjectStage, which removes it).
+
+Both are drawn from the clip's training window (``common.contract.window_frames``): the frames the default trainer
+takes, so the caption and the subject crops describe what the model is trained to generate.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from common.contract import window_frames
 
 from ..captioning import Captioner, caption_videos
 from ..config import JobConfig
@@ -18,8 +23,9 @@ from .base import BatchedStage, Row, Stage
 
 
 class CaptionPrepStage(Stage):
-    """Decode the clip once for the model stages after it: evenly sampled frames resized for the MLLM (without
-    captions, the aesthetic stage's own few, at the same size) and the keyframe for subject detection."""
+    """Decode the clip once for the model stages after it: frames sampled evenly over its training window, resized
+    for the MLLM (without captions, the aesthetic stage's own few, at the same size), and the window's middle frame
+    for subject detection."""
 
     name = "caption_prep"
     num_cpus = 1.0
@@ -31,8 +37,9 @@ class CaptionPrepStage(Stage):
 
     def process(self, row: Row) -> list[Row]:
         meta = dict(row["meta"])
-        picks = sample_indices(meta["num_frames"], self.num_frames)
-        key = meta["num_frames"] // 2
+        window = window_frames(meta["fps"], meta["num_frames"])
+        picks = sample_indices(window, self.num_frames)
+        key = window // 2
         frames = decode_frames(row["mp4"], set(picks) | ({key} if self.keyframe else set()))
         h, w = frames[picks[0]].shape[:2]
         size = fit_pixels(w, h, self.cfg.max_pixels)

@@ -18,7 +18,7 @@ from ..analysis import analyse
 from ..config import JobConfig
 from ..model_runtime import device_for
 from ..one_pass import OnePassEncoder
-from ..planning import Planner, frame_limits, min_gap_frames
+from ..planning import Planner, clip_limits, clip_window, min_gap_frames
 from ..shots import Detectors
 from .base import Row, Stage, make_row, with_clip
 
@@ -41,8 +41,9 @@ class SceneStage(Stage):
         uri, src = row["source_uri"], row["meta"]
         sc = self.cfg.scenes
         fps = Fraction(src["fps"]).limit_denominator(1001)
-        planner = Planner(sc.trim, frame_limits(float(fps), sc.min_clip_s, sc.max_clip_s),
-                          min_gap_frames(sc.min_scene_s, src["fps"]), self.cfg.filters, src["width"], src["height"])
+        out_fps = self.cfg.encode.fps
+        planner = Planner(sc.trim, clip_limits(sc, float(fps), out_fps), min_gap_frames(sc.min_scene_s, src["fps"]),
+                          self.cfg.filters, src["width"], src["height"], clip_window(sc, float(fps), out_fps))
         hold = self.cfg.encode.hold_mb
         held = OnePassEncoder(self.cfg.encode, src["rotation"], fps, planner, int(hold * 2**20)) if hold else None
         try:

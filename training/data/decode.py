@@ -29,7 +29,7 @@ class SampleError(ValueError):
 
 
 class TooShort(SampleError):
-    """The clip has fewer frames than num_frames at the configured frame step."""
+    """The clip holds no window: fewer frames at the configured frame step than the shortest of data.frames."""
 
 
 # What a broken sample can raise while decoding; anything else is a bug and propagates.
@@ -39,7 +39,7 @@ DECODE_ERRORS = (SampleError, av.error.FFmpegError, OSError, ValueError, Image.D
 @dataclass
 class Sample:
     key: str
-    bucket: int
+    bucket: int  # DataConfig.bucket(frames, size)
     video: torch.Tensor | None  # (F, 3, H, W) uint8; None when only captions are read
     subjects: torch.Tensor | None  # (K, 3, H, W) uint8 RGB, framed as generate frames them; K <= max_subjects
     caption: str
@@ -53,19 +53,18 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> i
 
 
 def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
-    """(bucket, (F, 3, H, W) uint8): num_frames frames from the clip's first, one every round(fps / target_fps),
-    resized to cover the bucket and centre-cropped. A clip too short for that is TooShort: padding by repeating frames
-    would teach the model frozen motion."""
+    """(bucket, (F, 3, H, W) uint8): frames from the clip's first, one every round(fps / target_fps), as many as the
+    longest of ``cfg.frames`` the clip holds, resized to cover the bucket's size and centre-cropped. A clip shorter
+    than the shortest is TooShort: padding by repeating frames would teach the model frozen motion."""
+    window = cfg.window
     with av.open(io.BytesIO(mp4)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1  # loader workers are the parallelism
-        bucket = nearest_bucket(stream.width, stream.height, cfg.buckets)
-        height, width = cfg.buckets[bucket]
-        step = 1
-        if cfg.target_fps is not None:
-            if not stream.average_rate:
-                raise SampleError("clip has no frame rate")
-            step = max(1, round(float(stream.average_rate) / cfg.target_fps))
+        size = nearest_bucket(stream.width, stream.height, cfg.buckets)
+        height, width = cfg.buckets[size]
+        if window.fps is not None and not stream.average_rate:
+            raise SampleError("clip has no frame rate")
+        step = window.step(float(stream.average_rate or 1))
         frames = []
         for i, frame in enumerate(container.decode(stream)):
             if i % step:
@@ -75,11 +74,21 @@ def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
             rgb = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA")
             top, left = (sh - height) // 2, (sw - width) // 2
             frames.append(rgb[top:top + height, left:left + width])
-            if len(frames) == cfg.num_frames:
+            if len(frames) == cfg.frames[-1]:
                 break
-    if len(frames) < cfg.num_frames:
-        raise TooShort(f"clip has {len(frames)} frames at step {step}, {cfg.num_frames} needed")
-    return bucket, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    count = max((n for n in cfg.frames if n <= len(frames)), default=None)
+    if count is None:
+        raise TooShort(f"clip has {len(frames)} frames at step {step}, the shortest window takes {cfg.frames[0]}")
+    return cfg.bucket(count, size), torch.from_numpy(np.stack(frames[:count])).permute(0, 3, 1, 2)
+
+
+def check_length(meta: dict, cfg: DataConfig) -> None:
+    """TooShort, without decoding, for a clip whose manifest row (frame rate, frame count) holds no window."""
+    fps, count = meta.get("fps"), meta.get("num_frames")
+    if isinstance(fps, (int, float)) and isinstance(count, int) and fps > 0 and \
+            cfg.window.frames_for(fps, count) is None:
+        raise TooShort(f"clip has {count} frames at {fps:g} fps: {(count - 1) // cfg.window.step(fps) + 1} at step "
+                       f"{cfg.window.step(fps)}, the shortest window takes {cfg.frames[0]}")
 
 
 def decode_subject(png: bytes, height: int, width: int) -> torch.Tensor:
@@ -105,8 +114,9 @@ def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample
         return Sample(raw.key, 0, None, None, caption, meta)
     if C.MP4 not in m:
         raise SampleError("no mp4 member")
+    check_length(meta, cfg)
     bucket, video = decode_clip(m[C.MP4], cfg)
-    height, width = cfg.buckets[bucket]
+    _, height, width = cfg.bucket_shape(bucket)
     pngs = [m[name] for name in (C.subject_member(k) for k in range(cfg.max_subjects)) if name in m]
     subjects = torch.stack([decode_subject(p, height, width) for p in pngs]) if pngs else \
         torch.zeros(0, 3, height, width, dtype=torch.uint8)

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from cinema_model.config import CinemaConfig
+from cinema_model.config import CinemaConfig, latent_frames
 from common import contract as C
 from common.storage import Storage
 from common.typed_config import to_dict
@@ -56,7 +56,7 @@ def made_with(cfg: CinemaConfig, data: DataConfig) -> dict:
         "encoder": to_dict(cfg.mllm if cond == "mllm" else cfg.t5),
         "vae": to_dict(cfg.vae),
         "dtype": cfg.frozen_dtype,
-        "num_frames": data.num_frames,
+        "frames": data.frames,
         "target_fps": data.target_fps,
         "buckets": [list(b) for b in data.buckets],
         "max_subjects": data.max_subjects,
@@ -146,6 +146,11 @@ class FeatureSample:
     meta: dict
 
 
+def _latent_shape(cfg: DataConfig, bucket: int) -> tuple[int, int, int]:
+    frames, height, width = cfg.bucket_shape(bucket)
+    return latent_frames(frames), height // 8, width // 8
+
+
 def decode_features(raw: RawSample, cfg: DataConfig) -> FeatureSample:
     m = raw.members
     if FEATURES not in m:
@@ -156,10 +161,11 @@ def decode_features(raw: RawSample, cfg: DataConfig) -> FeatureSample:
         raise SampleError(f"features member is not safetensors: {e}") from None
     if sorted(t) != sorted(_KEYS):
         raise SampleError(f"features member holds {sorted(t)}, not {sorted(_KEYS)}")
-    size = tuple(t["latents"].shape[-2:])
-    buckets = [i for i, (h, w) in enumerate(cfg.buckets) if (h // 8, w // 8) == size]
+    shape = (t["latents"].shape[0], *t["latents"].shape[-2:])
+    buckets = [b for b in range(cfg.num_buckets) if _latent_shape(cfg, b) == shape]
     if not buckets or len(t["subject_latents"]) > cfg.max_subjects:
-        raise SampleError(f"features of latent size {size} fit no bucket of {cfg.buckets}")
+        raise SampleError(f"features of latent shape {shape} (frames, height, width) fit no bucket of "
+                          f"frames {cfg.frames} x sizes {cfg.buckets}")
     meta = json.loads(m[C.JSON]) if C.JSON in m else {}
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
     return FeatureSample(raw.key, buckets[0], t["latents"], t["subject_latents"], t["text_states"],

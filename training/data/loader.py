@@ -29,16 +29,17 @@ class ShardLoader:
     """
 
     def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, shards: list[str] | None = None,
-                 media: bool = True, features: FeatureSet | None = None):
+                 media: bool = True, features: FeatureSet | None = None, holdout: float = 0.0):
         """``features``: stream the precomputed features of the shards instead (batches as
-        ``training.data.features.collate_features`` makes them)."""
+        ``training.data.features.collate_features`` makes them); ``holdout``: the share of sources held out for
+        validation (``training.data.split``), never yielded."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not within world size {world_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         if features is not None:
             shards = features.shards
         self.dataset = ShardStream(cfg, shards if shards is not None else list_shards(cfg), rank, world_size, media,
-                                   features=features is not None)
+                                   features=features is not None, holdout=holdout)
         workers = cfg.num_workers
         self._loader = StatefulDataLoader(self.dataset, batch_size=None, num_workers=workers,
                                           prefetch_factor=cfg.prefetch_factor if workers else None,
@@ -60,6 +61,12 @@ class ShardLoader:
         for c in self._counters.values():
             total.update(c)
         return dict(total)
+
+    def epochs_done(self) -> int:
+        """The epochs every one of this rank's workers has finished, as of the batches yielded so far."""
+        if len(self._counters) < max(1, self.cfg.num_workers):
+            return 0
+        return min(c["epochs"] for c in self._counters.values())
 
     def state_dict(self) -> dict:
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.cfg.num_workers,

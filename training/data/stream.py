@@ -29,15 +29,18 @@ from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
 from .features import FIELDS as FEATURE_FIELDS
 from .features import FeatureSample, collate_features, decode_features
+from .split import held_out
 from .tar_samples import RawSample, ShardCorrupt, is_contract_field, iter_samples
 
 log = logging.getLogger("training.data")
 
 # A slot whose samples all fail to decode would otherwise spin for ever while its rank waits in a collective.
 MAX_FAILURES_IN_ROW = 1000
+# A slot whose shards hold only validation sources would spin for ever too; a few epochs may (the plan reshuffles).
+MAX_IDLE_EPOCHS = 10
 
-COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "members_rejected",
-            "shards_corrupt", "shards_failed", "read_retries", "epochs")
+COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "samples_held_out",
+            "members_rejected", "shards_corrupt", "shards_failed", "read_retries", "epochs")
 
 
 def plan_epoch(num_shards: int, epoch: int, seed: int, slot: int, num_slots: int) -> list[tuple[int, int, int]]:
@@ -72,12 +75,13 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int, media: bool = True,
-                 handover: list[dict] | None = None, features: bool = False):
+                 handover: list[dict] | None = None, features: bool = False, holdout: float = 0.0):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
         another number of slots, in slot order (module docstring); ``features=True``: ``shards`` are the
-        features tars of the run's shards (``training.data.features``), read in their place, nothing decoded."""
+        features tars of the run's shards (``training.data.features``), read in their place, nothing decoded;
+        ``holdout``: the share of sources held out for validation (``split.held_out``), never yielded."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
-        self.features = features
+        self.features, self.holdout = features, holdout
         self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()
@@ -86,7 +90,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.plan_pos, self.offset, self.index, self.read_in_epoch = 0, 0, 0, 0, 0
         self.rng: random.Random | None = None  # seeded per slot once the slot is known
         self.buffer: list[RawSample] = []
-        self.pending: list[list[tuple[list[int], Sample]]] = [[] for _ in self.cfg.buckets]
+        self.pending: list[list[tuple[list[int], Sample]]] = [[] for _ in range(self.cfg.num_buckets)]
         self.counters = Counter({name: 0 for name in COUNTERS})
         self._warned: set[tuple[str, str | None]] = set()
         self._failures_in_row = 0
@@ -139,12 +143,11 @@ class ShardStream(IterableDataset):
         self.counters.update(state["counters"])
         self.history = state["history"]
         self.buffer = [raw for raw in map(self._read_at, state["buffer"]) if raw is not None]
-        for b, positions in enumerate(state["pending"]):
-            for pos in positions:
-                raw = self._read_at(pos)
-                sample = raw and self.decode(raw)
-                if sample is not None:
-                    self.pending[b].append((pos, sample))
+        for pos in (p for positions in state["pending"] for p in positions):
+            raw = self._read_at(pos)
+            sample = raw and self.decode(raw)
+            if sample is not None:  # into the bucket it decodes to now (the bucket list may have changed)
+                self.pending[sample.bucket].append((pos, sample))
 
     def _take_over(self) -> None:
         """Start from the old slots' states of ``handover`` (module docstring), once."""
@@ -247,8 +250,10 @@ class ShardStream(IterableDataset):
     def raw_samples(self) -> Iterator[RawSample]:
         """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
         slot, num_slots = self.slot()
+        idle_epochs = 0  # epochs in a row that gave no sample, every one held out for validation
         while True:
             plan = plan_epoch(len(self.shards), self.epoch, self.cfg.seed, slot, num_slots)
+            given = 0
             while self.plan_pos < len(plan):
                 shard, stride, phase = plan[self.plan_pos]
                 for raw, self.offset, self.index in self._read_shard(shard, self.offset, self.index, stride, phase):
@@ -256,12 +261,20 @@ class ShardStream(IterableDataset):
                     if self.history and self._read_before(shard, raw.index):
                         continue
                     self.counters["samples_read"] += 1
+                    if held_out(raw, self.holdout):
+                        self.counters["samples_held_out"] += 1
+                        continue
+                    given += 1
                     yield raw
                 self.plan_pos, self.offset, self.index = self.plan_pos + 1, 0, 0
             if self.read_in_epoch == 0:
                 urls = [self.shards[s] for s, _, _ in plan]
                 raise JobError(f"rank {self.rank}, slot {slot}: no readable sample in a whole epoch of its "
                                    f"shards {urls[:3]}{'...' if len(urls) > 3 else ''}; see the warnings above")
+            idle_epochs = 0 if given else idle_epochs + 1
+            if idle_epochs == MAX_IDLE_EPOCHS:
+                raise JobError(f"rank {self.rank}, slot {slot}: {MAX_IDLE_EPOCHS} epochs in a row gave no sample: "
+                               "every one it read is of a source held out for validation (validation.fraction)")
             self.epoch, self.plan_pos, self.read_in_epoch = self.epoch + 1, 0, 0
             self.counters["epochs"] += 1
 
@@ -280,8 +293,11 @@ class ShardStream(IterableDataset):
             self._warn(self.shards[raw.shard], raw.key, f"undecodable sample skipped: {type(e).__name__}: {e}")
         self._failures_in_row += 1
         if self._failures_in_row >= MAX_FAILURES_IN_ROW:
+            c = self.counters
             raise JobError(f"rank {self.rank}, slot {self.slot()[0]}: {MAX_FAILURES_IN_ROW} samples in a row "
-                               "could not be used; see the warnings above")
+                           f"could not be used (so far {c['samples_too_short']} too short for the shortest window, "
+                           f"{self.cfg.frames[0]} frames at {self.cfg.target_fps or 'every'} fps; "
+                           f"{c['samples_corrupt']} undecodable); see the warnings above")
         return None
 
     def __iter__(self) -> Iterator[dict]:

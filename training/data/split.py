@@ -1,0 +1,32 @@
+"""The validation split: whole sources held out, chosen by a hash of their content id (``source_sha1``), so the
+split is the same on every rank and run, a source keeps its side as the dataset grows, and every copy of a source
+falls on the same side: no clip of a validation source is ever trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from common import contract as C
+
+from .tar_samples import RawSample
+
+
+def held_out_source(source_sha1: str, fraction: float) -> bool:
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha1(f"validation/{source_sha1}".encode()).hexdigest()
+    return int(digest[:13], 16) < fraction * 16**13
+
+
+def held_out(raw: RawSample, fraction: float) -> bool:
+    """Whether the sample's source is held out; a sample without a readable source id is trained on (its decode
+    reports a broken JSON member)."""
+    if fraction <= 0 or C.JSON not in raw.members:
+        return False
+    try:
+        meta = json.loads(raw.members[C.JSON])
+    except ValueError:
+        return False
+    sha = meta.get("source_sha1") if isinstance(meta, dict) else None
+    return isinstance(sha, str) and held_out_source(sha, fraction)
