@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.contract import MAX_SUBJECTS
+from common.contract import MAX_SUBJECTS, TRAINING_WINDOW
 from common.storage import StorageConfig
 from common.typed_config import ConfigError, load
 
@@ -73,6 +73,16 @@ class ScenesConfig:
         given = [s for s in (self.min_clip_s, self.max_clip_s) if s is not None]
         if any(s <= 0 for s in given) or len(given) == 2 and self.min_clip_s > self.max_clip_s:
             raise ConfigError("scenes: need 0 < min_clip_s <= max_clip_s (or leave them unset: the training window)")
+
+
+    def limits_s(self) -> tuple[tuple[float, str], tuple[float, str]]:
+        """(seconds, what sets it) of the shortest and the longest clip, as reports show them: the set value, or the
+        training window's nominal length (its frames at its frame rate; the exact length depends on the clip's)."""
+        w = TRAINING_WINDOW
+        return tuple((s, f"scenes.{name}") if s is not None else
+                     ((frames - 1) / w.fps, f"{frames} frames at {w.fps:g} fps (training window)")
+                     for s, name, frames in ((self.min_clip_s, "min_clip_s", min(w.frame_counts)),
+                                             (self.max_clip_s, "max_clip_s", max(w.frame_counts))))
 
 
 @dataclass

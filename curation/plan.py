@@ -228,7 +228,8 @@ def make_plan(bench: Bench, job: JobConfig, clips: int, target_hours: float, clu
     e = job.encode
     notes = bench.notes + [
         f"per-clip costs assume the bench's clips ({bench.video_seconds / bench.clips:.1f} s of source video per "
-        f"clip); this job's scenes.min_clip_s={job.scenes.min_clip_s}, max_clip_s={job.scenes.max_clip_s} change that",
+        f"clip); this job's clip lengths ({' to '.join(f'{s:g} s ({src})' for s, src in job.scenes.limits_s())}) "
+        "change that",
         f"encode rate and shard bytes come from the bench's encode settings (benchmarks/curation_bench.py); this job "
         f"encodes preset={e.preset} crf={e.crf} max_short_side={e.max_short_side}",
     ]

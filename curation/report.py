@@ -144,6 +144,11 @@ def _name(uri: str) -> str:
     return PurePosixPath(uri).name
 
 
+def _limit(limit: tuple[float, str]) -> str:
+    seconds, source = limit
+    return f"{source} = {seconds:g} s" if source.startswith("scenes.") else f"{source}, about {seconds:g} s"
+
+
 def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
     """Every filter of the job: its rule with the threshold from the config, and the score it reads."""
     f, sc = cfg.filters, cfg.scenes
@@ -151,7 +156,7 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
     if f.max_motion is not None:
         motion += f" or &gt; filters.max_motion = {f.max_motion:g}"
     rules = {
-        "too_short": (f"a scene shorter than scenes.min_clip_s = {sc.min_clip_s:g} s makes no candidate clip "
+        "too_short": (f"a scene shorter than {_limit(sc.limits_s()[0])} makes no candidate clip "
                       f"(counts scenes, not candidate clips)", None),
         "blank": (f"blank_frac &gt; filters.max_blank_frac = {f.max_blank_frac:g}, or no content left once blank "
                   f"and fading frames are trimmed", "blank_frac"),
@@ -201,7 +206,7 @@ def _histograms(cfg: JobConfig, stats: RunStats, rows: list[dict]) -> str:
     plots = []
     if rows:
         plots.append(_histogram([r["end_s"] - r["start_s"] for r in rows], "clip length (kept)", "seconds",
-                                [(sc.min_clip_s, "scenes.min_clip_s"), (sc.max_clip_s, "scenes.max_clip_s")]))
+                                list(sc.limits_s())))
     if stats.motion_all:
         lines = [(f.min_motion, "filters.min_motion")] + ([(f.max_motion, "filters.max_motion")] if f.max_motion is not None else [])
         plots.append(_histogram(stats.motion_all, "motion (all candidates, this run)", "mean frame difference", lines))

@@ -28,9 +28,12 @@ def test_stats_counts_clips_sources_and_subjects(dataset, capsys):
     assert s["subjects_per_clip"] == {"0": 4, "1": 3, "2": 3, "3": 2}
     assert s["sources"]["done"] == 12 and s["per_source"]["/videos/short.mp4"]["clips"] == 1
     assert s["scores"]["motion"]["median"] == 1.0 and s["scores"]["aesthetic"] is None
+    # Clips of 5 and 2 frames hold no window of the default trainer (17 frames at 8 fps): a counted reason.
+    assert s["training_window"] == {"fps": 8.0, "frames": {}, "too_short": 12}
     assert main(["stats", str(dataset)]) == 0
     text = capsys.readouterr().out
     assert "clips: 12 in 3 shard(s)" in text and "subjects per clip: 0: 4, 1: 3, 2: 3, 3: 2" in text
+    assert "training window (frames at 8.0 fps, clips): -; too_short: 12 (the default trainer skips them)" in text
 
 
 def _rewrite(shard, keep=lambda name: True, extra: dict[str, bytes] = {}):

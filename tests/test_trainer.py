@@ -53,6 +53,10 @@ def metrics(out: Path, field: str = "loss") -> dict[int, float]:
     return {r["step"]: r[field] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
 
+def validation(out: Path) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in map(json.loads, (out / "validation.jsonl").read_text().splitlines())}
+
+
 def samples(out: Path, rank: int) -> dict[tuple[int, int], list[str]]:
     """(step, micro) -> keys; a step seen twice (before a kill and after the resume) keeps its last record."""
     seen = {}
@@ -71,12 +75,22 @@ def test_fsdp_two_ranks_match_single_process_gradients():
     assert float(fields["max_diff"]) < 1e-6 * float(fields["scale"]) + 1e-7, line
 
 
+def mixed_clips(n: int) -> list[Clip]:
+    """Tiny clips of two lengths (17 frames for every third, else 9), each its own source."""
+    return [Clip(f"c{i:02d}", 32, 32, num_frames=17 if i % 3 == 0 else 9, num_subjects=i % 3,
+                 caption=f"a ball number {i}") for i in range(n)]
+
+
+# Mixed-length buckets (9 and 17 frames) and a validation split: of c00..c07, sources c02 and c05 are held out.
+MIXED = ["data.frames=[9,17]", "validation.fraction=0.25", "validation.every=2", "validation.clips=2",
+         "validation.timesteps=[0.3,0.8]"]
+
+
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server, tmp_path_factory):
-    """Eight tiny clips in 4 shards, uploaded to a bucket on the loopback S3 server."""
+    """Eight tiny clips of two lengths in 4 shards, uploaded to a bucket on the loopback S3 server."""
     local = tmp_path_factory.mktemp("ds")
-    write_dataset(local, [Clip(f"c{i:02d}", 32, 32, num_frames=9, num_subjects=i % 3, caption=f"a ball number {i}")
-                          for i in range(8)], clips_per_shard=2)
+    write_dataset(local, mixed_clips(8), clips_per_shard=2)
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="train")
     for f in local.rglob("*"):
@@ -102,11 +116,12 @@ def reference_runs(s3_dataset, tmp_path_factory):
         if mode not in runs:
             data = [f"data.urls=[{url}]", f"data.storage.endpoint_url={endpoint}"]
             if mode == "precomputed":
-                subprocess.run(precompute_cmd(*data), cwd=ROOT, check=True, capture_output=True, timeout=600)
+                subprocess.run(precompute_cmd(*data, MIXED[0]), cwd=ROOT, check=True, capture_output=True,
+                               timeout=600)
             # A clip norm no gradient reaches: the norm is measured and scaling by 1.0 changes nothing, so a run
             # stepping in the backward (which cannot clip) trains exactly as one stepping after it.
             args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", *data, "optim.lr=1e-3",
-                    "optim.grad_clip=1e9", *MODES[mode]]
+                    "optim.grad_clip=1e9", *MIXED, *MODES[mode]]
             out = tmp_path_factory.mktemp("reference") / "run"
             subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
             runs[mode] = out, args
@@ -161,7 +176,11 @@ def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, v
     for rank in (0, 1):
         assert samples(resumed, rank) == samples(reference, rank)
     keys = {k for rank in (0, 1) for ks in samples(reference, rank).values() for k in ks}
-    assert len(keys) >= 6  # 12 samples drawn from 8 clips, both ranks' shards
+    assert keys == {f"c{i:02d}" for i in (0, 1, 3, 4, 6, 7)}  # 12 samples, both lengths: every clip but c02, c05
+    # The validation loss on the held-out clips, at fixed timesteps and noise: the same after the resume.
+    val_ref, val_res = (validation(out) for out in (reference, resumed))
+    assert sorted(val_ref) == [2, 4, 6] and set(val_res) == {s for s in val_ref if s > last}
+    assert all(val_res[s] == pytest.approx(val_ref[s], rel=1e-5) for s in val_res), (val_ref, val_res)
     assert (resumed / "trained.safetensors").stat().st_size > 10_000
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-00000002", "step-00000004", "step-00000006"]
 
@@ -301,17 +320,17 @@ def adam_steps(checkpoint: Path) -> dict[str, float]:
 
 def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_path):
     """2 ranks (AC on) -> 1 rank (AC off, AdamW stepped in the backward) -> 2 ranks (AC on, AdamW after it), each
-    from the last one's checkpoint, with an EMA: the step and LR schedule go on, AdamW's state carries across both
-    optimizer layouts, no sample of the epoch is trained twice, and the loader counters of every rank reach the
-    metrics (rank 1's first sample is not a video)."""
+    from the last one's checkpoint, on clips of two lengths (buckets of 9 and 17 frames), an EMA turned on at the
+    first resume: the step and LR schedule go on, AdamW's state carries across both optimizer layouts, no sample of
+    the epoch is trained twice, and the loader counters of every rank reach the metrics and the data summary (rank
+    1's first sample is not a video)."""
     import shutil
 
     from safetensors import safe_open
 
     from training.data.stream import plan_epoch
 
-    clips = [Clip(f"c{i:02d}", 32, 32, num_frames=9, num_subjects=i % 3, caption=f"a ball number {i}")
-             for i in range(16)]
+    clips = mixed_clips(16)
     shard = plan_epoch(8, 0, 0, 1, 2)[0][0]  # the shard rank 1 reads first (seed 0, 2 slots, 8 shards)
     # Shards are listed by name, and named after their clips: find the pair of clips that shard holds.
     names = [C.shard_name([(f"/videos/{c.clip_id}.mp4", c.clip_id) for c in clips[i : i + 2]]) for i in range(0, 16, 2)]
@@ -319,7 +338,8 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
     clips[first].mp4 = b"not a video" * 50
     write_dataset(tmp_path / "ds", clips, clips_per_shard=2)
     args = ["checkpoint.every=2", "data.shuffle_buffer=1", f"data.urls=[{tmp_path / 'ds'}]", "optim.lr=1e-3",
-            "optim.ema_decay=0.9"]
+            "data.frames=[9,17]"]
+    ema = "optim.ema_decay=0.9"
 
     def run(name, ranks, steps, *more, resume_from=None):
         out = tmp_path / name
@@ -332,21 +352,27 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
 
     a, rows_a, _ = run("a", 2, 4)
     assert [r["data_skipped"] for r in rows_a] == [1, 1, 1, 1]  # rank 1's, summed over ranks
+    summary = [json.loads(r) for r in (a / "data.jsonl").read_text().splitlines()][-1]
+    assert (summary["step"], summary["trained"], summary["corrupt"], summary["too_short"]) == (4, 8, 1, 0)
     b, rows_b, log_b = run("b", 1, 4, "parallel.activation_checkpointing=false", "optim.step_in_backward=true",
-                           "optim.grad_clip=0",
+                           "optim.grad_clip=0", ema,
                            resume_from=a / "checkpoints" / "step-00000002")
     assert "re-derived" in log_b and "no sample is seen twice in an epoch" in log_b
+    assert "holds no EMA; it starts from the resumed weights" in log_b  # turned on at a resume: no DCP error
+    assert (b / "trained.ema.safetensors").is_file()
     assert [r["step"] for r in rows_b] == [3, 4]
     assert [r["lr"] for r in rows_b] == [r["lr"] for r in rows_a[2:]]  # the schedule went on
     assert abs(rows_b[0]["loss"] - rows_a[2]["loss"]) < 0.3, (rows_a, rows_b)  # other samples, the same weights
-    c, rows_c, _ = run("c", 2, 6, resume_from=b / "checkpoints" / "step-00000004")
-    assert [r["step"] for r in rows_c] == [5, 6]
+    c, rows_c, log_c = run("c", 2, 6, ema, resume_from=b / "checkpoints" / "step-00000004")
+    assert [r["step"] for r in rows_c] == [5, 6] and "holds no EMA" not in log_c
     steps = adam_steps(c / "checkpoints" / "step-00000006")
     assert len(steps) > 50 and set(steps.values()) == {6.0}, steps  # every parameter's moments saw all 6 updates
     trained = [k for out, ranks, steps in ((a, 2, (1, 2)), (b, 1, (3, 4)), (c, 2, (5, 6)))
                for rank in range(ranks) for step in steps for k in samples(out, rank)[(step, 0)]]
     assert len(trained) == 10 and len(set(trained)) == 10, trained  # one epoch of 15 good clips: none twice
     assert clips[first].clip_id not in trained
+    lengths = {c.clip_id: c.num_frames for c in clips}
+    assert {lengths[k] for k in trained} == {9, 17}  # both buckets trained, each clip at its own length
     weights = c / "trained.safetensors"
     assert weights.stat().st_mode & 0o777 == 0o644
     with safe_open(str(weights), "pt") as f:
