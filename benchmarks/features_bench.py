@@ -41,6 +41,9 @@ CAPTION = ("A young woman with long dark hair, wearing a red raincoat and white 
 # Qwen2-VL-7B-Instruct's preprocessor_config.json.
 QWEN2VL_PIXELS = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2, temporal_patch_size=2)
 
+# The cinema stage with a random AlignerNet: the paper's ablation (d), named (speed benchmarks need no pretraining).
+SCRATCH = "ablation.aligner_from_scratch=true"
+
 
 def sets(*overrides: str) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
@@ -48,8 +51,8 @@ def sets(*overrides: str) -> list[str]:
 
 def job_args(work: Path, checkpoints: Path) -> list[str]:
     return ["model.preset=mid", f"model.checkpoints={checkpoints}",
-            f"model.overrides=[video.num_frames={FRAMES}, video.height={HEIGHT}, video.width={WIDTH}]",
-            f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
+            f"model.overrides=[video.num_frames={FRAMES}, video.height={HEIGHT}, video.width={WIDTH}, {SCRATCH}]",
+            f"data.urls=[{work / 'data'}]", f"data.frames=[{FRAMES}]", "data.target_fps=null",
             f"data.buckets=[[{HEIGHT}, {WIDTH}]]", "data.num_workers=0", "data.shuffle_buffer=4"]
 
 

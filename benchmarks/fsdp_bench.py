@@ -23,6 +23,9 @@ from jobs.loopback_s3 import free_port
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, STEPS, FRAMES, HEIGHT, WIDTH = 4, 12, 17, 64, 96
 
+# The cinema stage with a random AlignerNet: the paper's ablation (d), named (speed benchmarks need no pretraining).
+SCRATCH = "ablation.aligner_from_scratch=true"
+
 
 def run(ranks: int, work: Path, checkpoints: Path) -> float:
     """Median step time (s) of the steady-state steps."""
@@ -31,8 +34,8 @@ def run(ranks: int, work: Path, checkpoints: Path) -> float:
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
         f"--master_port={free_port()}"]
     sets = ["model.preset=mid", f"model.checkpoints={checkpoints}",
-            f"model.overrides=[video.num_frames={FRAMES}, video.height={HEIGHT}, video.width={WIDTH}]",
-            f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
+            f"model.overrides=[video.num_frames={FRAMES}, video.height={HEIGHT}, video.width={WIDTH}, {SCRATCH}]",
+            f"data.urls=[{work / 'data'}]", f"data.frames=[{FRAMES}]", "data.target_fps=null",
             f"data.buckets=[[{HEIGHT}, {WIDTH}]]", "data.num_workers=0",
             f"data.batch_size={GLOBAL_BATCH // ranks}", f"steps={STEPS}", "metrics.every=1",
             "metrics.tensorboard=false", f"checkpoint.every={STEPS}", f"out_dir={out}",

@@ -5,14 +5,14 @@
 #   bash benchmarks/gpu_check.sh --smoke    # every piece's code path on CPU at the tiny preset (a minute or two)
 #
 # 1. model:    the full DiT (5.57 B, 49x480x720, 17,776 tokens) fwd+bwd in bf16, with and without per-block
-#              activation checkpointing: seconds, TFLOP/s, MFU (analytic FLOPs x3 / peak), peak memory, OOM
-#              (benchmarks/model_bench.py --gpu-only)
+#              activation checkpointing: seconds, TFLOP/s, MFU (analytic FLOPs x3 / peak), peak memory, OOM; and
+#              with it at 17 and 33 frames, the training window's shorter buckets (benchmarks/model_bench.py --gpu-only)
 # 2. generate: seconds per video at the full preset's shapes with random weights (Qwen2-VL-7B + AlignerNet +
 #              DiT bf16 + CogVideoX VAE; 2 subjects, batched CFG): fixed cost, seconds per step, the 50-step
 #              total, peak memory (benchmarks/generate_bench.py)
 # 3. stages:   the curation model stages' GPU throughput with real-size models (benchmarks/model_stages_bench.py
 #              --gpu; on --smoke its CPU mode with the tiny models)
-# Each piece has its own time limit (120 + 270 + 200 s); one that fails or runs out is recorded as such and the
+# Each piece has its own time limit (150 + 270 + 200 s); one that fails or runs out is recorded as such and the
 # others still run.
 # Writes out/bench/gpu_check.json (and each piece's own out/bench/*.json); prints it at the end.
 set -uo pipefail
@@ -47,13 +47,14 @@ piece() {  # name, time limit (s), command...: runs it, keeps its log and exit s
 }
 
 if [ $SMOKE = 1 ]; then
-  piece model 300 "$PY" -m benchmarks.model_bench --gpu-only --device cpu --preset tiny --reps 1 --out "$OUT/model.json"
+  piece model 300 "$PY" -m benchmarks.model_bench --gpu-only --device cpu --preset tiny --reps 1 --frames 1 \
+    --out "$OUT/model.json"
   piece generate 300 "$PY" -m benchmarks.generate_bench --preset tiny --device cpu --steps 2 --checkpoints "$CKPT" \
     --out "$OUT/generate.json"
   piece stages 600 "$PY" -m benchmarks.model_stages_bench
   STAGES_JSON=out/bench/model_stages.json
 else
-  piece model 120 "$PY" -m benchmarks.model_bench --gpu-only --out "$OUT/model.json"
+  piece model 150 "$PY" -m benchmarks.model_bench --gpu-only --frames 17 33 --out "$OUT/model.json"
   piece generate 270 "$PY" -m benchmarks.generate_bench --checkpoints "$CKPT" --out "$OUT/generate.json"
   # 32 clips, caption batches of 8 and 16: the stages' numbers in three minutes (their defaults take longer).
   piece stages 200 "$PY" -m benchmarks.model_stages_bench --gpu --clips 32 --batch-sizes 8 16

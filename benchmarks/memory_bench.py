@@ -41,6 +41,9 @@ FRAMES, SIZE = 9, 32  # a tiny clip: the step's activations stay small next to t
 LARGE_DIT = {"heads": 24, "head_dim": 64, "time_embed_dim": 512}  # cinema_model.config._large
 BEFORE_COMMIT = "a6ef479"  # the last commit with the eager build (every rank a full fp32 DiT, diffusers conversion)
 
+# The cinema stage with a random AlignerNet: the paper's ablation (d), named (speed benchmarks need no pretraining).
+SCRATCH = "ablation.aligner_from_scratch=true"
+
 
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -122,9 +125,9 @@ def run(tree: Path, work: Path, name: str, layers: int, checkpoints: Path, cogvi
     results.mkdir()
     # The large preset spelled as mid + its DiT, which the tree before it (no `large` preset) reads the same way.
     dit = ", ".join(f"dit.{k}={v}" for k, v in {**LARGE_DIT, "layers": layers}.items())
-    overrides = f"[{dit}, dit.init_from={cogvideox}, video.num_frames={FRAMES}, video.height={SIZE}, video.width={SIZE}]"
+    overrides = f"[{dit}, dit.init_from={cogvideox}, video.num_frames={FRAMES}, video.height={SIZE}, video.width={SIZE}, {SCRATCH}]"
     sets = ["model.preset=mid", f"model.checkpoints={checkpoints}", f"model.overrides={overrides}",
-            f"data.urls=[{work / 'data'}]", f"data.num_frames={FRAMES}", "data.target_fps=null",
+            f"data.urls=[{work / 'data'}]", f"data.frames=[{FRAMES}]", "data.target_fps=null",
             f"data.buckets=[[{SIZE}, {SIZE}]]", "data.num_workers=0", "data.shuffle_buffer=1", "steps=2",
             "metrics.every=1", "metrics.tensorboard=false", "checkpoint.every=1000", f"out_dir={work / name / 'run'}",
             "parallel.param_dtype=bfloat16", *more]

@@ -27,9 +27,9 @@ OUT = Path("out/bench/model.json")
 SUBJECTS = 2  # subject frames per sample on CPU
 
 
-def _inputs(cfg, batch: int, subjects: int, device, dtype):
+def _inputs(cfg, batch: int, subjects: int, device, dtype, frames: int | None = None):
     v = cfg.video
-    shape = (batch, latent_frames(v.num_frames), cfg.dit.latent_channels, v.height // 8, v.width // 8)
+    shape = (batch, latent_frames(frames or v.num_frames), cfg.dit.latent_channels, v.height // 8, v.width // 8)
     video = torch.randn(shape, device=device, dtype=dtype)
     refs = torch.randn(batch, subjects, *shape[2:], device=device, dtype=dtype) if subjects else None
     text = torch.randn(batch, cfg.t5.max_length, cfg.dit.text_dim, device=device, dtype=dtype)
@@ -93,20 +93,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gpu_bench(subjects: int, reps: int, peak: float | None, name: str = "full", device: str = "cuda") -> list[dict]:
+def gpu_bench(subjects: int, reps: int, peak: float | None, name: str = "full", device: str = "cuda",
+              shorter: tuple[int, ...] = ()) -> list[dict]:
     """The DiT of preset ``name`` in bf16, fwd+bwd of one sample with and without per-block activation
-    checkpointing (as training.parallelize applies it). ``device="cpu"`` runs the same code path (smoke test)."""
+    checkpointing (as training.parallelize applies it), and with it at the ``shorter`` frame counts of the
+    training window's other buckets. ``device="cpu"`` runs the same code path (smoke test)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     device = torch.device(device)
     cuda = device.type == "cuda"
     cfg = _dit_config(name)
     v = cfg.video
-    flops = 3 * dit_forward_flops(cfg.dit, latent_frames(v.num_frames), v.height // 8, v.width // 8,
-                                  cfg.t5.max_length, subjects)
     peak = peak or peak_tflops(device)
     results = []
-    for checkpointing in (True, False):
+    for frames, checkpointing in [(v.num_frames, True), (v.num_frames, False), *((f, True) for f in shorter)]:
+        flops = 3 * dit_forward_flops(cfg.dit, latent_frames(frames), v.height // 8, v.width // 8,
+                                      cfg.t5.max_length, subjects)
         torch.manual_seed(0)
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # built in bf16 on the device: no fp32 copy on the way
@@ -118,13 +120,13 @@ def gpu_bench(subjects: int, reps: int, peak: float | None, name: str = "full", 
         if checkpointing:  # per block, as the trainer applies it; the model code stays free of it
             for i, block in enumerate(dit.blocks):
                 dit.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
-        inputs = _inputs(cfg, 1, subjects, device, torch.bfloat16)
+        inputs = _inputs(cfg, 1, subjects, device, torch.bfloat16, frames)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         row = dict(preset=name, device=torch.cuda.get_device_name(device) if cuda else "cpu", dtype="bfloat16",
-                   batch=1, video=[v.num_frames, v.height, v.width], subjects=subjects,
-                   tokens=cfg.t5.max_length + (latent_frames(v.num_frames) + subjects) * (v.height // 16) * (v.width // 16),
+                   batch=1, video=[frames, v.height, v.width], subjects=subjects,
+                   tokens=cfg.t5.max_length + (latent_frames(frames) + subjects) * (v.height // 16) * (v.width // 16),
                    activation_checkpointing=checkpointing, params=sum(p.numel() for p in dit.parameters()),
                    model_flops_per_step=flops, peak_tflops=peak)
         try:
@@ -159,6 +161,8 @@ def main() -> None:
                         help="dense bf16 peak of the GPU for MFU (default: by its name, H100/H200: 989)")
     parser.add_argument("--preset", default="full", help="--gpu-only: the DiT's preset (tiny for a smoke test)")
     parser.add_argument("--device", default="cuda", help="--gpu-only: cuda, or cpu for a smoke test")
+    parser.add_argument("--frames", type=int, nargs="*", default=[],
+                        help="--gpu-only: shorter frame counts (other buckets) to step too, with checkpointing")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
 
@@ -171,7 +175,8 @@ def main() -> None:
                   f"{row['analytic_over_counted']:.4f}, bwd/fwd counted {row['backward_over_forward']:.3f})  "
                   f"{row['achieved_gflops']:.1f} GFLOP/s")
     if torch.cuda.is_available() or (args.gpu_only and args.device == "cpu"):
-        report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops, args.preset, args.device)
+        report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops, args.preset, args.device,
+                                  tuple(args.frames))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -22,6 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The cinema stage with a random AlignerNet: the paper's ablation (d), named (speed benchmarks need no pretraining).
+SCRATCH = "ablation.aligner_from_scratch=true"
+
 
 def synthetic_clip(frames: int, height: int, width: int, seed: int) -> bytes:
     """A textured pattern drifting across the frame: H.264 that decodes like real footage (not a flat colour)."""
@@ -97,8 +100,8 @@ def main() -> None:
     heads = ["dit.heads=2", "dit.head_dim=64"] if args.smoke else ["dit.heads=48", "dit.head_dim=64"]
     job = load_train_job(None, [
         "model.preset=mid", f"model.checkpoints={checkpoints}",
-        f"model.overrides=[{', '.join([*heads, f'dit.layers={args.layers}', f'video.num_frames={args.frames}', f'video.height={args.height}', f'video.width={args.width}'])}]",
-        f"data.urls=[{work / 'data'}]", f"data.num_frames={args.frames}", "data.target_fps=null",
+        f"model.overrides=[{', '.join([*heads, f'dit.layers={args.layers}', f'video.num_frames={args.frames}', f'video.height={args.height}', f'video.width={args.width}', SCRATCH])}]",
+        f"data.urls=[{work / 'data'}]", f"data.frames=[{args.frames}]", "data.target_fps=null",
         f"data.buckets=[[{args.height}, {args.width}]]", f"data.num_workers={args.workers}",
         "data.batch_size=1", "data.shuffle_buffer=4", f"steps={args.steps}", f"metrics.every={max(1, args.steps // 6)}",
         "metrics.tensorboard=false", f"checkpoint.every={args.steps}", f"out_dir={work / 'run'}",

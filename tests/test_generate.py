@@ -128,7 +128,8 @@ def test_the_gpu_benchmarks_code_paths_run_on_cpu_at_the_tiny_preset():
     from benchmarks.generate_bench import bench
     from benchmarks.model_bench import gpu_bench
 
-    rows = gpu_bench(subjects=1, reps=1, peak=None, name="tiny", device="cpu")
-    assert [r["activation_checkpointing"] for r in rows] == [True, False] and all(r["fwd_bwd_s"] > 0 for r in rows)
+    rows = gpu_bench(subjects=1, reps=1, peak=None, name="tiny", device="cpu", shorter=(1,))
+    assert [(r["video"][0], r["activation_checkpointing"]) for r in rows] == [(9, True), (9, False), (1, True)]
+    assert all(r["fwd_bwd_s"] > 0 for r in rows) and rows[2]["tokens"] < rows[0]["tokens"]
     row = bench("tiny", tiny_checkpoints(), "cpu", steps=2, num_subjects=1, vae_tiling=False)
     assert row["video"] == [9, 32, 32] and row["seconds"] > 0 and row["subjects"] == 1

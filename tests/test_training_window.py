@@ -109,3 +109,31 @@ def test_a_dataset_with_no_trainable_clip_is_one_clear_error(tmp_path):
     with pytest.raises(JobError, match=r"no clip of data.urls can be trained on: 2 clips; 0 train .* 2 too short "
                                        r"for the shortest window \(17 frames at 8.0 fps\)"):
         dataset_fit(cfg, media=True, holdout=0.0, max_validation=0)
+
+
+def test_shards_without_a_manifest_whose_clips_are_all_too_short_stop_with_the_reason(tmp_path, monkeypatch):
+    """Explicit shard URLs have no manifest to check at start-up: the stream stops instead of looping for ever,
+    and a too-short clip is known from its JSON member without decoding its video."""
+    from training.config import JobError
+    from training.data import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "MAX_FAILURES_IN_ROW", 20)
+    _lengths_dataset(tmp_path / "ds", {"a": 10, "b": 12}, fps=25.0)
+    shards = sorted(str(p) for p in (tmp_path / "ds" / "shards").glob("*.tar"))
+    cfg = DataConfig(urls=shards, shuffle_buffer=1)
+    assert dataset_fit(cfg, media=True, holdout=0.0, max_validation=0) is None
+    with pytest.raises(JobError, match=r"20 samples in a row could not be used \(so far 20 too short for the "
+                                       r"shortest window, 17 frames at 8.0 fps; 0 undecodable\)"):
+        next(iter(ShardStream(cfg, shards, 0, 1)))
+
+
+def test_the_validation_split_is_by_source_stable_and_about_its_share():
+    import hashlib
+
+    from training.data.split import held_out_source
+
+    sources = [hashlib.sha1(str(i).encode()).hexdigest() for i in range(20_000)]
+    held = {s for s in sources if held_out_source(s, 0.01)}
+    assert 150 < len(held) < 250
+    assert held <= {s for s in sources if held_out_source(s, 0.02)}  # a larger share only adds sources
+    assert not any(held_out_source(s, 0.0) for s in sources)

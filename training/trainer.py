@@ -140,11 +140,11 @@ def train(job: TrainJob) -> dict:
         # only: no clip is decoded, none is too short.
         features = on_every_rank(lambda: _features(job)) if job.model.encoders == "precomputed" else None
         media, val = job.stage == "cinema", job.validation
+        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=media, features=features,
+                                                   holdout=val.fraction))
         fit = on_every_rank(lambda: dataset_fit(job.data, media, val.fraction, val.clips))
         if rank == 0 and fit is not None:
             log.info(fit.summary(job.data))
-        loader = on_every_rank(lambda: ShardLoader(job.data, rank, world, media=media, features=features,
-                                                   holdout=val.fraction))
         validator = on_every_rank(lambda: _validator(job, fit, rank, world, out, features))
         ckpt_dir = Path(job.checkpoint.folder)
         checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)

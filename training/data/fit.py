@@ -23,17 +23,14 @@ log = logging.getLogger("training.data")
 @dataclass
 class DatasetFit:
     clips: int = 0
-    frames: Counter = field(default_factory=Counter)  # window frame count -> training clips that give it
-    too_short: int = 0  # training clips shorter than the shortest window
+    trainable: int = 0  # clips of training sources the job takes
+    frames: Counter = field(default_factory=Counter)  # window frame count -> those clips (none: captions only)
+    too_short: int = 0  # clips of training sources shorter than the shortest window
     held_out: int = 0  # clips of validation sources
     validation: list[tuple[str, str]] = field(default_factory=list)  # (shard URL, clip id) the loss is measured on
 
-    @property
-    def trainable(self) -> int:
-        return sum(self.frames.values())
-
     def summary(self, cfg: DataConfig) -> str:
-        frames = ", ".join(f"{n}: {self.frames[n]}" for n in sorted(self.frames) if n) or "captions only"
+        frames = ", ".join(f"{n}: {self.frames[n]}" for n in sorted(self.frames)) or "-"
         return (f"dataset: {self.clips} clips; {self.trainable} train (clips per frame count: {frames}), "
                 f"{self.too_short} too short for the shortest window ({cfg.frames[0]} frames at "
                 f"{cfg.target_fps or 'every'} fps), {self.held_out} held out for validation "
@@ -53,15 +50,18 @@ def dataset_fit(cfg: DataConfig, media: bool, holdout: float, max_validation: in
         rows = C.read_manifest(storage, root, ["clip_id", "source_sha1", "fps", "num_frames", "shard"]).to_pylist()
         for r in rows:
             fit.clips += 1
-            frames = cfg.window.frames_for(r["fps"], r["num_frames"]) if media else 0
+            frames = cfg.window.frames_for(r["fps"], r["num_frames"]) if media else None
+            usable = frames is not None or not media
             if held_out_source(r["source_sha1"], holdout):
                 fit.held_out += 1
-                if frames is not None:
+                if usable:
                     held.append((storage.join(root, C.SHARDS_DIR, r["shard"] + ".tar"), r["clip_id"]))
-            elif frames is None:
+            elif not usable:
                 fit.too_short += 1
             else:
-                fit.frames[frames] += 1
+                fit.trainable += 1
+                if frames is not None:
+                    fit.frames[frames] += 1
     # The clips of validation sources whose ids hash lowest: the same set on every rank and every run.
     held.sort(key=lambda sc: hashlib.sha1(sc[1].encode()).hexdigest())
     fit.validation = held[:max_validation]
