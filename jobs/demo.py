@@ -64,7 +64,7 @@ def train(endpoint: str) -> None:
             cmd += ["--set", s]
         subprocess.run(cmd, cwd=ROOT, check=True)
 
-    torchrun(aligner_dir, "stage=aligner", "steps=10")
+    torchrun(aligner_dir, "stage=aligner", "steps=10", "model.overrides=[]")
     torchrun(run_dir, f"model.overrides=[aligner.pretrained={aligner_dir / 'trained.safetensors'}]")
 
 

@@ -137,3 +137,23 @@ def test_the_validation_split_is_by_source_stable_and_about_its_share():
     assert 150 < len(held) < 250
     assert held <= {s for s in sources if held_out_source(s, 0.02)}  # a larger share only adds sources
     assert not any(held_out_source(s, 0.0) for s in sources)
+
+
+def test_a_slot_whose_share_is_all_held_out_stops_with_the_reason(tmp_path):
+    """One shard, two slots, each taking every other sample: the slot whose share is the held-out source's clip can
+    never give a sample, and says so instead of reading the shard for ever."""
+    from training.config import JobError
+
+    write_dataset(tmp_path / "ds", [Clip("c00", 32, 32, num_frames=9), Clip("c02", 32, 32, num_frames=9)],
+                  clips_per_shard=2)
+    cfg = data_preset("tiny", urls=[str(tmp_path / "ds")], shuffle_buffer=1)
+    shards = [str(p) for p in (tmp_path / "ds" / "shards").glob("*.tar")]
+    outcomes = []
+    for slot in (0, 1):  # of c00 and c02, the source of c02 is held out at 0.25
+        stream = ShardStream(cfg, shards, slot, 2, holdout=0.25)
+        try:
+            outcomes.append(next(stream.raw_samples()).key)
+        except JobError as e:
+            outcomes.append(str(e))
+    assert "c00" in outcomes
+    assert any("every sample of its share of every shard is of a source held out" in o for o in outcomes), outcomes

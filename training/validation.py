@@ -25,7 +25,7 @@ from common import contract as C
 from common.storage import Storage
 
 from .batch import model_batch
-from .config import TrainJob
+from .config import JobError, TrainJob
 from .data.decode import Sample, collate, decode_subject
 from .data.features import FeatureSample, FeatureSet, collate_features, features_url
 from .data.fit import DatasetFit
@@ -72,6 +72,8 @@ class Validator:
             if sample is None:
                 log.warning("validation clip %s could not be read: left out of the validation loss", cid)
             self.items.append((cid, sample, weight if sample is not None else 0.0))
+        if all(sample is None for _, sample, _ in self.items):  # its forwards need one clip to run on
+            raise JobError(f"rank {rank}: none of its {len(self.items)} validation clips could be read")
         self.prompts = [raws[cid] for _, cid in self.sampled if cid in raws]
         if rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -87,17 +89,18 @@ class Validator:
     def loss(self, model: CinemaModel, device: torch.device) -> dict[str, float]:
         """{"val_loss": the mean over clips and timesteps, "val_loss_t<t>": the mean over clips at each}, the same
         on every rank."""
-        ts = self.cfg.timesteps
+        aligner = self.job.stage == "aligner"  # the alignment loss of the captions: no timestep
+        ts = [None] if aligner else self.cfg.timesteps
         sums = torch.zeros(len(ts) + 1, dtype=torch.float64)  # per timestep, then the total weight
         model.eval()
         try:
             for cid, sample, weight in self.items:
                 if sample is None:  # an unreadable clip still runs the forwards the other ranks run
                     sample = next(s for _, s, _ in self.items if s is not None)
-                batch = self._batch(sample, device)
+                batch = None if aligner else self._batch(sample, device)
                 for i, t in enumerate(ts):
-                    if self.job.stage == "aligner":
-                        value = model.aligner_loss(batch["captions"])["loss"]
+                    if aligner:
+                        value = model.aligner_loss([sample.caption])["loss"]
                     else:
                         value = model.loss(batch, [noise_generator(self.cfg.seed, cid, t)],
                                            timesteps=torch.tensor([t]))["flow"]
@@ -107,6 +110,8 @@ class Validator:
             model.train()
         dist.all_reduce(sums)
         per_t = (sums[:-1] / sums[-1].clamp(min=1e-12)).tolist()
+        if aligner:
+            return {"val_loss": per_t[0]}
         return {"val_loss": sum(per_t) / len(per_t), **{f"val_loss_t{t:g}": v for t, v in zip(ts, per_t)}}
 
     @torch.no_grad()

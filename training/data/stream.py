@@ -36,8 +36,6 @@ log = logging.getLogger("training.data")
 
 # A slot whose samples all fail to decode would otherwise spin for ever while its rank waits in a collective.
 MAX_FAILURES_IN_ROW = 1000
-# A slot whose shards hold only validation sources would spin for ever too; a few epochs may (the plan reshuffles).
-MAX_IDLE_EPOCHS = 10
 
 COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "samples_held_out",
             "members_rejected", "shards_corrupt", "shards_failed", "read_retries", "epochs")
@@ -250,12 +248,14 @@ class ShardStream(IterableDataset):
     def raw_samples(self) -> Iterator[RawSample]:
         """This slot's samples, epoch after epoch, from the cursor; the cursor moves as each is yielded."""
         slot, num_slots = self.slot()
-        idle_epochs = 0  # epochs in a row that gave no sample, every one held out for validation
+        # Shards read since this slot last gave a sample, all of its share of them held out for validation. A slot
+        # takes the same share (stride, phase) of any shard it reads, so once that is every shard it never will.
+        idle: set[int] = set()
         while True:
             plan = plan_epoch(len(self.shards), self.epoch, self.cfg.seed, slot, num_slots)
-            given = 0
             while self.plan_pos < len(plan):
                 shard, stride, phase = plan[self.plan_pos]
+                given = False
                 for raw, self.offset, self.index in self._read_shard(shard, self.offset, self.index, stride, phase):
                     self.read_in_epoch += 1
                     if self.history and self._read_before(shard, raw.index):
@@ -264,17 +264,18 @@ class ShardStream(IterableDataset):
                     if held_out(raw, self.holdout):
                         self.counters["samples_held_out"] += 1
                         continue
-                    given += 1
+                    given = True
                     yield raw
+                idle = set() if given else idle | {shard}
+                if len(idle) == len(self.shards):
+                    raise JobError(f"rank {self.rank}, slot {slot}: every sample of its share of every shard is of a "
+                                   "source held out for validation: lower validation.fraction, or train with fewer "
+                                   "ranks or loader workers than this dataset has shards")
                 self.plan_pos, self.offset, self.index = self.plan_pos + 1, 0, 0
             if self.read_in_epoch == 0:
                 urls = [self.shards[s] for s, _, _ in plan]
                 raise JobError(f"rank {self.rank}, slot {slot}: no readable sample in a whole epoch of its "
                                    f"shards {urls[:3]}{'...' if len(urls) > 3 else ''}; see the warnings above")
-            idle_epochs = 0 if given else idle_epochs + 1
-            if idle_epochs == MAX_IDLE_EPOCHS:
-                raise JobError(f"rank {self.rank}, slot {slot}: {MAX_IDLE_EPOCHS} epochs in a row gave no sample: "
-                               "every one it read is of a source held out for validation (validation.fraction)")
             self.epoch, self.plan_pos, self.read_in_epoch = self.epoch + 1, 0, 0
             self.counters["epochs"] += 1
 
