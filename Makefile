@@ -35,6 +35,8 @@ bench: setup
 	$(BIN)/python -m benchmarks.memory_bench --layers 10 --before a6ef479
 	$(BIN)/python -m benchmarks.features_bench
 	$(BIN)/python -m benchmarks.sink_bench
+	$(BIN)/python -m benchmarks.window_fit
+	$(BIN)/python -m benchmarks.bucket_bench
 
 clean:
 	rm -rf out

@@ -89,8 +89,9 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
     for m in done_markers(output, storage):
         status[m["status"]] += 1
         if m["status"] == "ok" and m["uri"] not in per_source:
-            # A done source with no candidate clip had no scene as long as scenes.min_clip_s.
-            why = "every candidate clip was dropped by a filter" if m["clips"] else "no scene as long as scenes.min_clip_s"
+            # A done source with no candidate clip had no scene as long as the shortest clip.
+            why = ("every candidate clip was dropped by a filter" if m["clips"] else
+                   "no scene as long as the shortest clip (scenes.min_clip_s, or the training window's)")
             without.append({"uri": m["uri"], "candidate_clips": m["clips"], "reason": why})
     errors = read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
     seconds = sum(s["seconds"] for s in per_source.values())

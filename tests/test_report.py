@@ -55,6 +55,6 @@ def test_a_source_whose_scenes_are_all_too_short_is_reported(tmp_path):
     assert writer.stats.rejected["too_short"][0]["source_uri"] == short
     cfg = load_job(None, ["scenes.min_clip_s=2"], input="unused", output=str(out))
     page = Path(write_report(cfg, Storage(), writer.stats, "summary", {}, 1.0)).read_text()
-    assert re.search(r"<td>/videos/short_scene.mp4</td><td>0</td><td>no scene as long as scenes.min_clip_s</td>", page)
+    assert re.search(r"<td>/videos/short_scene.mp4</td><td>0</td><td>no scene as long as the shortest clip \(scenes.min_clip_s", page)
     assert re.search(r"<b>too_short</b></td><td>a scene shorter than scenes.min_clip_s = 2 s makes no candidate clip", page)
     assert "short_scene.mp4 (0.90 s): 1 short scene(s)" in page

@@ -35,15 +35,10 @@ from .data.tar_samples import RawSample
 log = logging.getLogger("training")
 
 
-def read_clips(job: TrainJob, clips: list[tuple[str, str]], features: bool) -> dict[str, RawSample]:
-    """Clip id -> its raw sample (from the features tar beside its shard when ``features``), for ``clips``."""
-    storage = Storage(job.data.storage)
-    shards = sorted({url for url, _ in clips})
-    urls = [features_url(storage, s) for s in shards] if features else shards
-    stream = ShardStream(job.data, urls, 0, 1, media=True, features=features)
-    wanted = {cid for _, cid in clips}
+def read_clips(stream: ShardStream, wanted: set[str]) -> dict[str, RawSample]:
+    """Clip id -> its raw sample, for the ``wanted`` clips of the stream's shards (each read once, in order)."""
     found = {}
-    for i in range(len(urls)):
+    for i in range(len(stream.shards)):
         found.update({raw.key: raw for raw in stream.shard_samples(i) if raw.key in wanted})
     return found
 
@@ -64,8 +59,12 @@ class Validator:
         self.share = [(clips[i % len(clips)], 1.0 if i < len(clips) else 0.0)
                       for i in (rank + k * world for k in range(per_rank))]
         self.sampled = clips[: self.cfg.samples] if job.stage == "cinema" and features is None else []
-        raws = read_clips(job, [c for c, _ in self.share] + self.sampled, features is not None)
-        stream = ShardStream(job.data, [], rank, world, media=job.stage == "cinema", features=features is not None)
+        wanted = [c for c, _ in self.share] + self.sampled
+        shards = sorted({url for url, _ in wanted})
+        if features is not None:  # the features tar beside each shard holds the clip's features
+            shards = [features_url(Storage(job.data.storage), s) for s in shards]
+        stream = ShardStream(job.data, shards, rank, world, media=job.stage == "cinema", features=features is not None)
+        raws = read_clips(stream, {cid for _, cid in wanted})
         self.items: list[tuple[str, Sample | FeatureSample | None, float]] = []
         for (_, cid), weight in self.share:
             sample = stream.decode(raws[cid]) if cid in raws else None
