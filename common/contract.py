@@ -64,18 +64,15 @@ class TrainingWindow:
     def longest_clip(self, clip_fps: float) -> int:
         return self.span(clip_fps, max(self.frame_counts))
 
-    def seconds(self, clip_fps: float, frames: int) -> float:
-        return self.span(clip_fps, frames) / clip_fps
-
 
 TRAINING_WINDOW = TrainingWindow()
 
 
-def window_frames(clip_fps: float, num_frames: int, window: TrainingWindow = TRAINING_WINDOW) -> int:
+def window_frames(clip_fps: float, num_frames: int) -> int:
     """The clip frames the default trainer's window spans (what captions and subject crops describe): the longest
     window the clip holds, or the whole clip when it holds none."""
-    frames = window.frames_for(clip_fps, num_frames)
-    return num_frames if frames is None else window.span(clip_fps, frames)
+    frames = TRAINING_WINDOW.frames_for(clip_fps, num_frames)
+    return num_frames if frames is None else TRAINING_WINDOW.span(clip_fps, frames)
 
 
 def subject_member(k: int) -> str:

@@ -255,7 +255,7 @@ class ShardStream(IterableDataset):
             plan = plan_epoch(len(self.shards), self.epoch, self.cfg.seed, slot, num_slots)
             while self.plan_pos < len(plan):
                 shard, stride, phase = plan[self.plan_pos]
-                given = False
+                given = held = False
                 for raw, self.offset, self.index in self._read_shard(shard, self.offset, self.index, stride, phase):
                     self.read_in_epoch += 1
                     if self.history and self._read_before(shard, raw.index):
@@ -263,10 +263,11 @@ class ShardStream(IterableDataset):
                     self.counters["samples_read"] += 1
                     if held_out(raw, self.holdout):
                         self.counters["samples_held_out"] += 1
+                        held = True
                         continue
                     given = True
                     yield raw
-                idle = set() if given else idle | {shard}
+                idle = set() if given else idle | {shard} if held else idle  # unread shards say nothing
                 if len(idle) == len(self.shards):
                     raise JobError(f"rank {self.rank}, slot {slot}: every sample of its share of every shard is of a "
                                    "source held out for validation: lower validation.fraction, or train with fewer "
