@@ -128,7 +128,6 @@ def main() -> None:
     from curation.config import load_job
     from curation.plan import detector_kinds
     from curation.runner import init_ray, run
-    from curation.writer import read_parquet_dir
 
     if not shutil.which("ffmpeg"):
         sys.exit("the PySceneDetect baseline needs the ffmpeg binary: apt-get install -y ffmpeg")
@@ -153,7 +152,7 @@ def main() -> None:
     def ours(name: str, extra: list[str]):
         cfg = load_job(None, overrides + extra, input=str(listing), output=str(work / name))
         t, result = timed(lambda: run(cfg))
-        clips = read_parquet_dir(Storage(), str(work / name / C.MANIFEST_DIR), C.MANIFEST_SCHEMA).to_pylist()
+        clips = C.read_manifest(Storage(), str(work / name)).to_pylist()
         per_source: dict[str, list] = {}
         for c in clips:
             per_source.setdefault(c["source_uri"], []).append((c["start_frame"], c["end_frame"]))

@@ -118,16 +118,23 @@ def committed_shards(storage: Storage, root: str) -> list[str]:
     return [storage.join(root, SHARDS_DIR, p.rsplit("/", 1)[-1].removesuffix(".parquet") + ".tar") for p in parts]
 
 
-def read_manifest(storage: Storage, root: str, columns: list[str] | None = None) -> pa.Table:
-    """The committed manifest of a dataset root, or those columns of it (empty when nothing is committed)."""
+def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """All committed parts under ``prefix`` as one table, or those ``columns`` of it (empty with ``schema`` when
+    there are none)."""
     import pyarrow.parquet as pq
 
     tables = []
-    for uri in storage.list(storage.join(root, MANIFEST_DIR), ".parquet"):
+    for uri in storage.list(prefix, ".parquet"):
         with storage.open(uri) as f:
-            tables.append(pq.read_table(f, columns=columns, schema=MANIFEST_SCHEMA))
-    schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+            tables.append(pq.read_table(f, columns=columns, schema=schema))
+    if tables:
+        return pa.concat_tables(tables)
+    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+
+
+def read_manifest(storage: Storage, root: str, columns: list[str] | None = None) -> pa.Table:
+    """The committed manifest of a dataset root, or those columns of it."""
+    return read_parquet_dir(storage, storage.join(root, MANIFEST_DIR), MANIFEST_SCHEMA, columns)
 
 
 SUBJECT = pa.struct(

@@ -16,21 +16,15 @@ from typing import Iterator
 
 import av
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from common import contract as C
 from common.storage import Storage
 
-from .writer import read_parquet_dir
 
 SCORES = ("motion", "blank_frac", "luma", "contrast", "aesthetic")  # the manifest's filter scores
 _MEMBER = re.compile(r"^(mp4|json|caption\.txt|subject_[0-5]\.png)$")
-
-
-def manifest_table(output: str, storage: Storage) -> pa.Table:
-    return read_parquet_dir(storage, storage.join(output, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
 
 
 def done_markers(output: str, storage: Storage) -> list[dict]:
@@ -78,7 +72,7 @@ def _quantiles(values: list[float]) -> dict | None:
 def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None) -> dict:
     """Clips, hours, per source, per filter score and subjects per clip, from the manifest (``rows``, read when
     not given) and the done markers."""
-    rows = manifest_table(output, storage).to_pylist() if rows is None else rows
+    rows = C.read_manifest(storage, output).to_pylist() if rows is None else rows
     per_source: dict[str, dict] = defaultdict(lambda: {"clips": 0, "seconds": 0.0})
     for r in rows:
         s = per_source[r["source_uri"]]
@@ -93,7 +87,7 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
             why = ("every candidate clip was dropped by a filter" if m["clips"] else
                    "no scene as long as the shortest clip (scenes.min_clip_s, or the training window's)")
             without.append({"uri": m["uri"], "candidate_clips": m["clips"], "reason": why})
-    errors = read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
+    errors = C.read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
     seconds = sum(s["seconds"] for s in per_source.values())
     subjects = Counter(len(r["subjects"]) for r in rows)
     window = C.TRAINING_WINDOW
@@ -235,7 +229,7 @@ def on_checkerboard(png: bytes, height: int) -> Image.Image:
 
 def show_clip(output: str, storage: Storage, clip_id: str, frames: int = 6, thumb_h: int = 160) -> Image.Image:
     """One image: the clip's frames, its subject crops on a checkerboard with label and score, its metadata."""
-    rows = [r for r in manifest_table(output, storage).to_pylist() if r["clip_id"] == clip_id]
+    rows = [r for r in C.read_manifest(storage, output).to_pylist() if r["clip_id"] == clip_id]
     if not rows:
         raise LookupError(f"clip {clip_id!r} is not in the manifest of {output}")
     row = rows[0]

@@ -21,7 +21,7 @@ from .config import JobConfig
 from .dataset_card import write_card
 from .inspect_dataset import clip_frames, clip_members, dataset_stats
 from .stages import pipeline
-from .writer import RunStats, read_parquet_dir
+from .writer import RunStats
 
 
 def summary_text(stats: RunStats, seconds: float, sources_total: int, sources_skipped: int, cpus: int) -> str:
@@ -285,8 +285,8 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
     """report.html over the whole dataset (manifest, errors, done markers) and this run's statistics (filters,
     stages, sample clips); also contact_sheet.png of the sample clips and the dataset card, README.md."""
     output = cfg.output
-    rows = read_parquet_dir(storage, storage.join(output, C.MANIFEST_DIR), C.MANIFEST_SCHEMA).to_pylist()
-    errors = read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
+    rows = C.read_manifest(storage, output).to_pylist()
+    errors = C.read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
     ds = dataset_stats(output, storage, rows)
     src = ds["sources"]
     parts = [f"<h1>Curation report</h1><p class='dim'>{_e(output)}</p><pre>{_e(summary)}</pre>",

@@ -47,15 +47,6 @@ def done_marker_name(uri: str) -> str:
     return hashlib.sha1(uri.encode()).hexdigest()[:24] + ".json"
 
 
-def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Table:
-    """All committed parts under ``prefix`` as one table (empty with ``schema`` when there are none)."""
-    tables = []
-    for uri in storage.list(prefix, ".parquet"):
-        with storage.open(uri) as f:
-            tables.append(pq.read_table(f, schema=schema))
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
 @dataclass
 class _Source:
     expected: int | None = None  # candidate clips, known once the summary row arrives
@@ -135,7 +126,7 @@ class DatasetWriter:
                 self.storage.remove(tmp)
         for uri in self.storage.list(self.path(C.STAGING_DIR)):  # tails never merged: their sources are not done
             self.storage.remove(uri)
-        manifest = read_parquet_dir(self.storage, self.path(C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
+        manifest = C.read_parquet_dir(self.storage, self.path(C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
         self.committed = set(manifest.column("clip_id").to_pylist())
         for sha1, uri in zip(manifest.column("source_sha1").to_pylist(), manifest.column("source_uri").to_pylist()):
             self._sha1_owner.setdefault(sha1, uri)
@@ -146,7 +137,7 @@ class DatasetWriter:
             if name not in self.committed_shards:
                 log.warning("removing orphan shard %s (its manifest part was never committed)", name)
                 self.storage.remove(uri)
-        errors = read_parquet_dir(self.storage, self.path(C.ERRORS_DIR), C.ERRORS_SCHEMA)
+        errors = C.read_parquet_dir(self.storage, self.path(C.ERRORS_DIR), C.ERRORS_SCHEMA)
         self.error_keys = {(r["uri"], r["clip_id"], r["stage"]) for r in errors.to_pylist()}
         for uri in self.storage.list(self.path(C.DONE_DIR), ".json"):
             marker = json.loads(self.storage.read_bytes(uri))

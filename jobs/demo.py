@@ -71,9 +71,8 @@ def train(endpoint: str) -> None:
 def subject_crops(storage, count: int = 2) -> tuple[dict, list[Path]]:
     """The manifest row and ``count`` subject crops of the first clip in the dataset that has that many subjects."""
     from common import contract as C
-    from curation.writer import read_parquet_dir
 
-    rows = read_parquet_dir(storage, "s3://cinema/dataset/manifest", C.MANIFEST_SCHEMA).to_pylist()
+    rows = C.read_manifest(storage, "s3://cinema/dataset").to_pylist()
     clip = next((r for r in rows if len(r["subjects"]) >= count), None)
     if clip is None:
         raise SystemExit(f"no clip in the dataset has {count} subjects")

@@ -8,7 +8,6 @@ import av
 
 from common import contract as C
 from common.storage import Storage
-from curation.writer import read_parquet_dir
 
 
 def run_cpu_stages(path, *overrides) -> list[dict]:
@@ -33,12 +32,12 @@ def send(writer, rows: list[dict]) -> None:
 
 def manifest(out: str, storage: Storage | None = None):
     storage = storage or Storage()
-    return read_parquet_dir(storage, storage.join(out, C.MANIFEST_DIR), C.MANIFEST_SCHEMA)
+    return C.read_manifest(storage, out)
 
 
 def errors(out: str, storage: Storage | None = None):
     storage = storage or Storage()
-    return read_parquet_dir(storage, storage.join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
+    return C.read_parquet_dir(storage, storage.join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
 
 
 def check_contract(out: str, storage: Storage | None = None, decode: bool = True) -> dict[str, dict]:
