@@ -48,11 +48,13 @@ class TrainingWindow:
     def step(self, clip_fps: float) -> int:
         return 1 if self.fps is None else max(1, round(clip_fps / self.fps))
 
+    def longest(self, frames: int) -> int | None:
+        """The longest frame count within ``frames`` frames taken at the step, or None (too short)."""
+        return max((n for n in self.frame_counts if n <= frames), default=None)
+
     def frames_for(self, clip_fps: float, num_frames: int) -> int | None:
         """The longest frame count a clip of ``num_frames`` frames at ``clip_fps`` gives, or None (too short)."""
-        available = (num_frames - 1) // self.step(clip_fps) + 1 if num_frames > 0 else 0
-        fits = [n for n in self.frame_counts if n <= available]
-        return max(fits) if fits else None
+        return self.longest((num_frames - 1) // self.step(clip_fps) + 1 if num_frames > 0 else 0)
 
     def span(self, clip_fps: float, frames: int) -> int:
         """The clip frames from the first to the last frame a window of ``frames`` takes, inclusive."""

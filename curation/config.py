@@ -74,7 +74,6 @@ class ScenesConfig:
         if any(s <= 0 for s in given) or len(given) == 2 and self.min_clip_s > self.max_clip_s:
             raise ConfigError("scenes: need 0 < min_clip_s <= max_clip_s (or leave them unset: the training window)")
 
-
     def limits_s(self) -> tuple[tuple[float, str], tuple[float, str]]:
         """(seconds, what sets it) of the shortest and the longest clip, as reports show them: the set value, or the
         training window's nominal length (its frames at its frame rate; the exact length depends on the clip's)."""

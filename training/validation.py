@@ -51,29 +51,29 @@ def noise_generator(seed: int, clip_id: str, t: float) -> torch.Generator:
 class Validator:
     def __init__(self, job: TrainJob, fit: DatasetFit, rank: int, world: int, out: Path,
                  features: FeatureSet | None):
-        self.job, self.cfg, self.rank, self.world, self.features = job, job.validation, rank, world, features
+        self.job, self.cfg, self.rank, self.features = job, job.validation, rank, features
         self.out = out / "validation"
         clips = fit.validation
         per_rank = math.ceil(len(clips) / world)
         # Rank r takes clips r, r + world, ...; past the end it repeats a clip with weight 0 (the same forwards).
-        self.share = [(clips[i % len(clips)], 1.0 if i < len(clips) else 0.0)
-                      for i in (rank + k * world for k in range(per_rank))]
-        self.sampled = clips[: self.cfg.samples] if job.stage == "cinema" and features is None else []
-        wanted = [c for c, _ in self.share] + self.sampled
+        share = [(clips[i % len(clips)], 1.0 if i < len(clips) else 0.0)
+                 for i in (rank + k * world for k in range(per_rank))]
+        sampled = clips[: self.cfg.samples] if job.stage == "cinema" and features is None else []
+        wanted = [c for c, _ in share] + sampled
         shards = sorted({url for url, _ in wanted})
         if features is not None:  # the features tar beside each shard holds the clip's features
             shards = [features_url(Storage(job.data.storage), s) for s in shards]
         stream = ShardStream(job.data, shards, rank, world, media=job.stage == "cinema", features=features is not None)
         raws = read_clips(stream, {cid for _, cid in wanted})
         self.items: list[tuple[str, Sample | FeatureSample | None, float]] = []
-        for (_, cid), weight in self.share:
+        for (_, cid), weight in share:
             sample = stream.decode(raws[cid]) if cid in raws else None
             if sample is None:
                 log.warning("validation clip %s could not be read: left out of the validation loss", cid)
             self.items.append((cid, sample, weight if sample is not None else 0.0))
         if all(sample is None for _, sample, _ in self.items):  # its forwards need one clip to run on
             raise JobError(f"rank {rank}: none of its {len(self.items)} validation clips could be read")
-        self.prompts = [raws[cid] for _, cid in self.sampled if cid in raws]
+        self.prompts = [raws[cid] for _, cid in sampled if cid in raws]
         if rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             log.info("validation: %d clips of held-out sources, %d per rank, at t=%s; %d sample video(s)",

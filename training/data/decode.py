@@ -76,7 +76,7 @@ def decode_clip(mp4: bytes, cfg: DataConfig) -> tuple[int, torch.Tensor]:
             frames.append(rgb[top:top + height, left:left + width])
             if len(frames) == cfg.frames[-1]:
                 break
-    count = max((n for n in cfg.frames if n <= len(frames)), default=None)
+    count = window.longest(len(frames))
     if count is None:
         raise TooShort(f"clip has {len(frames)} frames at step {step}, the shortest window takes {cfg.frames[0]}")
     return cfg.bucket(count, size), torch.from_numpy(np.stack(frames[:count])).permute(0, 3, 1, 2)

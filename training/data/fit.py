@@ -6,7 +6,6 @@ that waits for a batch for ever."""
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -16,9 +15,6 @@ from common.storage import Storage
 
 from ..config import DataConfig, JobError
 from .split import held_out_source
-
-log = logging.getLogger("training.data")
-
 
 @dataclass
 class DatasetFit:
