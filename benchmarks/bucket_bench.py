@@ -13,19 +13,17 @@ Writes out/bench/buckets.json.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.results import write_result
 from cinema_model.config import latent_frames, preset
 from cinema_model.dit import CinemaDiT
 from cinema_model.flow import add_noise, velocity_loss
 
-OUT = Path("out/bench/buckets.json")
 FRAMES = (17, 25, 33, 41, 49)
 SINGLE = 33
 ROUNDS = 6
@@ -80,10 +78,10 @@ def step_times() -> dict:
 
 def parity() -> dict:
     """Losses of the same samples under FSDP2 bf16, before and after the fix, and in fp32."""
+    from jobs.loopback_s3 import free_port
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from jobs.loopback_s3 import free_port
     from training.trainer import distributed
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -127,8 +125,7 @@ def main() -> None:
     print(f"loss parity over {p['samples']} samples: fp32 t/RoPE vs FSDP2-cast bf16 inputs {p['mean_rel_diff_new_vs_old']:.2e} "
           f"mean relative difference; bf16 itself vs fp32: {p['mean_rel_diff_old_vs_fp32']:.2e} (before), "
           f"{p['mean_rel_diff_new_vs_fp32']:.2e} (now)")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+    write_result("buckets", result)
 
 
 if __name__ == "__main__":

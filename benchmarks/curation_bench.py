@@ -12,7 +12,6 @@ Writes out/bench/curation.json (read by capacity planning).
 from __future__ import annotations
 
 import io
-import json
 import resource
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+
+from benchmarks.results import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
@@ -124,10 +125,12 @@ def split_video(path: Path, out: Path) -> None:
 
 def main() -> None:
     from common import contract as C
+    from common.ray_session import ray_session
     from common.storage import Storage
+
     from curation.config import load_job
-    from curation.plan import detector_kinds
-    from curation.runner import init_ray, run
+    from curation.run.runner import run
+    from curation.tools.capacity import detector_kinds
 
     if not shutil.which("ffmpeg"):
         sys.exit("the PySceneDetect baseline needs the ffmpeg binary: apt-get install -y ffmpeg")
@@ -165,10 +168,9 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers have exited: their CPU time counts
         return t, (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
 
-    t_ray, _ = timed(lambda: init_ray(load_job(None, overrides, input=str(listing), output=str(work / "ours"))))
-    import ray
-
-    ray.shutdown()
+    session = ray_session(None, CPUS)
+    t_ray, _ = timed(session.__enter__)
+    session.__exit__(None, None, None)
     t_ours, result, per_source = ours("ours", as_split_video)
     t_default, result_default, per_source_default = ours("default", [])
 
@@ -207,7 +209,7 @@ def main() -> None:
         "stage_busy_s": {name: c[3] for name, c in result.stage_counts.items()},
         "bytes_written": result.stats.bytes_written,
         "detectors": "adaptive",
-        # Per detector kinds (curation.plan takes the job's): the default set, on the CPU, with trimming.
+        # Per detector kinds (curation.tools.capacity takes the job's): the default set, on the CPU, with trimming.
         "runs": {detector_kinds(load_job(None, [], input="-", output="-")): {
             "ours_s": t_default, "clips": result_default.stats.clips_written, "floor_s": t_floor_default,
             "ratio_vs_floor": t_default / t_floor_default,
@@ -231,9 +233,7 @@ def main() -> None:
     print(f"(d) default detectors (TransNetV2 + adaptive on the CPU, trimming): {t_default:.1f} s, {d['clips']} clips; "
           f"/ its floor ({t_floor_default:.1f} s): {d['ratio_vs_floor']:.2f}x, "
           f"{d['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up; scenes busy {d['stage_busy_s']['scenes']:.1f} s")
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "curation.json").write_text(json.dumps(res, indent=2))
+    write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 
 

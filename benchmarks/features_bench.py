@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import write_result
 from benchmarks.train_bench import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +154,9 @@ def measured_bytes(work: Path) -> dict:
     import torch
     from safetensors.torch import load
 
+    from common.shard_reader import iter_samples
+
     from training.data import features as F
-    from training.data.tar_samples import iter_samples
 
     tars = sorted((work / "data" / F.FEATURES_DIR).glob("*.tar"))
     sizes, predicted = [], []
@@ -211,9 +212,7 @@ def main() -> None:
         print(f"  {k} subjects: {row['bytes'] / 1e6:6.2f} MB  (latents {row['latents_bytes'] / 1e6:.2f}, subject "
               f"latents {row['subject_latents_bytes'] / 1e6:.2f}, MLLM states {row['mllm_states_bytes'] / 1e6:.2f} "
               f"for {row['tokens']} tokens)")
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "features.json").write_text(json.dumps(result, indent=2))
+    write_result("features", result)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.train_bench import write_dataset
 from jobs.loopback_s3 import free_port
+
+from benchmarks.results import write_result
+from benchmarks.train_bench import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, STEPS, FRAMES, HEIGHT, WIDTH = 4, 12, 17, 64, 96
@@ -60,9 +62,7 @@ def main() -> None:
               "single_process_step_s": single, "fsdp2_2_ranks_step_s": fsdp, "ratio": fsdp / single}
     print(f"step time without data wait, global batch {GLOBAL_BATCH}: one process {single:.3f} s, "
           f"FSDP2 on 2 ranks {fsdp:.3f} s: {fsdp / single:.2f}x")
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fsdp.json").write_text(json.dumps(result, indent=2))
+    write_result("fsdp", result)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.results import write_result
 from cinema_model.config import latent_frames, preset
 from cinema_model.flops import dit_forward_flops
+from cinema_model.initial_weights import materialize
 from cinema_model.media import write_mp4
 from cinema_model.model import CinemaModel
 from cinema_model.subjects import pad_subjects, subject_tensor
 
-OUT = Path("out/bench/generate.json")
 QWEN2VL_PIXELS = dict(shortest_edge=56 * 56, longest_edge=28 * 28 * 1280)  # Qwen2-VL's processor defaults
 
 
@@ -55,7 +56,7 @@ def build(name: str, checkpoints: str, device: torch.device, dtype: torch.dtype)
         torch.set_default_dtype(default)
     # Random values drawn on the device: the seeded per-parameter init draws 5.6 B numbers on the host (minutes),
     # and the values do not change the compute.
-    model.materialize(device, initial_weights=False)
+    materialize(model, device, initial_weights=False)
     generator = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=2, help="subject images")
     parser.add_argument("--vae-tiling", action="store_true")
     parser.add_argument("--checkpoints", help="tiny checkpoints folder (default: written to a temporary folder)")
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=None, help="default: out/bench/generate.json")
     args = parser.parse_args()
 
     import os
@@ -137,9 +138,7 @@ def main() -> None:
 
         checkpoints = str(save_tiny_checkpoints(tempfile.mkdtemp(prefix="cinema_tiny_")))
     row = bench(args.preset, checkpoints, args.device, args.steps, args.subjects, args.vae_tiling)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(row, indent=2))
+    write_result("generate", row, args.out)
     print(json.dumps(row, indent=2))
 
 

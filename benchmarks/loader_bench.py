@@ -11,7 +11,6 @@ time, because the machine is shared. Writes out/bench/loader.json.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 import time
@@ -26,9 +25,14 @@ import torch
 from PIL import Image
 
 from common.storage import Storage
+from common.typed_config import from_dict
+
+from benchmarks.results import write_result
 from curation.config import ShardsConfig
-from curation.writer import DatasetWriter
-from training.config import data_preset
+from curation.pipeline.row import Row
+from curation.sink.shards import ShardSink
+from curation.sink.writer import DatasetWriter
+from training.config import DataConfig
 from training.data import ShardLoader
 from training.data.decode import nearest_bucket  # the bucket only; the baseline decodes on its own
 
@@ -81,17 +85,22 @@ def subject_crop(frame: np.ndarray, k: int) -> bytes:
 
 
 def write_shards(out: Path) -> list[bytes]:
+    """The clips through curation's shard sink and writer, as a job writes them; their MP4s, in order."""
     writer = DatasetWriter(str(out), Storage(), ShardsConfig(max_clips=3))
-    clips = []
+    writer.recover()
+    rows, clips = [], []
     for name, starts in CUTS.items():
         for start, (mp4, middle, fps) in zip(starts, cut(VIDEOS / name, starts)):
             clip_id = f"{name.split('.')[0]}-{int(start * 1000):06d}"
             height, width = middle.shape[:2]
             meta = {"clip_id": clip_id, "source_uri": str(VIDEOS / name), "start_s": start, "end_s": start + CLIP_S,
-                    "fps": fps, "width": width, "height": height, "motion": 1.0, "caption": f"a clip of {name}"}
-            writer.add({"kind": "clip", "source_uri": meta["source_uri"], "meta": meta, "mp4": mp4,
-                        "pngs": [subject_crop(middle, k) for k in range(2)]})
+                    "fps": fps, "width": width, "height": height, "num_frames": round(CLIP_S * fps), "motion": 1.0,
+                    "caption": f"a clip of {name}"}
+            rows.append(Row("clip", meta["source_uri"], meta, mp4=mp4, pngs=[subject_crop(middle, k) for k in range(2)]))
             clips.append(mp4)
+        rows.append(Row("summary", str(VIDEOS / name), {"num_clips": len(starts), "duration_s": 0.0}))
+    for row in ShardSink(str(out), Storage(), ShardsConfig(max_clips=3))(rows):
+        writer.add(row)
     writer.close()
     return clips
 
@@ -155,13 +164,13 @@ def main() -> None:
         clips = write_shards(Path(tmp) / "ds")
         print(f"wrote {len(clips)} real clips in {time.perf_counter() - t:.1f} s")
         base = dict(urls=[str(Path(tmp) / "ds")], batch_size=1, shuffle_buffer=4)
-        cfg = data_preset("full", **base)
+        cfg = from_dict(DataConfig, base)
         samples = PASSES * len(clips)
         runs = {"plain": [], 0: [], 1: [], 2: []}
         for _ in range(REPEATS):  # interleaved, so a burst of other work hits all of them alike
             runs["plain"].append(time_baseline(clips, cfg))
             for workers in (0, 1, 2):
-                runs[workers].append(time_loader(data_preset("full", **base, num_workers=workers), samples))
+                runs[workers].append(time_loader(from_dict(DataConfig, {**base, "num_workers": workers}), samples))
         best = {k: {"samples_per_s": max(r[0] for r in v), "cpu_s_per_sample": min(r[1] for r in v)}
                 for k, v in runs.items()}
         baseline = best.pop("plain")
@@ -179,9 +188,7 @@ def main() -> None:
            "cpus": os.cpu_count(), "plain_decode": baseline, "loader": loader,
            "note": "cost is measured in CPU seconds per sample (workers and training process), best of "
                    f"{REPEATS}: wall-clock samples/s on a shared machine depends on what else runs"}
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "loader.json").write_text(json.dumps(res, indent=2))
+    write_result("loader", res)
 
 
 if __name__ == "__main__":

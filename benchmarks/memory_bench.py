@@ -36,6 +36,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 9, 32  # a tiny clip: the step's activations stay small next to the weights and optimizer state
 LARGE_DIT = {"heads": 24, "head_dim": 64, "time_embed_dim": 512}  # cinema_model.config._large
@@ -159,7 +161,7 @@ def summarise(ranks: list[dict]) -> dict:
 
 def measure(args, work: Path, malloc: dict) -> dict:
     """The runs ``args`` asks for, in ``work``."""
-    from tests.data_fixtures import Clip, write_dataset
+    from benchmarks.train_bench import write_dataset
     from tiny_models.cinema_checkpoints import save_tiny_checkpoints
 
     before_commit = None
@@ -173,8 +175,7 @@ def measure(args, work: Path, malloc: dict) -> dict:
     checkpoints = save_tiny_checkpoints(work / "tiny")
     cogvideox = work / "cogvideox-large"
     write_cogvideox(cogvideox, args.layers, checkpoints)
-    write_dataset(work / "data", [Clip(f"c{i}", SIZE, SIZE, num_frames=FRAMES, num_subjects=1, caption=f"a ball {i}")
-                                  for i in range(4)], clips_per_shard=2)
+    write_dataset(work / "data", 4, FRAMES, SIZE, SIZE)
     result = {"preset": "large", "dit_layers": args.layers, "world_size": 2, "video": [FRAMES, SIZE, SIZE],
               "malloc": malloc or "glibc default"}
     for name in args.runs.split(","):
@@ -222,9 +223,7 @@ def main() -> None:
         if f"peak_before_over_{name}" in result:
             print(f"peak before / {name}: {result[f'peak_before_over_{name}']:.2f}x; "
                   f"after the build: {result[f'build_peak_before_over_{name}']:.2f}x")
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps(result, indent=2))
+    write_result("memory", result)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.results import write_result
 from cinema_model.config import latent_frames, preset
 from cinema_model.dit import CinemaDiT
 from cinema_model.flops import dit_forward_flops
 
-OUT = Path("out/bench/model.json")
 SUBJECTS = 2  # subject frames per sample on CPU
 
 
@@ -163,7 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="--gpu-only: cuda, or cpu for a smoke test")
     parser.add_argument("--frames", type=int, nargs="*", default=[],
                         help="--gpu-only: shorter frame counts (other buckets) to step too, with checkpointing")
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=None, help="default: out/bench/model.json")
     args = parser.parse_args()
 
     report = {}
@@ -177,9 +176,7 @@ def main() -> None:
     if torch.cuda.is_available() or (args.gpu_only and args.device == "cpu"):
         report["gpu"] = gpu_bench(args.subjects, args.reps, args.peak_tflops, args.preset, args.device,
                                   tuple(args.frames))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_result("model", report, args.out)
     print(json.dumps(report.get("gpu", report), indent=2) if args.gpu_only else f"wrote {out}")
 
 

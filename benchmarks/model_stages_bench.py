@@ -24,8 +24,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+from benchmarks.results import write_result
 from curation.config import load_job
-from curation.model_runtime import go_offline
+from curation.models.runtime import go_offline
+from curation.pipeline.row import Row
 from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.subjects import SubjectStage
@@ -60,17 +62,18 @@ class ModelClock:
         setattr(obj, name, timed)
 
 
-def measure(stage, rows: list[dict], clock: ModelClock | None) -> tuple[dict, list[dict]]:
-    """One warm-up batch, then every row through ``stage`` in its batch size."""
-    stage(rows[: stage.batch_size])
+def measure(stage, rows: list, clock: ModelClock | None, batch_size: int | None = None) -> tuple[dict, list]:
+    """One warm-up batch, then every row through ``stage`` in batches of ``batch_size`` (default: the job's)."""
+    batch_size = batch_size or stage.batch_size(stage.cfg)
+    stage(rows[:batch_size])
     if clock:
         clock.seconds = 0.0
     out, t = [], time.perf_counter()
-    for i in range(0, len(rows), stage.batch_size):
-        out += stage(rows[i : i + stage.batch_size])
+    for i in range(0, len(rows), batch_size):
+        out += stage(rows[i : i + batch_size])
     seconds = time.perf_counter() - t
-    errors = sum(r["kind"] == "error" for r in out)
-    result = {"clips": len(rows), "batch_size": stage.batch_size, "seconds": round(seconds, 3),
+    errors = sum(r.kind == "error" for r in out)
+    result = {"clips": len(rows), "batch_size": batch_size, "seconds": round(seconds, 3),
               "clips_per_s": round(len(rows) / seconds, 3),
               "model_fraction": round(clock.seconds / seconds, 3) if clock else 0.0, "error_rows": errors}
     return result, out
@@ -90,16 +93,17 @@ def clock_models(aesthetic: AestheticStage, caption: CaptionStage, subjects: Sub
 
 def labelled(rows: list[dict]) -> list[dict]:
     """Random captioners name no subjects: the subject stage gets a fixed list, as if the caption had."""
-    return [{**r, "meta": {**r["meta"], "subject_labels": LABELS}} for r in rows]
+    return [r.with_meta(subject_labels=LABELS) for r in rows]
 
 
 # -- CPU --------------------------------------------------------------------------------------------------------
 def real_clips(cfg) -> list[dict]:
-    from curation.executor import run_local
+    from curation.run.executor import Chain
     from curation.stages import CPU_STAGES
 
-    rows = run_local(cfg, CPU_STAGES, [str(VIDEOS / name) for name in sorted(p.name for p in VIDEOS.glob("*.mp4"))])
-    return [r for r in rows if r["kind"] == "clip"]
+    with Chain(cfg, CPU_STAGES) as chain:
+        rows = list(chain(Row("source", str(p), {}) for p in sorted(VIDEOS.glob("*.mp4"))))
+    return [r for r in rows if r.kind == "clip"]
 
 
 def cpu_bench() -> dict:
@@ -143,8 +147,8 @@ def synthetic_clips(n: int, distinct=4, width=1280, height=720, frames=120, fps=
                 out.mux(packet)
         videos.append(buf.getvalue())
     meta = {"num_frames": frames, "width": width, "height": height, "fps": fps}
-    return [{"kind": "clip", "source_uri": "synthetic", "meta": {**meta, "clip_id": f"synthetic_{k:04d}"},
-             "mp4": videos[k % distinct]} for k in range(n)]
+    return [Row("clip", "synthetic", {**meta, "clip_id": f"synthetic_{k:04d}"}, mp4=videos[k % distinct])
+            for k in range(n)]
 
 
 def qwen2vl_7b(tokenizer):
@@ -207,7 +211,7 @@ def random_l14_head(folder: Path) -> str:
     """A head of the LAION predictor's shape over ViT-L/14's 768-d embeddings, random: the same compute."""
     from safetensors.torch import save_file
 
-    from curation.aesthetic import AestheticHead
+    from curation.models.aesthetic import AestheticHead
 
     path = folder / "aesthetic_head_l14_random.safetensors"
     save_file(AestheticHead(768).state_dict(), path)
@@ -222,7 +226,7 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: lis
               aesthetic_head: str | None) -> dict:
     import torch
 
-    from curation.captioning import Captioner
+    from curation.models.captioning import Captioner
 
     assert torch.cuda.is_available(), "--gpu needs a CUDA device"
     folder = ROOT / "out" / "bench" / "gpu_models"
@@ -261,11 +265,9 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: lis
     stages = {}
     stages["caption_prep"], prepped = measure(CaptionPrepStage(cfg), clips, None)
     for b in aesthetic_batch_sizes:  # cheap per clip: the prepped clips, repeated up to two batches
-        aesthetic.batch_size = b
-        stages[f"aesthetic_batch_{b}"], _ = measure(aesthetic, cycled(prepped, 2 * b), aes_clock)
+        stages[f"aesthetic_batch_{b}"], _ = measure(aesthetic, cycled(prepped, 2 * b), aes_clock, b)
     for b in batch_sizes:
-        caption.batch_size = b
-        stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock)
+        stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock, b)
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
     best = {name: max(stages[f"{name}_batch_{b}"]["clips_per_s"] for b in sizes)
             for name, sizes in (("aesthetic", aesthetic_batch_sizes), ("caption", batch_sizes))}
@@ -298,9 +300,7 @@ def main() -> None:
     go_offline()
     result = (gpu_bench(args.clips, args.batch_sizes, args.aesthetic_batch_sizes, args.max_new_tokens,
                         args.aesthetic_head) if args.gpu else cpu_bench())
-    out = ROOT / "out" / "bench" / "model_stages.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result("model_stages", result)
     print(json.dumps(result, indent=2))
 
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "cfd3c65"  # the driver wrote every shard up to here
 CLIP_MB = 2.0
@@ -33,7 +35,11 @@ CPUS = 2
 def _made_clips_stage(num_clips: int):
     """A stage that turns each source row into ``num_clips`` clips of CLIP_MB random bytes (defined in the child,
     against whichever checkout it imports)."""
-    from curation.stages.base import Stage, make_row
+    try:  # this checkout's layout
+        from curation.pipeline.row import Row as make_row
+        from curation.pipeline.stage import Stage
+    except ImportError:  # the baseline's: rows were dicts
+        from curation.stages.base import Stage, make_row
 
     class MadeClips(Stage):
         name = "made_clips"
@@ -43,22 +49,25 @@ def _made_clips_stage(num_clips: int):
             self.cfg = cfg
 
         def process(self, row):
-            sha1 = hashlib.sha1(row["source_uri"].encode()).hexdigest()
+            uri = row["source_uri"] if isinstance(row, dict) else row.source_uri
+            sha1 = hashlib.sha1(uri.encode()).hexdigest()
             for i in range(num_clips):
-                meta = {"clip_id": f"{sha1[:16]}_{i:07d}_{i + 1:07d}", "source_uri": row["source_uri"],
+                meta = {"clip_id": f"{sha1[:16]}_{i:07d}_{i + 1:07d}", "source_uri": uri,
                         "source_sha1": sha1, "start_frame": i, "end_frame": i + 1, "start_s": float(i),
                         "end_s": i + 1.0, "fps": 24.0, "width": 1280, "height": 720, "num_frames": 48,
                         "motion": 5.0, "blank_frac": 0.0, "luma": 100.0, "contrast": 40.0, "damaged_frames": 0}
-                yield make_row("clip", row["source_uri"], meta, os.urandom(int(CLIP_MB * 2**20)))
-            yield make_row("summary", row["source_uri"], {"source_sha1": sha1, "num_clips": num_clips,
-                                                         "duration_s": float(num_clips)})
+                yield make_row("clip", uri, meta, os.urandom(int(CLIP_MB * 2**20)))
+            yield make_row("summary", uri, {"source_sha1": sha1, "num_clips": num_clips, "duration_s": float(num_clips)})
 
     return MadeClips
 
 
 def child(kind: str, out: str, inputs: str, num_clips: int) -> dict:
     """One job in this process (run with the checkout under test first on sys.path)."""
-    from curation import runner
+    try:
+        from curation.pipeline import runner
+    except ImportError:  # the baseline's flat layout
+        from curation import runner
     from curation.config import load_job
 
     received = {"bytes": 0}
@@ -122,9 +131,7 @@ def main() -> None:
             results[kind]["ratio_driver_bytes"] = round(w["driver_bytes_per_clip"] / max(1, d["driver_bytes_per_clip"]), 5)
             print(f"{kind}: workers {w}\n{' ' * len(kind)}  driver  {d}", flush=True)
         results["baseline"] = args.baseline
-        out = ROOT / "out" / "bench"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sink.json").write_text(json.dumps(results, indent=1))
+        write_result("sink", results)
         print(json.dumps(results, indent=1))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)

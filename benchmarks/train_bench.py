@@ -20,6 +20,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from benchmarks.results import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The cinema stage with a random AlignerNet: the paper's ablation (d), named (speed benchmarks need no pretraining).
@@ -45,9 +47,11 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int) -> bytes:
 def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int) -> None:
     """Clips of 2 subjects each, 4 to a shard, through curation's shard sink and writer (as a job writes them)."""
     from common.storage import Storage
+
     from curation.config import ShardsConfig
-    from curation.shard_sink import ShardSink
-    from curation.writer import DatasetWriter
+    from curation.pipeline.row import Row
+    from curation.sink.shards import ShardSink
+    from curation.sink.writer import DatasetWriter
 
     cfg = ShardsConfig(max_clips=4, tail_fraction=0)
     writer = DatasetWriter(str(folder), Storage(), cfg)
@@ -64,9 +68,8 @@ def write_dataset(folder: Path, clips: int, frames: int, height: int, width: int
                 "height": height, "num_frames": frames, "motion": 1.0, "caption": f"a drifting pattern {i}",
                 "subjects": [{"label": "thing", "score": 0.5, "bbox": [0.0, 0.0, 48.0, 64.0], "frame": 0,
                               "mask_rle": "{}", "area": 3072}] * 2}
-        rows += [{"kind": "clip", "source_uri": uri, "meta": meta, "mp4": synthetic_clip(frames, height, width, i),
-                  "pngs": [png.getvalue()] * 2},
-                 {"kind": "summary", "source_uri": uri, "meta": {"num_clips": 1, "duration_s": frames / 8}}]
+        rows += [Row("clip", uri, meta, mp4=synthetic_clip(frames, height, width, i), pngs=[png.getvalue()] * 2),
+                 Row("summary", uri, {"num_clips": 1, "duration_s": frames / 8})]
     for row in ShardSink(str(folder), Storage(), cfg)(rows):
         writer.add(row)
     writer.close()
@@ -120,9 +123,7 @@ def main() -> None:
         "windows": rows,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "windows"}, indent=2))
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(result, indent=2))
+    write_result("train", result)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ spans, over the clips' frames), clips per frame count and the reasons for the re
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from benchmarks.results import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
@@ -42,7 +43,7 @@ def real_videos() -> list[Path]:
 
 def curate(videos: list[Path], out: Path, overrides: list[str]):
     from curation.config import load_job
-    from curation.runner import run
+    from curation.run.runner import run
 
     listing = out.parent / "inputs.txt"
     listing.write_text("".join(f"{v}\n" for v in videos))
@@ -58,6 +59,7 @@ def one_epoch(root: Path) -> dict:
     """One epoch of the default trainer's data path: every sample read once and decoded into its bucket."""
     from common import contract as C
     from common.storage import Storage
+
     from training.config import DataConfig
     from training.data import list_shards
     from training.data.stream import ShardStream
@@ -86,8 +88,10 @@ def one_epoch(root: Path) -> dict:
 def before(videos: list[Path], overrides: list[str]) -> dict:
     """The old defaults' clip ranges (2-10 s, no window cut) against the old trainer (49 frames at 8 fps only)."""
     from common.contract import TrainingWindow
+
     from curation.config import load_job
-    from curation.executor import run_local
+    from curation.pipeline.row import Row
+    from curation.run.executor import Chain
     from curation.stages import CPU_STAGES
 
     old_trainer = TrainingWindow((49,), 8.0)
@@ -95,9 +99,10 @@ def before(videos: list[Path], overrides: list[str]) -> dict:
     for path in videos:
         cfg = load_job(str(ROOT / "jobs" / "cluster_curation.yaml"), ["encode.hold_mb=0", *OLD_LIMITS, *overrides],
                        input=str(path), output="unused")
-        rows = run_local(cfg, [s for s in CPU_STAGES if s.name != "encode"], [str(path)])
-        for r in (r for r in rows if r["kind"] == "clip"):
-            n, fps = r["meta"]["num_frames"], r["meta"]["fps"]
+        with Chain(cfg, [s for s in CPU_STAGES if s.name != "encode"]) as chain:
+            rows = list(chain([Row("source", str(path), {})]))
+        for r in (r for r in rows if r.kind == "clip"):
+            n, fps = r.meta["num_frames"], r.meta["fps"]
             kept, kept_frames = kept + 1, kept_frames + n
             if old_trainer.frames_for(fps, n):
                 trained, trained_frames = trained + 1, trained_frames + old_trainer.span(fps, 49)
@@ -127,9 +132,7 @@ def main() -> None:
               f"one epoch ({now['share_trained']:.2f}), trained/kept frames {now['trained_over_kept_frames']:.3f}; "
               f"per frame count {now['clips_per_frame_count']}; too short {now['too_short']}, corrupt "
               f"{now['corrupt']}; clip lengths (s) {now['clip_seconds']}; curation {seconds:.0f} s")
-    out = ROOT / "out" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "window_fit.json").write_text(json.dumps(results, indent=2))
+    write_result("window_fit", results)
 
 
 if __name__ == "__main__":

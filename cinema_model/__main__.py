@@ -93,12 +93,13 @@ def load_for_generation(cfg, weights: Path | None, device, dtype, seed: int = 0)
     """The cinema-stage model in eval mode on ``device``, its DiT in ``dtype`` (the AlignerNet stays float32,
     the frozen parts in ``frozen_dtype``). With ``weights`` the trained parts come from that file alone: no
     initial weights are read (no CogVideoX-5B conversion) nor drawn; without, ``seed`` keys their random init."""
+    from cinema_model.initial_weights import materialize
     from cinema_model.model import CinemaModel
 
     if weights is not None:
         _check_weights(cfg, weights)
     model = CinemaModel(cfg, device=device, trained_on_meta=True, seed=seed)
-    model.materialize(device, initial_weights=weights is None)  # with weights: zeros, then the file
+    materialize(model, device, initial_weights=weights is None)  # with weights: zeros, then the file
     if weights is not None:
         model.load_trainable(weights)
     model.dit.to(dtype)
@@ -108,7 +109,6 @@ def load_for_generation(cfg, weights: Path | None, device, dtype, seed: int = 0)
 def _generate(args) -> None:
     import time
 
-    import torch
     from PIL import Image
 
     from cinema_model.media import contact_sheet, write_mp4

@@ -2,21 +2,21 @@
 
 Every source weight has exactly one target and every target one source; anything else (CogVideoX 1.5's 3D patch
 projection, the I2V "ofs" embedding, learned position embeddings) is an error rather than a silent partial load.
-The patch embedding is a Conv2d with stride = kernel there and a Linear over (c, py, px) patches here.
+The patch embedding is a Conv2d with stride = kernel there and a Linear over (c, py, px) patches here: the same
+bytes, read in the Linear's shape.
 
-`load_cogvideox_into` reads the checkpoint's safetensors file(s) tensor by tensor, straight into what the process
-holds of each DiT parameter (all of it, or its FSDP2 shard's rows): no diffusers model, no full second copy.
+`cogvideox_weights` says where each DiT parameter is stored; the checkpoint is then read tensor by tensor (whole,
+or each rank's rows), with no diffusers model and no full second copy.
 """
 
 from __future__ import annotations
 
 import math
 import re
-
-import torch
+from dataclasses import replace
 
 from cinema_model.config import DitConfig
-from cinema_model.weights import checkpoint_folder, clean_name, load_rows_, stored_tensors
+from cinema_model.stored_weights import StoredWeight, checkpoint_folder, checkpoint_weights
 
 _RENAMES = [
     (r"patch_embed\.proj\.", "patch_embed."),
@@ -39,21 +39,13 @@ _RENAMES = [
 ]
 
 
-def _target_name(name: str) -> str:
+def cogvideox_name(name: str) -> str:
+    """The CinemaDiT name of CogVideoX weight ``name``."""
     for pattern, repl in _RENAMES:
         new, n = re.subn(f"^{pattern}", repl, name)
         if n:
             return new
     raise KeyError(f"CogVideoX weight {name!r} has no counterpart in CinemaDiT")
-
-
-def convert_cogvideox_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers CogVideoX transformer state dict -> CinemaDiT state dict."""
-    out = {}
-    for name, tensor in state.items():
-        target = _target_name(name)
-        out[target] = tensor.flatten(1) if name == "patch_embed.proj.weight" else tensor
-    return out
 
 
 def cogvideox_kwargs(cfg: DitConfig) -> dict:
@@ -69,24 +61,14 @@ def converted_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], math.prod(shape[1:])) if name == "patch_embed.proj.weight" else tuple(shape)
 
 
-def load_cogvideox_into(dit: torch.nn.Module, path: str, subfolder: str | None = None) -> None:
-    """Initialise ``dit`` (whole, or this rank's FSDP2 shards) from a diffusers CogVideoX transformer checkpoint (hub
-    id or folder, ``diffusion_pytorch_model.safetensors`` or its sharded index), strictly: every stored weight has
-    exactly one target of the same shape and every DiT parameter one stored weight. Weights are cast to the DiT's
-    dtype as they are read."""
-    folder = checkpoint_folder(path, subfolder)
-    stored = stored_tensors(folder, "diffusion_pytorch_model")
-    sources: dict[str, str] = {}
-    for name in stored:
-        target = _target_name(name)
-        if target in sources:
-            raise KeyError(f"CogVideoX weights {sources[target]!r} and {name!r} both map to {target!r}")
-        sources[target] = name
-    params = {clean_name(k): p for k, p in dit.named_parameters()}
-    missing, unexpected = sorted(set(params) - set(sources)), sorted(set(sources) - set(params))
-    if missing or unexpected:
-        raise KeyError(f"CogVideoX checkpoint {folder} does not match the CinemaDiT: missing {missing[:8]}, "
-                       f"unexpected {unexpected[:8]}")
-    for target, param in params.items():
-        name = sources[target]
-        load_rows_(param, stored[name], converted_shape(name, stored[name].shape), f"CogVideoX weight {name!r}")
+def cogvideox_weights(path: str, subfolder: str | None = None) -> dict[str, StoredWeight]:
+    """CinemaDiT parameter name -> its weight in a diffusers CogVideoX transformer checkpoint (hub id or folder,
+    ``diffusion_pytorch_model.safetensors`` or its sharded index), each stored weight mapped to a parameter of its
+    own (``stored_weights.match_weights`` then checks the DiT's side)."""
+    out: dict[str, StoredWeight] = {}
+    for name, w in checkpoint_weights(checkpoint_folder(path, subfolder), "diffusion_pytorch_model").items():
+        target = cogvideox_name(name)
+        if target in out:
+            raise KeyError(f"CogVideoX weights {out[target].name!r} and {name!r} both map to {target!r}")
+        out[target] = replace(w, shape=converted_shape(name, w.stored_shape))
+    return out

@@ -27,26 +27,15 @@ from cinema_model.config import CinemaConfig, latent_frames
 from cinema_model.dit import CinemaDiT
 from cinema_model.flow import add_noise, euler_sample, sample_timesteps, velocity_loss
 from cinema_model.frozen import hf_config, torch_dtype
+from cinema_model.initial_weights import materialize
 from cinema_model.mllm import MllmEncoder
 from cinema_model.subjects import presence_mask, to_pil
 from cinema_model.text_encoder import T5TextEncoder
 from cinema_model.vae import VideoVae
-from cinema_model.weights import check_no_buffers, clean_name, load_rows_, read_header, seeded_init_, zero_
+from cinema_model.weights import check_no_buffers
 from common.typed_config import ConfigError
 
 Stage = Literal["aligner", "cinema"]
-
-
-def _load_aligner_into(aligner: nn.Module, path: str) -> None:
-    """A bare AlignerNet state dict, or the trained-weights file of an `aligner` training run ("aligner." keys),
-    strictly, into the AlignerNet (whole, or this rank's shards)."""
-    stored = {k.removeprefix("aligner."): t for k, t in read_header(Path(path)).items()}
-    params = {clean_name(k): p for k, p in aligner.named_parameters()}
-    if set(stored) != set(params):
-        raise KeyError(f"{path} does not hold the AlignerNet's weights: missing {sorted(set(params) - set(stored))[:8]}, "
-                       f"unexpected {sorted(set(stored) - set(params))[:8]}")
-    for name, param in params.items():
-        load_rows_(param, stored[name], stored[name].shape, f"AlignerNet weight {name!r} of {path}")
 
 
 class CinemaModel(nn.Module):
@@ -57,29 +46,29 @@ class CinemaModel(nn.Module):
                  device: torch.device | str | None = None, trained_on_meta: bool = False, seed: int | None = None,
                  encoders: bool = True, mllm_hidden_size: int | None = None):
         """Frozen parts load once, in ``cfg.frozen_dtype``, onto ``device`` (default: torch's default device). The
-        trained parts are always built on the meta device; then either ``materialize`` gives them storage on
-        ``device`` and their initial values at once (a plain build), or, with ``trained_on_meta``, they wait on the
-        meta device to be sharded (``training.parallelize``) and ``materialize`` then fills only each rank's shards:
-        the same values either way, no rank ever holding a full copy of a sharded part.
+        trained parts are always built on the meta device; then either ``initial_weights.materialize`` gives them
+        storage on ``device`` and their initial values at once (a plain build), or, with ``trained_on_meta``, they
+        wait on the meta device: to be sharded (``training.parallelize``) and filled shard by shard
+        (``training.materialize``), or materialised later (generate, with its file of trained weights).
 
         ``weights=False`` builds every part from its architecture only, with random weights: under
         ``with torch.device("meta")`` nothing is allocated at all (parameter counts, summaries).
-        ``seed`` keys the trained parts' random init (``cinema_model.weights.seeded_init_``); None draws it from
+        ``seed`` keys the trained parts' random init (``cinema_model.weights``); None draws it from
         torch's global generator, so ``torch.manual_seed`` before the build fixes it.
         ``encoders=False`` builds no MLLM, T5 or VAE, for training on precomputed features (module docstring); the
         AlignerNet then takes ``mllm_hidden_size`` (the features' width) or the MLLM config's."""
         super().__init__()
         self.cfg, self.stage = cfg, stage
-        self._device = torch.device(device) if device is not None else torch.get_default_device()
-        self._weights = weights
+        device = torch.device(device) if device is not None else torch.get_default_device()
+        self.with_weights = weights  # False: no trained part reads stored initial weights either
         self.init_seed = int(torch.randint(0, 2**62, (1,), device="cpu")) if seed is None else seed
-        on_meta = self._device.type == "meta"
+        on_meta = device.type == "meta"
         load, dtype = weights and not on_meta, torch_dtype(cfg.frozen_dtype)
         use_mllm = stage == "aligner" or cfg.ablation.conditioning == "mllm"
         use_t5 = stage == "aligner" or cfg.ablation.conditioning == "t5"
-        self.mllm = MllmEncoder.load(cfg.mllm, dtype, load, self._device) if use_mllm and encoders else None
-        self.t5 = T5TextEncoder.load(cfg.t5, dtype, load, self._device) if use_t5 and encoders else None
-        self.vae = VideoVae.load(cfg.vae, dtype, load, self._device) if stage == "cinema" and encoders else None
+        self.mllm = MllmEncoder.load(cfg.mllm, dtype, load, device) if use_mllm and encoders else None
+        self.t5 = T5TextEncoder.load(cfg.t5, dtype, load, device) if use_t5 and encoders else None
+        self.vae = VideoVae.load(cfg.vae, dtype, load, device) if stage == "cinema" and encoders else None
         width = self.mllm.hidden_size if self.mllm is not None else mllm_hidden_size
         if use_mllm and width is None:
             width = hf_config(cfg.mllm.arch, cfg.mllm.path).text_config.hidden_size
@@ -91,7 +80,7 @@ class CinemaModel(nn.Module):
         for name, part in self.trainable_parts().items():
             check_no_buffers(part, name)
         if not (trained_on_meta or on_meta):
-            self.materialize()
+            materialize(self, device)
 
     def _check_widths(self):
         if self.t5 is not None and self.t5.hidden_size != self.cfg.dit.text_dim:
@@ -100,39 +89,6 @@ class CinemaModel(nn.Module):
         if self.vae is not None and self.vae.latent_channels != self.cfg.dit.latent_channels:
             raise ConfigError(f"dit.latent_channels={self.cfg.dit.latent_channels} but the VAE has "
                               f"{self.vae.latent_channels}")
-
-    def _initial_sources(self) -> dict[str, tuple]:
-        """Trained part -> (loader, its arguments) of the weights it starts from, for the parts that have them."""
-        from cinema_model.convert import load_cogvideox_into
-
-        sources = {}
-        if self.aligner is not None and self.cfg.aligner.pretrained:
-            sources["aligner"] = (_load_aligner_into, self.cfg.aligner.pretrained)
-        if self.dit is not None and self.cfg.dit.init_from:
-            sources["dit"] = (load_cogvideox_into, self.cfg.dit.init_from, self.cfg.dit.init_subfolder)
-        return sources
-
-    def materialize(self, device: torch.device | str | None = None, initial_weights: bool = True) -> "CinemaModel":
-        """Storage on ``device`` (default: the build's) for what this process holds of the trained parts (all of
-        them, or its FSDP2 shards), then their initial values: the AlignerNet's pretrained weights and the CogVideoX
-        conversion read straight into it, the seeded random init for a part without such weights.
-        ``initial_weights=False`` zero-fills instead (a resume: the checkpoint then overwrites every trained weight)."""
-        device = torch.device(device) if device is not None else self._device
-        sources = self._initial_sources() if self._weights and initial_weights else {}
-        for name, part in self.trainable_parts().items():
-            part.to_empty(device=device)
-            if not initial_weights:
-                zero_(part)
-            elif name not in sources:  # a part with initial weights gets every parameter from them (strictly)
-                seeded_init_(part, name, self.init_seed)
-        if sources:
-            self._load_initial_weights()
-        return self
-
-    def _load_initial_weights(self):
-        """The trained parts' initial weights (pretrained AlignerNet, CogVideoX), read into what this process holds."""
-        for name, (load, *args) in self._initial_sources().items():
-            load(self.trainable_parts()[name], *args)
 
     # -- frozen / trainable split -------------------------------------------------------------------------------
 
@@ -156,14 +112,6 @@ class CinemaModel(nn.Module):
         return self.trainable_parameters()[0].device
 
     # -- consolidated weights of the trained parts (what `generate` loads) ------------------------------------
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v for name, part in self.trainable_parts().items() for k, v in part.state_dict().items()}
-
-    def save_trainable(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}, str(path))
 
     def load_trainable(self, path: str | Path) -> None:
         from safetensors.torch import load_file

@@ -7,6 +7,7 @@ A schema, not a framework: no Ray or video code here, so the trainer can import 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -81,6 +82,13 @@ def subject_member(k: int) -> str:
     return f"subject_{k}.png"
 
 
+FIELDS = (MP4, JSON, CAPTION, *(subject_member(k) for k in range(MAX_SUBJECTS)))  # every member a sample may hold
+
+
+def is_field(field: str) -> bool:
+    return field in FIELDS
+
+
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -137,6 +145,21 @@ def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema, columns: 
 def read_manifest(storage: Storage, root: str, columns: list[str] | None = None) -> pa.Table:
     """The committed manifest of a dataset root, or those columns of it."""
     return read_parquet_dir(storage, storage.join(root, MANIFEST_DIR), MANIFEST_SCHEMA, columns)
+
+
+def read_errors(storage: Storage, root: str) -> pa.Table:
+    """The errors recorded against sources and clips (``ERRORS_SCHEMA``)."""
+    return read_parquet_dir(storage, storage.join(root, ERRORS_DIR), ERRORS_SCHEMA)
+
+
+def done_marker_uri(storage: Storage, root: str, source_uri: str) -> str:
+    """Where the marker of a source whose clips are all accounted for lives: named after its URI."""
+    return storage.join(root, DONE_DIR, hashlib.sha1(source_uri.encode()).hexdigest()[:24] + ".json")
+
+
+def read_done_markers(storage: Storage, root: str) -> list[dict]:
+    """The done markers of a dataset root: ``uri``, ``status`` ("ok" or "error") and what the source gave."""
+    return [json.loads(storage.read_bytes(u)) for u in storage.list(storage.join(root, DONE_DIR), ".json")]
 
 
 SUBJECT = pa.struct(

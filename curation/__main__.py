@@ -11,7 +11,7 @@ import sys
 
 from common.typed_config import ConfigError
 
-from .config import load_job
+from curation.config import load_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from common.lease import LeaseHeld
     from common.storage import Storage
 
-    from .faults import JobStopped
-    from .report import summary_text, write_report
-    from .runner import run
+    from curation.pipeline.faults import JobStopped
+    from curation.run.runner import run
+    from curation.tools.report import summary_text, write_report
 
     try:
         result = run(cfg)
@@ -114,7 +114,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from common.storage import Storage, StorageConfig
 
-    from .inspect_dataset import dataset_stats, format_stats, show_clip, validate
+    from curation.tools.inspection import dataset_stats, format_stats, show_clip, validate
 
     storage = Storage(StorageConfig(endpoint_url=args.endpoint_url))
     output = args.output.rstrip("/")
@@ -141,7 +141,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .plan import Cluster, PlanError, format_plan, load_bench, make_plan, to_json
+    from curation.tools.capacity import Cluster, PlanError, format_plan, load_bench, make_plan, to_json
 
     try:
         cfg = load_job(args.job, args.overrides)

@@ -52,7 +52,7 @@ class TrimConfig:
 class ScenesConfig:
     # Several detectors combine their breaks, e.g. transnetv2 (cuts, dissolves, fades) + adaptive (hard cuts).
     # The default: transnetv2 and adaptive together, which keep the cleanest clips on the labelled real videos
-    # (README: Clean clips); transnetv2 alone misses some hard cuts that adaptive sees.
+    # (docs/curation.md: Clean clips); transnetv2 alone misses some hard cuts that adaptive sees.
     detectors: list[DetectorConfig] = field(default_factory=lambda: [DetectorConfig("transnetv2"), DetectorConfig("adaptive")])
     trim: TrimConfig = field(default_factory=TrimConfig)
     num_gpus: float = 0.0  # GPU share per scene worker: transnetv2 then runs on it (0: on the worker's CPU)
@@ -95,7 +95,7 @@ class EncodeConfig:
     # long video of a job) then uses a second core. More only oversubscribe: the workers already fill the cores.
     threads: int = 2
     # Memory per worker for holding a scene's decoded frames, so the scene pass encodes it without decoding the
-    # source again (curation.one_pass). Scenes that do not fit are cut in a second decode; 0 always does that.
+    # source again (curation.video.one_pass). Scenes that do not fit are cut in a second decode; 0 always does that.
     hold_mb: float = 1024.0
 
     def validate(self) -> None:
@@ -134,7 +134,7 @@ class ShardsConfig:
     target_size_mb: float = 500.0  # a worker closes a shard once it reaches this size
     max_clips: int = 10_000  # ... or this many clips
     # A worker's last shard smaller than this share of the target is staged and merged with others into full
-    # shards (curation.shard_sink): at most one shard per run is smaller than this.
+    # shards (curation.sink.shards): at most one shard per run is smaller than this.
     tail_fraction: float = 0.5
 
     def validate(self) -> None:
@@ -217,6 +217,33 @@ class AestheticConfig:
 
 
 @dataclass
+class SamArch:
+    """The sizes of a segment-anything model (``sam_model_type=custom``): the package's modules, built at these
+    sizes, for a SAM other than the official three (whose builders fix a 1024-px input and a 256-d decoder). The
+    defaults are vit_b's; ``sam_checkpoint`` must hold a state dict of exactly this shape."""
+
+    image_size: int = 1024
+    patch_size: int = 16
+    encoder_dim: int = 768
+    encoder_depth: int = 12
+    encoder_heads: int = 12
+    encoder_mlp_ratio: float = 4.0
+    global_attn_indexes: list[int] = field(default_factory=lambda: [2, 5, 8, 11])
+    window_size: int = 14
+    prompt_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size or not all(0 <= i < self.encoder_depth for i in self.global_attn_indexes):
+            raise ConfigError("subjects.sam_arch: image_size must be a multiple of patch_size and global_attn_indexes "
+                              "within 0..encoder_depth-1")
+
+
+@dataclass
 class SubjectsConfig:
     """Open-vocabulary detection of the caption's subjects on the middle frame of the clip's training window (the
     frames the trainer takes), SAM masks, clean-up."""
@@ -228,8 +255,9 @@ class SubjectsConfig:
     # yolo_world only: the CLIP text encoder its prompts are embedded with (a transformers hub id or folder).
     text_encoder: str = "openai/clip-vit-base-patch32"
     imgsz: int = 640  # yolo_world inference size
-    sam_model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b", "custom"] = "vit_h"
     sam_checkpoint: str = "sam_vit_h_4b8939.pth"
+    sam_arch: SamArch = field(default_factory=SamArch)  # the model's sizes, for sam_model_type=custom
     box_threshold: float = 0.25  # detection score
     max_boxes_per_label: int = 3
     min_area_frac: float = 0.002  # masks smaller than this fraction of the frame are dropped

@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 from .loopback_s3 import free_port, loopback_s3
@@ -76,12 +75,13 @@ def subject_crops(storage, count: int = 2) -> tuple[dict, list[Path]]:
     clip = next((r for r in rows if len(r["subjects"]) >= count), None)
     if clip is None:
         raise SystemExit(f"no clip in the dataset has {count} subjects")
-    wanted = {f"{clip['clip_id']}.{C.subject_member(k)}": k for k in range(count)}
+    from common.shard_reader import iter_samples
+
     crops = [OUT / f"subject_{k}.png" for k in range(count)]
-    with storage.open(f"s3://cinema/dataset/shards/{clip['shard']}.tar") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:  # streamed; member bytes are read, never extracted to the paths they name
-            if member.name in wanted:
-                crops[wanted[member.name]].write_bytes(tar.extractfile(member).read())
+    with storage.open(f"s3://cinema/dataset/shards/{clip['shard']}.tar") as f:
+        sample = next(s for s, _, _ in iter_samples(f, 0, 0, 0) if s.key == clip["clip_id"])
+    for k, crop in enumerate(crops):
+        crop.write_bytes(sample.members[C.subject_member(k)])
     return clip, crops
 
 

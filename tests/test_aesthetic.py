@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from common import contract as C
-from curation.aesthetic import AestheticHead, AestheticScorer
-from curation.frames import decode_image
+from curation.models.aesthetic import AestheticHead, AestheticScorer
+from curation.pipeline.row import Row
+from curation.stages import enabled_model_stages
 from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage
-from curation.stages.model_stages import enabled_model_stages
+from curation.video.frames import decode_image
 
 from .model_stage_fixtures import ASSETS, clip_rows, job, run, taught_mllm  # noqa: F401
 
@@ -96,47 +97,47 @@ def test_every_clip_gets_a_score_from_one_forward_pass_equal_to_scoring_it_alone
     out = stage(prepped)
     # every frame of every clip in one forward pass: 3 (aesthetic.num_frames) of the 4 caption frames per clip
     assert frames_seen == [3 * len(prepped)]
-    scores = [r["meta"]["aesthetic"] for r in out]
-    assert all(r["kind"] == "clip" and isinstance(s, float) for r, s in zip(out, scores))
+    scores = [r.meta["aesthetic"] for r in out]
+    assert all(r.kind == "clip" and isinstance(s, float) for r, s in zip(out, scores))
     assert len(set(scores)) == len(scores)  # one score per clip, not one for the batch
-    assert scores == pytest.approx([stage([row])[0]["meta"]["aesthetic"] for row in prepped], abs=1e-6)
+    assert scores == pytest.approx([stage([row])[0].meta["aesthetic"] for row in prepped], abs=1e-6)
     # the 3 scored frames are spread over the 4: the first, the third and the last
-    first = [decode_image(prepped[0]["frames"][i]) for i in (0, 2, 3)]
+    first = [decode_image(prepped[0].frames[i]) for i in (0, 2, 3)]
     assert scores[0] == pytest.approx(stage.score([np.stack(first)])[0], abs=1e-6)
     for row, prep in zip(out, prepped):  # captioning runs next: the frames stay for it
-        assert row["frames"] is prep["frames"] and row["mp4"] is prep["mp4"]
-    pa.Table.from_pylist([C.manifest_row(r["meta"], "part-000000") for r in out], schema=C.MANIFEST_SCHEMA)
+        assert row.frames is prep.frames and row.mp4 is prep.mp4
+    pa.Table.from_pylist([C.manifest_row(r.meta, "part-000000") for r in out], schema=C.MANIFEST_SCHEMA)
 
 
 def test_clips_below_min_score_are_dropped_before_captioning(tiny_paths, taught_mllm, clip_rows):
     base = job(tiny_paths)
-    scores = sorted(r["meta"]["aesthetic"] for r in run([CaptionPrepStage, AestheticStage], base, clip_rows))
+    scores = sorted(r.meta["aesthetic"] for r in run([CaptionPrepStage, AestheticStage], base, clip_rows))
     cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # half the clips fall below
     cfg = job(tiny_paths, f"aesthetic.min_score={cut}", f"caption.model={taught_mllm}", "subjects.enabled=false")
     out = run(enabled_model_stages(cfg), cfg, clip_rows)
-    dropped = [r for r in out if r["kind"] == "dropped"]
-    kept = [r for r in out if r["kind"] == "clip"]
+    dropped = [r for r in out if r.kind == "dropped"]
+    kept = [r for r in out if r.kind == "clip"]
     assert len(dropped) == len(scores) // 2 and len(kept) == len(scores) - len(dropped)
     for r in dropped:
-        m = r["meta"]
+        m = r.meta
         assert m["dropped_by"] == "aesthetic" and m["aesthetic"] < cut and "motion" in m and m["clip_id"]
         assert "caption" not in m  # never captioned
-        assert not any(r.get(k) for k in ("mp4", "frames", "keyframe"))  # no bytes travel on to the writer
+        assert not (r.mp4 or r.frames or r.keyframe)  # no bytes travel on to the writer
     for r in kept:
-        assert r["meta"]["aesthetic"] >= cut and r["meta"]["caption"] and "frames" not in r
+        assert r.meta["aesthetic"] >= cut and r.meta["caption"] and r.frames is None
 
 
 def test_a_broken_clip_loses_only_itself(tiny_paths, clip_rows):
     cfg = job(tiny_paths)
 
     def renamed(row, clip_id, **fields):
-        return {**row, **fields, "meta": {**row["meta"], "clip_id": clip_id}}
+        return row.replace(**fields, meta={**row.meta, "clip_id": clip_id})
 
     prepped = run([CaptionPrepStage], cfg, [renamed(clip_rows[0], "broken_mp4", mp4=b"not an mp4"), *clip_rows])
-    assert prepped[0]["kind"] == "error" and prepped[0]["meta"]["stage"] == "caption_prep"
+    assert prepped[0].kind == "error" and prepped[0].meta["stage"] == "caption_prep"
     stage = loaded(cfg)
-    alone = {r["meta"]["clip_id"]: stage([r])[0]["meta"]["aesthetic"] for r in prepped[2:]}
-    poisoned = decode_image(prepped[1]["frames"][0])
+    alone = {r.meta["clip_id"]: stage([r])[0].meta["aesthetic"] for r in prepped[2:]}
+    poisoned = decode_image(prepped[1].frames[0])
     real = stage.score
 
     def score(videos):
@@ -145,15 +146,15 @@ def test_a_broken_clip_loses_only_itself(tiny_paths, clip_rows):
         return real(videos)
 
     stage.score = score
-    summary = {"kind": "summary", "source_uri": "s", "meta": {"num_clips": 9}, "mp4": None}
+    summary = Row("summary", "s", {"num_clips": 9})
     broken_frames = renamed(prepped[2], "broken_frames", frames=[b"not a jpeg"] * 4)
     out = stage([prepped[0], broken_frames, summary, *prepped[1:]])
-    assert [r["kind"] for r in out] == ["error", "error", "summary", "error"] + ["clip"] * len(alone)
+    assert [r.kind for r in out] == ["error", "error", "summary", "error"] + ["clip"] * len(alone)
     assert out[0] is prepped[0] and out[2] is summary
-    assert out[1]["meta"]["stage"] == "aesthetic" and out[1]["meta"]["clip_id"] == "broken_frames"
-    assert out[3]["meta"]["clip_id"] == prepped[1]["meta"]["clip_id"] and "illegal memory" in out[3]["meta"]["message"]
+    assert out[1].meta["stage"] == "aesthetic" and out[1].meta["clip_id"] == "broken_frames"
+    assert out[3].meta["clip_id"] == prepped[1].meta["clip_id"] and "illegal memory" in out[3].meta["message"]
     for r in out[4:]:  # scored clip by clip after the batched call failed: the same scores
-        assert r["meta"]["aesthetic"] == pytest.approx(alone[r["meta"]["clip_id"]], abs=1e-6)
+        assert r.meta["aesthetic"] == pytest.approx(alone[r.meta["clip_id"]], abs=1e-6)
 
 
 def test_without_captions_prep_samples_the_aesthetic_frames_and_the_stage_removes_them(tiny_paths, clip_rows):
@@ -162,10 +163,10 @@ def test_without_captions_prep_samples_the_aesthetic_frames_and_the_stage_remove
     assert stages == [CaptionPrepStage, AestheticStage]
     prepped = run(stages[:1], cfg, clip_rows)
     for r in prepped:
-        n, picks = r["meta"]["num_frames"], r["meta"]["frame_indices"]
-        assert len(r["frames"]) == 2 and picks[0] < n / 2 <= picks[1] < n
-        assert "keyframe" not in r  # subjects never run without captions
+        n, picks = r.meta["num_frames"], r.meta["frame_indices"]
+        assert len(r.frames) == 2 and picks[0] < n / 2 <= picks[1] < n
+        assert r.keyframe is None  # subjects never run without captions
     out = run(stages[1:], cfg, prepped)
     for r, clip in zip(out, clip_rows):
-        assert r["kind"] == "clip" and isinstance(r["meta"]["aesthetic"], float)
-        assert "frames" not in r and r["mp4"] is clip["mp4"]
+        assert r.kind == "clip" and isinstance(r.meta["aesthetic"], float)
+        assert r.frames is None and r.mp4 is clip.mp4

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from curation.captioning import Caption, CaptionFormatError, caption_videos, parse_caption
-from curation.frames import PATCH, decode_image
+from curation.models.captioning import Caption, CaptionFormatError, caption_videos, parse_caption
+from curation.pipeline.row import Row
+from curation.stages import MODEL_STAGES, enabled_model_stages
 from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
-from curation.stages.model_stages import MODEL_STAGES, enabled_model_stages
 from curation.stages.subjects import SubjectStage
+from curation.video.frames import PATCH, decode_image
 from tiny_models.curation_models import FIXED_ANSWER
 
 from .model_stage_fixtures import clip_rows, job, run, taught_mllm  # noqa: F401
@@ -93,23 +94,23 @@ def prepared(tiny_paths, clip_rows, *overrides):
 
 def test_a_clip_that_breaks_the_batched_call_loses_only_itself(tiny_paths, clip_rows):
     rows = prepared(tiny_paths, clip_rows)
-    poisoned = np.stack([decode_image(f) for f in rows[1]["frames"]])
+    poisoned = np.stack([decode_image(f) for f in rows[1].frames])
 
     def model(batch, sample):
         if any(np.array_equal(v, poisoned) for v in batch):
             raise RuntimeError("CUDA error: device-side assert triggered")
         return ['{"caption": "fine", "subjects": ["car"]}'] * len(batch)
 
-    broken = {**rows[2], "frames": [b"not a jpeg"]}
-    summary = {"kind": "summary", "source_uri": "s", "meta": {"num_clips": 9}, "mp4": None}
+    broken = rows[2].replace(frames=[b"not a jpeg"])
+    summary = Row("summary", "s", {"num_clips": 9})
     out = stage_with(job(tiny_paths), model)([rows[0], rows[1], summary, broken, rows[3]])
-    assert [r["kind"] for r in out] == ["clip", "error", "summary", "error", "clip"]
-    assert out[1]["meta"]["stage"] == "caption" and "device-side assert" in out[1]["meta"]["message"]
-    assert out[1]["meta"]["clip_id"] == rows[1]["meta"]["clip_id"]
-    assert out[3]["meta"]["clip_id"] == rows[2]["meta"]["clip_id"]
+    assert [r.kind for r in out] == ["clip", "error", "summary", "error", "clip"]
+    assert out[1].meta["stage"] == "caption" and "device-side assert" in out[1].meta["message"]
+    assert out[1].meta["clip_id"] == rows[1].meta["clip_id"]
+    assert out[3].meta["clip_id"] == rows[2].meta["clip_id"]
     assert out[2] is summary
     for r in (out[0], out[4]):
-        assert r["meta"]["caption"] == "fine" and r["meta"]["subject_labels"] == ["car"] and "frames" not in r
+        assert r.meta["caption"] == "fine" and r.meta["subject_labels"] == ["car"] and r.frames is None
 
 
 def test_prep_samples_the_training_window_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_rows):
@@ -118,18 +119,18 @@ def test_prep_samples_the_training_window_resizes_and_keeps_a_full_size_keyframe
 
     out = prepared(tiny_paths, clip_rows, "caption.num_frames=5", "caption.max_pixels=20000")
     for clip, row in zip(clip_rows, out):
-        m = row["meta"]
+        m = row.meta
         n = window_frames(m["fps"], m["num_frames"])  # the window spans these first frames of the clip
         frames = TRAINING_WINDOW.frames_for(m["fps"], m["num_frames"])
         assert n == (frames - 1) * TRAINING_WINDOW.step(m["fps"]) + 1 <= m["num_frames"]
-        assert len(row["frames"]) == 5 and m["frame_indices"] == sorted(set(m["frame_indices"]))
+        assert len(row.frames) == 5 and m["frame_indices"] == sorted(set(m["frame_indices"]))
         assert m["frame_indices"][0] < n / 5 and m["frame_indices"][-1] >= n * 4 / 5 and m["frame_indices"][-1] < n
-        h, w, _ = decode_image(row["frames"][0]).shape
+        h, w, _ = decode_image(row.frames[0]).shape
         assert h % PATCH == 0 and w % PATCH == 0 and h * w <= 20000
         assert abs(w / h - m["width"] / m["height"]) < 0.25  # aspect kept up to the 28-px rounding
-        key = decode_image(row["keyframe"])
+        key = decode_image(row.keyframe)
         assert key.shape == (m["height"], m["width"], 3) and m["keyframe"] == n // 2
-        assert row["mp4"] is clip["mp4"]
+        assert row.mp4 is clip.mp4
 
 
 def test_real_tiny_model_captions_real_clips_in_one_batch(tiny_paths, taught_mllm, clip_rows):
@@ -142,8 +143,8 @@ def test_real_tiny_model_captions_real_clips_in_one_batch(tiny_paths, taught_mll
     out = stage(run([CaptionPrepStage], cfg, clip_rows))
     assert calls == [len(clip_rows)]
     for r in out:
-        assert r["kind"] == "clip", r["meta"]
-        assert (r["meta"]["caption"], r["meta"]["subject_labels"]) == (json.loads(FIXED_ANSWER)["caption"], ["person", "car"])
+        assert r.kind == "clip", r.meta
+        assert (r.meta["caption"], r.meta["subject_labels"]) == (json.loads(FIXED_ANSWER)["caption"], ["person", "car"])
 
 
 def test_real_untrained_model_output_is_retried_then_recorded(tiny_paths, clip_rows):
@@ -155,7 +156,7 @@ def test_real_untrained_model_output_is_retried_then_recorded(tiny_paths, clip_r
     stage.generate = lambda v, sample: calls.append((len(v), sample)) or real(v, sample)
     out = stage(run([CaptionPrepStage], cfg, clip_rows[:2]))
     assert calls == [(2, False), (2, True)]
-    assert [r["meta"]["error_type"] for r in out] == ["CaptionFormatError"] * 2
+    assert [r.meta["error_type"] for r in out] == ["CaptionFormatError"] * 2
 
 
 def test_stage_list_follows_the_config(tiny_paths):

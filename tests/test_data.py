@@ -15,14 +15,14 @@ import torch
 
 from common import contract as C
 from common.storage import Storage
-from training.config import ConfigError, DataConfig, data_preset
+from training.config import ConfigError, DataConfig
 from training.data import ShardLoader, list_shards
 from training.data import stream as stream_module
 from training.data.decode import decode_clip, nearest_bucket
 from training.data.stream import ShardStream
-from training.data.tar_samples import iter_samples
+from common.shard_reader import iter_samples
 
-from .data_fixtures import Clip, clip_row, frame_level, standard_clips, tiny_clip, write_dataset
+from .data_fixtures import Clip, clip_row, data_preset, frame_level, standard_clips, tiny_clip, write_dataset
 
 CLIPS = standard_clips()
 GOOD = {c.clip_id: c for c in CLIPS if c.num_frames >= 3}
@@ -335,7 +335,7 @@ def test_hostile_members_are_neither_extracted_nor_unpickled(tmp_path, monkeypat
     marker = tmp_path / "unpickled"
     evil = pickle.dumps(Payload(marker))
     good = clip_row(Clip("ok", 48, 32, caption="fine"))
-    members = [("../escape.mp4", good["mp4"]), ("a/nested.mp4", good["mp4"]), ("ok.mp4", good["mp4"]),
+    members = [("../escape.mp4", good.mp4), ("a/nested.mp4", good.mp4), ("ok.mp4", good.mp4),
                ("ok.caption.txt", b"fine"), ("ok.pyd", evil), ("ok.pth", evil), ("evil.pth", evil)]
     shard = shard_dir / "hostile.tar"
     with tarfile.open(shard, "w") as tar:

@@ -8,7 +8,7 @@ import pytest
 
 from common import contract as C
 from common.storage import Storage
-from curation.dataset_card import CARD_FILE, write_card
+from curation.tools.card import CARD_FILE, write_card
 
 from .data_fixtures import Clip, write_dataset
 

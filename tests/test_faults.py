@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -16,14 +17,16 @@ from common.lease import Lease, LeaseHeld
 from common.storage import Storage, StorageUnavailable
 from common.typed_config import ConfigError
 from curation.__main__ import main
-from curation.analysis import analyse
 from curation.config import ShardsConfig, load_job
-from curation.faults import JobStopped, fault_of
-from curation.preflight import check_job
-from curation.shard_sink import ShardSink
-from curation.stages import SceneStage, error_row, make_row
-from curation.video import VideoError, open_video, probe
-from curation.writer import DatasetWriter, done_marker_name
+from curation.pipeline.faults import JobStopped, fault_of
+from curation.pipeline.row import Row
+from curation.pipeline.stage import error_row
+from curation.run.preflight import check_job
+from curation.sink.shards import ShardSink
+from curation.sink.writer import DatasetWriter
+from curation.stages import SceneStage
+from curation.video.analysis import analyse
+from curation.video.decode import VideoError, open_video, probe
 
 from .conftest import VIDEOS
 from .pipeline_helpers import check_contract, run_cpu_stages, send
@@ -53,7 +56,7 @@ def write_video(path, frames_pts, size=(64, 48), time_base=Fraction(1, 1000), ra
 
 
 def clips(rows):
-    return [r for r in rows if r["kind"] == "clip"]
+    return [r for r in rows if r.kind == "clip"]
 
 
 def mp4_seconds(mp4: bytes) -> float:
@@ -168,8 +171,8 @@ def test_variable_frame_rate_clips_play_as_long_as_their_frames_did(tmp_path):
     (clip,) = clips(rows)
     source_s = (pts[-1] + 100) / 1000
     # Before: 90 frames at the declared rate, 3.6 s for a source that plays 6 s.
-    assert clip["meta"]["end_s"] - clip["meta"]["start_s"] == pytest.approx(source_s, abs=0.05)
-    assert mp4_seconds(clip["mp4"]) == pytest.approx(source_s, abs=0.05)
+    assert clip.meta["end_s"] - clip.meta["start_s"] == pytest.approx(source_s, abs=0.05)
+    assert mp4_seconds(clip.mp4) == pytest.approx(source_s, abs=0.05)
 
 
 def test_a_timestamp_jump_is_a_break_and_adds_no_time(tmp_path):
@@ -178,11 +181,11 @@ def test_a_timestamp_jump_is_a_break_and_adds_no_time(tmp_path):
     write_video(path, pts)
     rows = run_cpu_stages(path, "scenes.detectors=[{kind: adaptive}]", "scenes.max_clip_s=30",
                           "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1")
-    (summary,) = [r["meta"] for r in rows if r["kind"] == "summary"]
+    (summary,) = [r.meta for r in rows if r.kind == "summary"]
     assert summary["duration_s"] < 7  # before: 1,000,003 s
-    spans = [(c["meta"]["start_frame"], c["meta"]["end_frame"]) for c in clips(rows)]
+    spans = [(c.meta["start_frame"], c.meta["end_frame"]) for c in clips(rows)]
     assert spans and all(e <= 75 or s >= 75 for s, e in spans), spans
-    assert all(c["meta"]["end_s"] - c["meta"]["start_s"] < 3.1 for c in clips(rows))
+    assert all(c.meta["end_s"] - c.meta["start_s"] < 3.1 for c in clips(rows))
 
 
 def test_damaged_frames_are_counted_and_dropped_by_config(tmp_path):
@@ -197,10 +200,10 @@ def test_damaged_frames_are_counted_and_dropped_by_config(tmp_path):
     assert len(damaged) >= 1 and a.num_frames == info.num_frames  # the damage loses no frame
     common = ["scenes.detectors=[{kind: adaptive}]", "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1"]
     flagged = run_cpu_stages(path, *common, "filters.max_damaged_frames=null")
-    hit = [r["meta"] for r in clips(flagged) if r["meta"]["start_frame"] <= damaged[0] < r["meta"]["end_frame"]]
+    hit = [r.meta for r in clips(flagged) if r.meta["start_frame"] <= damaged[0] < r.meta["end_frame"]]
     assert hit and hit[0]["damaged_frames"] >= 1  # before: kept with no trace of the damage
     dropped = run_cpu_stages(path, *common)
-    assert [r["meta"]["clip_id"] for r in dropped if r["kind"] == "dropped" and r["meta"]["dropped_by"] == "damaged"] == [hit[0]["clip_id"]]
+    assert [r.meta["clip_id"] for r in dropped if r.kind == "dropped" and r.meta["dropped_by"] == "damaged"] == [hit[0]["clip_id"]]
 
 
 def test_a_stream_that_grows_past_max_source_pixels_midway_is_refused(tmp_path):
@@ -222,12 +225,12 @@ def enospc_in_temp(*_args, **_kwargs):
 def test_a_full_temporary_folder_stops_the_job_and_marks_no_source(tmp_path, monkeypatch):
     # Before: the good source was marked done "error" for good.
     cfg = job(tmp_path, "scenes.detectors=[{kind: adaptive}]")
-    monkeypatch.setattr("curation.one_pass.tempfile.TemporaryFile", enospc_in_temp)
+    monkeypatch.setattr("curation.video.one_pass.tempfile.TemporaryFile", enospc_in_temp)
     stage = SceneStage(cfg)
     stage.setup()
-    source = make_row("source", str(VIDEOS / "counter.mp4"), {**_probed(VIDEOS / "counter.mp4")})
+    source = Row("source", str(VIDEOS / "counter.mp4"), {**_probed(VIDEOS / "counter.mp4")})
     (row,) = stage([source])
-    assert row["kind"] == "error" and row["meta"]["fault"] == "stop"
+    assert row.kind == "error" and row.meta["fault"] == "stop"
     writer = DatasetWriter(str(tmp_path / "out"), ST, ShardsConfig())
     writer.recover()
     with pytest.raises(JobStopped, match="scenes on .*counter.mp4: OSError: .*No space left on device"):
@@ -239,8 +242,8 @@ def test_a_full_temporary_folder_stops_the_job_and_marks_no_source(tmp_path, mon
 def _probed(path) -> dict:
     from curation.stages import ProbeStage
 
-    (row,) = ProbeStage(load_job(None, input="x", output="y")).process(make_row("source", str(path), {}))
-    return row["meta"]
+    (row,) = ProbeStage(load_job(None, input="x", output="y")).process(Row("source", str(path), {}))
+    return row.meta
 
 
 def test_faults_are_told_apart():
@@ -257,7 +260,7 @@ def test_faults_are_told_apart():
 
 
 def row(kind, uri, **meta):
-    return make_row(kind, uri, {"source_uri": uri, **meta}, b"mp4" if kind == "clip" else None)
+    return Row(kind, uri, {"source_uri": uri, **meta}, b"mp4" if kind == "clip" else None)
 
 
 def clip_meta(clip_id, sha1="s" * 40):
@@ -368,7 +371,7 @@ def test_storage_does_not_retry_what_cannot_get_better(tmp_path, monkeypatch):
     assert len(calls) == 1  # before: four tries and a traceback
 
 
-def test_a_read_only_output_mid_run_is_the_error_the_user_reads(tmp_path, monkeypatch, capsys):
+def test_a_read_only_output_mid_run_is_the_error_the_user_reads(tmp_path, monkeypatch, capsys, ray_local):
     # The driver's writes fail as on a file system remounted read-only after the first commit. Before: Ray's
     # "core worker has already been shut down" in 3 runs of 4, and the temporary shard left behind.
     real = Storage.write_atomic
@@ -389,7 +392,7 @@ def test_a_read_only_output_mid_run_is_the_error_the_user_reads(tmp_path, monkey
     err = capsys.readouterr().err
     assert code == 3 and "Read-only file system" in err and "shut down" not in err, err
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert not (out / C.DONE_DIR / done_marker_name(str(VIDEOS / "counter.mp4"))).exists()
+    assert not Path(C.done_marker_uri(Storage(), str(out), str(VIDEOS / "counter.mp4"))).exists()
 
 
 # -- one driver per output ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from cinema_model.__main__ import main
 from cinema_model.model import CinemaModel
 
-from .model_fixtures import subject_batch, tiny_checkpoints, tiny_config
+from .model_fixtures import save_trained, subject_batch, tiny_checkpoints, tiny_config, trained_weights
 
 
 def _frames(path) -> np.ndarray:
@@ -64,9 +64,9 @@ def test_bfloat16_dit_on_cpu_samples_close_to_float32(model, tmp_path):
 
 def _weights(tmp_path, seed: int, name: str):
     torch.manual_seed(seed)
-    trained = CinemaModel(tiny_config()).trainable_state_dict()
-    save_file({k: v.contiguous() for k, v in trained.items()}, tmp_path / name)
-    return trained
+    model = CinemaModel(tiny_config())
+    save_trained(model, tmp_path / name)
+    return trained_weights(model)
 
 
 def test_weights_replace_the_initial_dit_without_loading_cogvideox(tmp_path):
@@ -122,14 +122,23 @@ def test_vae_tiling_and_slicing_decode_as_without(model, tmp_path, monkeypatch):
     assert _sheet(tmp_path / "v.mp4") == _sheet(tmp_path / "w.mp4")  # 32x32: below a tile
 
 
-def test_the_gpu_benchmarks_code_paths_run_on_cpu_at_the_tiny_preset():
-    """What benchmarks/gpu_check.sh runs on a GPU, here at the tiny preset on CPU: it must not be the GPU run
-    that finds a crash."""
-    from benchmarks.generate_bench import bench
-    from benchmarks.model_bench import gpu_bench
+def test_the_gpu_benchmarks_code_paths_run_on_cpu_at_the_tiny_preset(tmp_path):
+    """What benchmarks/gpu_check.sh runs on a GPU, here as its --smoke runs it, at the tiny preset on CPU: it must not
+    be the GPU run that finds a crash."""
+    import json
+    import subprocess
+    import sys
 
-    rows = gpu_bench(subjects=1, reps=1, peak=None, name="tiny", device="cpu", shorter=(1,))
+    from .conftest import ROOT
+
+    def bench(module: str, *args: str) -> dict:
+        out = tmp_path / f"{module}.json"
+        subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--device", "cpu", "--preset", "tiny", *args,
+                        "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+        return json.loads(out.read_text())
+
+    rows = bench("model_bench", "--gpu-only", "--reps", "1", "--subjects", "1", "--frames", "1")["gpu"]
     assert [(r["video"][0], r["activation_checkpointing"]) for r in rows] == [(9, True), (9, False), (1, True)]
     assert all(r["fwd_bwd_s"] > 0 for r in rows) and rows[2]["tokens"] < rows[0]["tokens"]
-    row = bench("tiny", tiny_checkpoints(), "cpu", steps=2, num_subjects=1, vae_tiling=False)
+    row = bench("generate_bench", "--checkpoints", tiny_checkpoints(), "--steps", "2", "--subjects", "1")
     assert row["video"] == [9, 32, 32] and row["seconds"] > 0 and row["subjects"] == 1

@@ -39,7 +39,7 @@ def test_gpu_cluster_job_runs_the_real_models_on_gpus():
     assert a.enabled and a.clip_model == "openai/clip-vit-large-patch14"
     assert a.head == "/models/sac+logos+ava1-l14-linearMSE.pth"
     assert a.min_score is not None and 1 < a.min_score < 10
-    # Equal GPU shares chain aesthetic, caption and subjects in one actor per GPU (curation.runner.chains).
+    # Equal GPU shares chain aesthetic, caption and subjects in one actor per GPU (curation.run.runner.chains).
     assert a.num_gpus == s.num_gpus == cfg.caption.num_gpus
 
 

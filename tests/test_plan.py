@@ -9,7 +9,7 @@ import pytest
 
 from curation.__main__ import main
 from curation.config import load_job
-from curation.plan import Cluster, PlanError, load_bench, make_plan
+from curation.tools.capacity import Cluster, PlanError, load_bench, make_plan
 
 # 100 clips from 500 s of video on 4 cores. Busy CPU-s per clip: probe 0.1, scenes 0.5, filter 0, encode 1.4;
 # (70 - 10) s x 4 cores = 240 core-s against 200 busy: 0.4 s/clip of overhead. 5 MB of shards per clip.

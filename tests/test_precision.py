@@ -9,6 +9,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from cinema_model.dit import timestep_features
 from cinema_model.model import CinemaModel
 from jobs.loopback_s3 import free_port
+from training.materialize import materialize_shards
 from training.parallelize import parallelize
 
 from .model_fixtures import subject_batch, tiny_config
@@ -41,7 +42,7 @@ def test_the_dit_gets_fp32_timesteps_and_rope_under_fsdp2_as_generate_gives_them
         trained = CinemaModel(cfg, trained_on_meta=True, seed=0)
         parallelize(trained, init_device_mesh("cpu", (1,)), activation_checkpointing=False, compile=False,
                     param_dtype=torch.bfloat16)
-        trained.materialize("cpu")
+        materialize_shards(trained, torch.device("cpu"))
         seen_train = _block_inputs(trained)
         gens = [torch.Generator().manual_seed(i) for i in range(2)]
         text = torch.randn(2, cfg.t5.max_length, cfg.dit.text_dim)

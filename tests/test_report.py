@@ -5,8 +5,9 @@ from pathlib import Path
 
 from common.storage import Storage
 from curation.config import ShardsConfig, load_job
-from curation.report import summary_text, write_report
-from curation.writer import DatasetWriter
+from curation.pipeline.row import Row
+from curation.sink.writer import DatasetWriter
+from curation.tools.report import summary_text, write_report
 
 from .data_fixtures import clip_row, standard_clips
 from .pipeline_helpers import manifest, send
@@ -44,12 +45,11 @@ def test_a_source_whose_scenes_are_all_too_short_is_reported(tmp_path):
     writer = DatasetWriter(str(out), Storage(), ShardsConfig())
     writer.recover()
     kept = clip_row(standard_clips()[1])
-    send(writer, [kept, {"kind": "summary", "source_uri": kept["source_uri"],
-                         "meta": {"num_clips": 1, "num_scenes": 1, "duration_s": 1.0, "source_sha1": "0" * 40}}])
+    send(writer, [kept, Row("summary", kept.source_uri,
+                            {"num_clips": 1, "num_scenes": 1, "duration_s": 1.0, "source_sha1": "0" * 40})])
     short = "/videos/short_scene.mp4"
-    writer.add({"kind": "summary", "source_uri": short,
-                "meta": {"num_clips": 0, "num_scenes": 1, "num_short_scenes": 1, "duration_s": 0.9,
-                         "source_sha1": "1" * 40}})
+    writer.add(Row("summary", short, {"num_clips": 0, "num_scenes": 1, "num_short_scenes": 1, "duration_s": 0.9,
+                                      "source_sha1": "1" * 40}))
     writer.close()
     assert writer.stats.dropped == {"too_short": 1}
     assert writer.stats.rejected["too_short"][0]["source_uri"] == short

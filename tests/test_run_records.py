@@ -3,8 +3,8 @@
 from collections import Counter
 
 from curation.__main__ import _verdict
-from curation.runner import RunResult, progress_line
-from curation.writer import RunStats
+from curation.run.runner import RunResult, progress_line
+from curation.sink.writer import RunStats
 
 
 def stats(**kw) -> RunStats:

@@ -4,13 +4,13 @@ import boto3
 
 from common.storage import Storage, StorageConfig
 from curation.config import load_job
-from curation.runner import run
+from curation.run.runner import run
 
 from .conftest import VIDEOS
 from .pipeline_helpers import check_contract
 
 
-def test_curation_from_and_to_object_storage(s3_server, tmp_path):
+def test_curation_from_and_to_object_storage(ray_local, s3_server, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="raw")
     s3.create_bucket(Bucket="data")
@@ -18,7 +18,8 @@ def test_curation_from_and_to_object_storage(s3_server, tmp_path):
         s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
     s3.put_object(Bucket="raw", Key="videos/broken.mp4", Body=b"\x00" * 1000)
     cfg = load_job(None, [f"storage.endpoint_url={s3_server}", "scenes.min_clip_s=0.5", "ray.num_cpus=2",
-                          "caption.enabled=false", "aesthetic.enabled=false"],
+                          "caption.enabled=false", "aesthetic.enabled=false",
+                          "scenes.detectors=[{kind: adaptive}]"],  # storage is under test, not the detectors
                    input="s3://raw/videos/", output="s3://data/curated")
     result = run(cfg)
     assert result.sources_total == 3 and result.stats.sources_failed == 1
@@ -38,9 +39,8 @@ def test_storage_rides_out_a_brief_outage_and_names_the_object_after_a_long_one(
     import time
 
     import pytest
-    from moto.server import ThreadedMotoServer
-
     from jobs.loopback_s3 import free_port
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.clean_clips import evaluate, labelled_videos
 from common.storage import Storage
-from curation.analysis import analyse
 from curation.config import DetectorConfig, ScenesConfig, TrimConfig
-from curation.planning import Planned, Scores, clip_limits, plan_scene
-from curation.shots import Break, Detectors
-from curation.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
-from curation.video import probe
+from curation.tools.clean_clips import evaluate, packaged_places, read_labels
+from curation.video.analysis import analyse
+from curation.video.decode import probe
+from curation.video.detectors import Detectors
+from curation.video.planning import Planned, Scores, clip_limits, plan_scene
+from curation.video.shots import Break
+from curation.video.transnet import CONTEXT, SIZE, STRIDE, WINDOW, TransNetV2Detector, TransNetV2Model, packaged_weights
 
-from .conftest import VIDEOS
+from .conftest import ROOT, VIDEOS
 from .pipeline_helpers import run_cpu_stages
 
 TRIM = TrimConfig()
@@ -90,7 +91,7 @@ def test_transnetv2_sees_the_labelled_cuts_and_transitions_of_testvideo(model):
 def test_weights_load_from_a_path_through_the_same_code(model, tmp_path):
     from safetensors.torch import save_file
 
-    from curation.model_runtime import load_state_dict
+    from curation.models.runtime import load_state_dict
 
     path = tmp_path / "transnetv2.safetensors"
     save_file(load_state_dict(packaged_weights()), str(path))
@@ -196,13 +197,14 @@ def write_synthetic(path, fps=25):
 
 
 def curate(path, *overrides):
-    rows = run_cpu_stages(path, *overrides)
-    assert not [r for r in rows if r["kind"] == "error"]
+    """Probe and the scene pass (no encoding: these tests look at which frames the clips hold)."""
+    rows = run_cpu_stages(path, "encode.hold_mb=0", *overrides, stages=("probe", "scenes"))
+    assert not [r for r in rows if r.kind == "error"]
     return rows
 
 
 def kept(rows):
-    return [(r["meta"]["start_frame"], r["meta"]["end_frame"]) for r in rows if r["kind"] == "clip"]
+    return [(r.meta["start_frame"], r.meta["end_frame"]) for r in rows if r.kind == "clip"]
 
 
 def test_synthetic_fades_and_dissolve_stay_out_of_clips(tmp_path):
@@ -213,7 +215,9 @@ def test_synthetic_fades_and_dissolve_stay_out_of_clips(tmp_path):
 
 
 def test_default_detectors_keep_only_clean_clips_of_real_videos():
-    paths, labels = labelled_videos()
+    paths, labels = read_labels(VIDEOS / "labels.json")
+    more_paths, more = read_labels(ROOT / "benchmarks" / "labels.json", packaged_places())
+    paths, labels = {**paths, **more_paths}, {**labels, **more}
     names = ["testvideo.mp4", "bikes.mp4"]
     clips = {n: kept(curate(paths[n])) for n in names}
     r = evaluate(clips, {n: labels[n] for n in names})
@@ -225,18 +229,18 @@ def test_blank_sources_and_scenes_become_dropped_rows_with_their_scores():
     # transitions and leaves only scenes too short to keep; adaptive sees one scene: all of it blank.
     assert not kept(curate(VIDEOS / "fades.mp4"))
     rows = curate(VIDEOS / "fades.mp4", "scenes.detectors=[{kind: adaptive}]")
-    dropped = [r["meta"] for r in rows if r["kind"] == "dropped"]
+    dropped = [r.meta for r in rows if r.kind == "dropped"]
     assert not kept(rows) and dropped and all(m["dropped_by"] == "blank" and m["blank_frac"] > 0.9 for m in dropped)
     rows = curate(VIDEOS / "testvideo.mp4")  # [0, 30) is all black
-    blank = [r["meta"] for r in rows if r["kind"] == "dropped" and r["meta"]["start_frame"] == 0]
+    blank = [r.meta for r in rows if r.kind == "dropped" and r.meta["start_frame"] == 0]
     assert blank and blank[0]["dropped_by"] == "blank" and blank[0]["luma"] < 5
-    for m in (r["meta"] for r in rows if r["kind"] == "clip"):
+    for m in (r.meta for r in rows if r.kind == "clip"):
         assert m["blank_frac"] == 0 and m["luma"] > 50 and m["contrast"] > 20
 
 
 def test_videos_with_odd_chroma_rows_decode():
     # 160x90: each chroma plane is 80x45, which does not fill whole rows of PyAV's packed yuv420p array.
-    paths, labels = labelled_videos()
+    paths, labels = read_labels(ROOT / "benchmarks" / "labels.json", packaged_places())
     info = probe(str(paths["test.mp4"]), Storage())
     a = analyse(str(paths["test.mp4"]), Storage(), Detectors([DetectorConfig("adaptive")]).for_source(info.fps), 256)
     assert a.num_frames == labels["test.mp4"]["frames"] and len(a.breaks) > 100

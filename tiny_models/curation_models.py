@@ -9,7 +9,7 @@
 - ``aesthetic_head.safetensors``: a head of the LAION aesthetic predictor's shape over that projection, for
   ``aesthetic.head``
 - ``yolov8t-worldv2.pt``: a YOLO-World at a tiny width, saved by ultralytics, for ``subjects.detector_weights``
-- ``sam_tiny.pth``: a segment-anything state dict for ``sam_model_type=tiny``
+- ``sam_tiny.pth``: a segment-anything state dict of ``TINY_SAM``'s sizes, for ``sam_model_type=custom``
 - ``grounding_dino/``: a tiny GroundingDINO + processor, for ``subjects.detector=grounding_dino``
 - ``qwen2vl_fixed/``: the tiny Qwen2-VL wired to give ``FIXED_ANSWER`` to any clip, so that a demo or test on
   tiny models gets parsed captions and subject labels (random weights only ever produce unparsable text)
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.model_runtime import go_offline
+from curation.models.runtime import go_offline
 
 # Labels the tiny CLIP tokenizer learns its merges from; byte-level BPE still encodes any text.
 _LABELS = "person man woman child face dog cat horse bird car bus truck bicycle ball tie chair table cup phone".split()
@@ -75,7 +75,7 @@ def _save_aesthetic_head(clip_vision: Path, path: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig
 
-    from curation.aesthetic import AestheticHead
+    from curation.models.aesthetic import AestheticHead
 
     save_file(AestheticHead(CLIPVisionConfig.from_pretrained(clip_vision).projection_dim).state_dict(), path)
     return path
@@ -121,12 +121,21 @@ def _save_grounding_dino(path: Path) -> Path:
     return path
 
 
+# segment-anything at toy size (256-px input, 32-d prompts and decoder): the package's vit_* builders fix a
+# 1024-px input and a 256-d decoder, which alone costs seconds per box on CPU.
+TINY_SAM = dict(image_size=256, patch_size=16, encoder_dim=32, encoder_depth=2, encoder_heads=2, encoder_mlp_ratio=2,
+                global_attn_indexes=[1], window_size=8, prompt_dim=32, mask_in_chans=8, decoder_depth=2,
+                decoder_mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32)
+
+
 def _save_sam(path: Path) -> Path:
     import torch
 
-    from curation.subject_models import build_tiny_sam
+    from curation.config import SamArch, SubjectsConfig
+    from curation.models.detection import build_sam
 
-    torch.save(build_tiny_sam().state_dict(), path)
+    sam = build_sam(SubjectsConfig(sam_model_type="custom", sam_checkpoint="", sam_arch=SamArch(**TINY_SAM)))
+    torch.save(sam.state_dict(), path)
     return path
 
 
@@ -140,8 +149,8 @@ def _save_fixed_answer_mllm(random_mllm: Path, path: Path) -> Path:
     batched generate run as in a real model."""
     import torch
 
-    from curation.captioning import Captioner
     from curation.config import CaptionConfig
+    from curation.models.captioning import Captioner
 
     captioner = Captioner.load(CaptionConfig(model=str(random_mllm)), "cpu")
     model, tokenizer = captioner.model, captioner.processor.tokenizer
@@ -206,7 +215,8 @@ def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[s
         f"subjects.detector_weights={paths['detector']}",
         f"subjects.text_encoder={paths['text_encoder']}",
         "subjects.imgsz=320",
-        "subjects.sam_model_type=tiny",
+        "subjects.sam_model_type=custom",
+        "subjects.sam_arch={" + ", ".join(f"{k}: {v}" for k, v in TINY_SAM.items()) + "}",
         f"subjects.sam_checkpoint={paths['sam']}",
         *(relaxed if fixed_answer else []),
     ]

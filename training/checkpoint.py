@@ -283,11 +283,6 @@ def _save_rank0(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
         path.chmod(0o644)  # safetensors writes through a private temporary file (0600)
 
 
-def clean_fqn(name: str) -> str:
-    """A parameter's name without the wrappers activation checkpointing and compile insert."""
-    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-
-
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -8,7 +8,7 @@ from typing import Literal
 from cinema_model.config import preset
 from common.contract import MAX_SUBJECTS, TRAINING_WINDOW, TrainingWindow
 from common.storage import StorageConfig
-from common.typed_config import ConfigError, apply_overrides, from_dict, load
+from common.typed_config import ConfigError, load
 
 
 class JobError(ValueError):
@@ -79,21 +79,6 @@ class DataConfig:
     def bucket_shape(self, bucket: int) -> tuple[int, int, int]:
         """(frames, height, width) of a bucket."""
         return self.frames[bucket // len(self.buckets)], *self.buckets[bucket % len(self.buckets)]
-
-
-# Presets are overrides of the defaults (which are the full, paper-scale settings).
-DATA_PRESETS: dict[str, dict] = {
-    "full": {},
-    "tiny": dict(frames=[9], target_fps=None, buckets=[(32, 48), (48, 32), (32, 32)], num_workers=0, shuffle_buffer=4),
-}
-
-
-def data_preset(name: str, overrides: list[str] = (), **values) -> DataConfig:
-    """A preset with ``values`` (e.g. ``urls=[...]``) and ``key=value`` overrides applied, validated."""
-    if name not in DATA_PRESETS:
-        raise ConfigError(f"unknown data preset {name!r} (one of {', '.join(DATA_PRESETS)})")
-    data = {**DATA_PRESETS[name], **values}
-    return from_dict(DataConfig, apply_overrides(data, list(overrides)))
 
 
 @dataclass

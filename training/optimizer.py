@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .checkpoint import clean_fqn
+from cinema_model.weights import clean_name
+
 from .config import OptimConfig
 
 
@@ -39,11 +40,11 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def param_groups(trained: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on weight matrices only, none on norms, biases (1-D) and the learned tokens a
     module lists in ``no_weight_decay`` (AlignerNet's queries)."""
-    exempt = {clean_fqn(f"{name}.{p}") for name, module in trained.named_modules()
+    exempt = {clean_name(f"{name}.{p}") for name, module in trained.named_modules()
               for p in getattr(module, "no_weight_decay", ())}
     decay, no_decay = [], []
     for name, p in trained.named_parameters():
-        (no_decay if p.ndim < 2 or clean_fqn(name) in exempt else decay).append(p)
+        (no_decay if p.ndim < 2 or clean_name(name) in exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

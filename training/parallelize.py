@@ -2,7 +2,7 @@
 compile, then FSDP2 (`fully_shard` per block, then per trained part).
 
 The trained parts are sharded while they are still on the meta device (``CinemaModel(..., trained_on_meta=True)``);
-``CinemaModel.materialize`` then allocates and fills only each rank's shards.
+``training.materialize`` then allocates and fills only each rank's shards.
 
 Frozen parts hold no gradients or optimizer state. With ``encoders="replicated"`` every rank keeps its own copy in
 the frozen dtype; with ``"sharded"`` the MLLM (and the T5 encoder where the stage has one) is sharded with

@@ -18,15 +18,17 @@ from torch.distributed.device_mesh import init_device_mesh
 from cinema_model.config import latent_frames, preset
 from cinema_model.flops import dit_train_flops
 from cinema_model.model import CinemaModel
+from cinema_model.weights import clean_name
 from common.typed_config import to_dict
 
 from .batch import model_batch, sample_generators
-from .checkpoint import Checkpointer, TrainState, clean_fqn, export_consolidated
+from .checkpoint import Checkpointer, TrainState, export_consolidated
 from .config import JobError, TrainJob
 from .data.features import FeatureSet, open_features
 from .data.fit import dataset_fit
 from .data.loader import ShardLoader
 from .data.shard_urls import list_shards
+from .materialize import materialize_shards
 from .metrics import Metrics
 from .optimizer import Optimizers
 from .parallelize import parallelize
@@ -109,7 +111,7 @@ def build(job: TrainJob, device: torch.device, features: FeatureSet | None = Non
     parallelize(model, mesh, activation_checkpointing=job.parallel.activation_checkpointing,
                 compile=job.parallel.compile, param_dtype=getattr(torch, job.parallel.param_dtype),
                 encoders=job.model.encoders)
-    model.materialize(device, initial_weights=initial_weights)
+    materialize_shards(model, device, initial_weights=initial_weights)
     return model, nn.ModuleDict(model.trainable_parts())
 
 
@@ -150,7 +152,7 @@ def train(job: TrainJob) -> dict:
         checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
         latest = checkpointer.latest() if job.checkpoint.resume else None
         model, trained = build(job, device, features, initial_weights=latest is None)  # a resume loads no CogVideoX
-        params = {clean_fqn(k): p for k, p in trained.named_parameters()}
+        params = {clean_name(k): p for k, p in trained.named_parameters()}
         optimizers = Optimizers(trained, job.optim, job.steps)
         ema = Ema(params, job.optim.ema_decay) if job.optim.ema_decay else None
         state = TrainState(trained, optimizers.optimizers, optimizers.schedule, rank, ema.shadow if ema else None)

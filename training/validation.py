@@ -22,6 +22,7 @@ from cinema_model.media import contact_sheet, write_mp4
 from cinema_model.model import CinemaModel
 from cinema_model.subjects import pad_subjects, to_model_range
 from common import contract as C
+from common.shard_reader import RawSample
 from common.storage import Storage
 
 from .batch import model_batch
@@ -30,7 +31,6 @@ from .data.decode import Sample, collate, decode_subject
 from .data.features import FeatureSample, FeatureSet, collate_features, features_url
 from .data.fit import DatasetFit
 from .data.stream import ShardStream
-from .data.tar_samples import RawSample
 
 log = logging.getLogger("training")
 

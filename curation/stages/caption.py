@@ -15,11 +15,12 @@ import numpy as np
 
 from common.contract import window_frames
 
-from ..captioning import Captioner, caption_videos
-from ..config import JobConfig
-from ..frames import decode_frames, decode_image, encode_image, fit_pixels, sample_indices
-from ..model_runtime import device_for, go_offline
-from .base import BatchedStage, Row, Stage
+from curation.config import JobConfig
+from curation.models.captioning import Captioner, caption_videos
+from curation.models.runtime import device_for, go_offline
+from curation.pipeline.row import Row
+from curation.pipeline.stage import BatchedStage, Stage
+from curation.video.frames import decode_frames, decode_image, encode_image, fit_pixels, sample_indices
 
 
 class CaptionPrepStage(Stage):
@@ -28,31 +29,30 @@ class CaptionPrepStage(Stage):
     for subject detection."""
 
     name = "caption_prep"
-    num_cpus = 1.0
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg.caption
+        super().__init__(cfg)
         self.num_frames = cfg.caption.num_frames if cfg.caption.enabled else cfg.aesthetic.num_frames
         self.keyframe = cfg.caption.enabled and cfg.subjects.enabled  # subjects run only with captions
 
     def process(self, row: Row) -> list[Row]:
-        meta = dict(row["meta"])
+        meta = dict(row.meta)
         window = window_frames(meta["fps"], meta["num_frames"])
         picks = sample_indices(window, self.num_frames)
         key = window // 2
-        frames = decode_frames(row["mp4"], set(picks) | ({key} if self.keyframe else set()))
+        frames = decode_frames(row.mp4, set(picks) | ({key} if self.keyframe else set()))
         h, w = frames[picks[0]].shape[:2]
-        size = fit_pixels(w, h, self.cfg.max_pixels)
+        size = fit_pixels(w, h, self.cfg.caption.max_pixels)
         jpegs = [
-            encode_image(cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA), ".jpg", self.cfg.jpeg_quality)
+            encode_image(cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA), ".jpg", self.cfg.caption.jpeg_quality)
             for i in picks
         ]
         meta["frame_indices"] = picks
-        out = {**row, "meta": meta, "frames": jpegs}
+        keyframe = None
         if self.keyframe:
             meta["keyframe"] = key
-            out["keyframe"] = encode_image(frames[key], ".png")
-        return [out]
+            keyframe = encode_image(frames[key], ".png")
+        return [row.replace(meta=meta, frames=jpegs, keyframe=keyframe)]
 
 
 class CaptionStage(BatchedStage):
@@ -60,26 +60,21 @@ class CaptionStage(BatchedStage):
     error row, and a failing batch call is retried clip by clip, so one bad clip never costs the others."""
 
     name = "caption"
-    num_cpus = 1.0
-    num_gpus = 1.0
-    batch_size = 8
+    section = "caption"
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg.caption
-        self.num_gpus = self.cfg.num_gpus
-        self.batch_size = self.cfg.batch_size
+        super().__init__(cfg)
         self.generate = None
 
     def setup(self) -> None:
         go_offline()
-        self.generate = Captioner.load(self.cfg, device_for(self.num_gpus))
+        self.generate = Captioner.load(self.cfg.caption, device_for(self.cfg.caption.num_gpus))
 
     def inputs(self, row: Row) -> np.ndarray:
-        return np.stack([decode_image(f) for f in row["frames"]])
+        return np.stack([decode_image(f) for f in row.frames])
 
     def predict(self, videos: list[np.ndarray]) -> list:
-        return caption_videos(self.generate, videos, self.cfg.retries)
+        return caption_videos(self.generate, videos, self.cfg.caption.retries)
 
     def finish(self, row: Row, result) -> Row:
-        meta = {**row["meta"], "caption": result.caption, "subject_labels": result.subjects}
-        return {k: v for k, v in row.items() if k != "frames"} | {"meta": meta}
+        return row.replace(meta={**row.meta, "caption": result.caption, "subject_labels": result.subjects}, frames=None)

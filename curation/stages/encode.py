@@ -1,17 +1,17 @@
 """The second decode: cut and encode the clips the scene pass could not encode from its own frames (see
-``curation.one_pass``), frame-accurately from the source, upright, as H.264 (yuv420p) MP4. Clips that already
+``curation.video.one_pass``), frame-accurately from the source, upright, as H.264 (yuv420p) MP4. Clips that already
 carry their MP4 pass."""
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Iterator
 
 from common.storage import Storage
 
-from ..config import JobConfig
-from ..encoding import ClipCutter, ClipSpec
-from .base import Row, Stage, with_clip
+from curation.config import JobConfig
+from curation.pipeline.row import Row
+from curation.pipeline.stage import Stage
+from curation.video.encoding import ClipCutter, ClipSpec, EncodedClip
 
 
 def clip_spec(meta: dict) -> ClipSpec:
@@ -25,20 +25,29 @@ def clip_spec(meta: dict) -> ClipSpec:
     )
 
 
+def with_clip(row: Row, clip: EncodedClip) -> Row:
+    """The clip row carrying its encoded MP4, with the size and rate it was encoded at."""
+    return row.replace(mp4=clip.mp4, meta={**row.meta, "width": clip.width, "height": clip.height, "fps": clip.fps,
+                                           "num_frames": clip.num_frames})
+
+
 class EncodeStage(Stage):
     name = "encode"
-    num_cpus = 1.0
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-        self.cutter = ClipCutter(Storage(cfg.storage), cfg.encode)
+        super().__init__(cfg)
+        self.cutter: ClipCutter | None = None
 
-    def stream(self, batch: list[Row]) -> Iterator[Row]:
-        yield from super().stream(batch)
-        if any(r["kind"] == "summary" for r in batch):
-            self.cutter.close()  # a source's summary follows its last clip: nothing more is cut from it
+    def setup(self) -> None:
+        self.cutter = ClipCutter(Storage(self.cfg.storage), self.cfg.encode)
 
     def process(self, row: Row) -> list[Row]:
-        if row["mp4"] is not None:
+        if row.mp4 is not None:
             return [row]
-        return [with_clip(row, self.cutter.cut(row["source_uri"], clip_spec(row["meta"])))]
+        return [with_clip(row, self.cutter.cut(row.source_uri, clip_spec(row.meta)))]
+
+    def end_source(self, uri: str) -> None:
+        self.cutter.close()  # the cutter keeps a source open between its clips; nothing more is cut from it
+
+    def teardown(self) -> None:
+        self.cutter.close()

@@ -7,9 +7,10 @@ from dataclasses import asdict
 
 from common.storage import Storage
 
-from ..config import JobConfig
-from ..video import probe
-from .base import Row, Stage, make_row
+from curation.config import JobConfig
+from curation.pipeline.row import Row
+from curation.pipeline.stage import Stage
+from curation.video.decode import probe
 
 
 class ProbeStage(Stage):
@@ -17,14 +18,14 @@ class ProbeStage(Stage):
     consumes = ("source",)
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.storage = Storage(cfg.storage)
 
     def process(self, row: Row) -> list[Row]:
-        uri = row["source_uri"]
+        uri = row.source_uri
         info = probe(uri, self.storage, self.cfg.max_source_pixels)
         sha1 = hashlib.sha1()
         with self.storage.open(uri) as f:
             while chunk := f.read(1 << 22):
                 sha1.update(chunk)
-        return [make_row("source", uri, {**row["meta"], **asdict(info), "source_sha1": sha1.hexdigest()})]
+        return [row.with_meta(**asdict(info), source_sha1=sha1.hexdigest())]

@@ -1,6 +1,6 @@
 """The scene pass: one decode of a source gives its shot boundaries, frame timestamps and scores, the plan of its
 clips (``planning.Planner``: scenes, trim, split, filters), and the MP4s of the clips whose frames it could hold
-(``curation.one_pass``); the encode stage cuts the rest.
+(``curation.video.one_pass``); the encode stage cuts the rest.
 
 Emits one ``clip`` row per planned clip to keep, a ``dropped`` row per clip the plan drops (``blank`` for a scene
 with no content, else the filter's name), and a ``summary`` row for the source.
@@ -14,31 +14,36 @@ from typing import Iterator
 from common.contract import make_clip_id
 from common.storage import Storage
 
-from ..analysis import analyse
-from ..config import JobConfig
-from ..model_runtime import device_for
-from ..one_pass import OnePassEncoder
-from ..planning import Planner, clip_limits, clip_window, min_gap_frames
-from ..shots import Detectors
-from .base import Row, Stage, make_row, with_clip
+from curation.config import JobConfig
+from curation.models.runtime import device_for
+from curation.pipeline.row import Row
+from curation.pipeline.stage import Resources, Stage
+from curation.stages.encode import with_clip
+from curation.video.analysis import analyse
+from curation.video.detectors import Detectors
+from curation.video.one_pass import OnePassEncoder
+from curation.video.planning import Planner, clip_limits, clip_window, min_gap_frames
 
 
 class SceneStage(Stage):
     name = "scenes"
-    num_cpus = 1.0
     consumes = ("source",)
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-        self.num_gpus = cfg.scenes.num_gpus  # transnetv2 runs on it
+        super().__init__(cfg)
         self.storage = Storage(cfg.storage)
         self.detectors: Detectors | None = None
 
+    @classmethod
+    def resources(cls, cfg: JobConfig) -> Resources:
+        # transnetv2 runs on the GPU share; the one-pass encoder may hold up to encode.hold_mb of frames.
+        return Resources(gpus=cfg.scenes.num_gpus, memory_mb=cfg.encode.hold_mb)
+
     def setup(self) -> None:
-        self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.num_gpus))
+        self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.cfg.scenes.num_gpus))
 
     def process(self, row: Row) -> Iterator[Row]:
-        uri, src = row["source_uri"], row["meta"]
+        uri, src = row.source_uri, row.meta
         sc = self.cfg.scenes
         fps = Fraction(src["fps"]).limit_denominator(1001)
         out_fps = self.cfg.encode.fps
@@ -73,12 +78,12 @@ class SceneStage(Stage):
                     "rotation": src["rotation"],
                 }
                 if p.dropped_by is not None:
-                    yield make_row("dropped", uri, {**meta, "dropped_by": p.dropped_by})
+                    yield Row("dropped", uri, {**meta, "dropped_by": p.dropped_by})
                     continue
-                clip = make_row("clip", uri, meta)
+                clip = Row("clip", uri, meta)
                 encoded = held.take(start, end) if held is not None else None
                 yield clip if encoded is None else with_clip(clip, encoded)
-            yield make_row("summary", uri, {
+            yield Row("summary", uri, {
                 "source_sha1": src["source_sha1"],
                 "num_clips": len(planned),
                 "num_frames": a.num_frames,

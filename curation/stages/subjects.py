@@ -6,38 +6,34 @@ Reads ``keyframe`` (PNG) and meta ``subject_labels`` / ``keyframe``; writes meta
 
 from __future__ import annotations
 
-from ..config import JobConfig
-from ..frames import decode_image
-from ..model_runtime import device_for, go_offline
-from ..subjects import extract_subjects, to_record
-from .base import Row, Stage
+from curation.config import JobConfig
+from curation.models.runtime import device_for, go_offline
+from curation.models.subjects import extract_subjects, to_record
+from curation.pipeline.row import Row
+from curation.pipeline.stage import Stage
+from curation.video.frames import decode_image
 
 
 class SubjectStage(Stage):
     name = "subjects"
-    num_cpus = 1.0
-    num_gpus = 1.0
-    batch_size = 4
+    section = "subjects"
 
     def __init__(self, cfg: JobConfig):
-        self.cfg = cfg.subjects
-        self.num_gpus = self.cfg.num_gpus
-        self.batch_size = self.cfg.batch_size
+        super().__init__(cfg)
         self.detect = self.segment = None
 
     def setup(self) -> None:
         go_offline()
-        from ..subject_models import SamSegmenter, load_detector
+        from curation.models.detection import SamSegmenter, load_detector
 
-        device = device_for(self.num_gpus)
-        self.detect = load_detector(self.cfg, device)
-        self.segment = SamSegmenter(self.cfg, device)
+        device = device_for(self.cfg.subjects.num_gpus)
+        self.detect = load_detector(self.cfg.subjects, device)
+        self.segment = SamSegmenter(self.cfg.subjects, device)
 
     def process(self, row: Row) -> list[Row]:
-        meta = row["meta"]
-        image = decode_image(row["keyframe"])
-        subjects, dropped = extract_subjects(image, meta["subject_labels"], self.detect, self.segment, self.cfg)
+        meta = row.meta
+        image = decode_image(row.keyframe)
+        subjects, dropped = extract_subjects(image, meta["subject_labels"], self.detect, self.segment, self.cfg.subjects)
         records = [to_record(s, image, meta["keyframe"]) for s in subjects]
         meta = {**meta, "subjects": [r for r, _ in records], "num_subjects_dropped": dropped}
-        rest = {k: v for k, v in row.items() if k != "keyframe"}
-        return [rest | {"meta": meta, "pngs": [png for _, png in records]}]
+        return [row.replace(meta=meta, keyframe=None, pngs=[png for _, png in records])]

@@ -19,9 +19,9 @@ from torch.utils.data import get_worker_info
 
 from cinema_model.subjects import frame_subject
 from common import contract as C
+from common.shard_reader import RawSample
 
 from ..config import DataConfig
-from .tar_samples import RawSample
 
 
 class SampleError(ValueError):

@@ -28,12 +28,12 @@ from safetensors.torch import save as save_tensors
 
 from cinema_model.config import CinemaConfig, latent_frames
 from common import contract as C
+from common.shard_reader import RawSample
 from common.storage import Storage
 from common.typed_config import to_dict
 
 from ..config import DataConfig, JobError
 from .decode import SampleError, _batch_tensor
-from .tar_samples import RawSample
 
 FEATURES_DIR = "features"
 META = "meta.json"

@@ -8,8 +8,7 @@ import hashlib
 import json
 
 from common import contract as C
-
-from .tar_samples import RawSample
+from common.shard_reader import RawSample
 
 
 def held_out_source(source_sha1: str, fraction: float) -> bool:

@@ -23,6 +23,8 @@ from typing import Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from common import contract as C
+from common.shard_reader import RawSample, ShardCorrupt, iter_samples
 from common.storage import Storage
 
 from ..config import DataConfig, JobError
@@ -30,7 +32,6 @@ from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, med
 from .features import FIELDS as FEATURE_FIELDS
 from .features import FeatureSample, collate_features, decode_features
 from .split import held_out
-from .tar_samples import RawSample, ShardCorrupt, is_contract_field, iter_samples
 
 log = logging.getLogger("training.data")
 
@@ -236,7 +237,7 @@ class ShardStream(IterableDataset):
     def _wanted(self, field: str) -> bool:
         if self.features:
             return field in FEATURE_FIELDS
-        return is_contract_field(field) and (self.media or not media_field(field))
+        return C.is_field(field) and (self.media or not media_field(field))
 
     def shard_samples(self, shard: int) -> Iterator[RawSample]:
         """Every sample of one shard once, in order, with the stream's retries and skips (``counters`` says

@@ -6,10 +6,10 @@ before it touches anything there, and the actors check it before each commit."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from common.lease import Lease, LeaseHeld
+from common.ray_session import ray_session
 from common.storage import Storage
 from common.typed_config import ConfigError
 
@@ -115,22 +115,12 @@ def _run(job: TrainJob, shards: list[str], todo: list[str], leases: dict[str, st
     import ray
 
     p = job.precompute
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if p.address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the local cluster to 127.0.0.1
-        ray.init(address="local", num_cpus=p.local_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
-    else:
-        ray.init(address=p.address, log_to_driver=False, logging_level=logging.WARNING)
-    try:
+    with ray_session(p.address, p.local_cpus):
         gpus = ray.cluster_resources().get("GPU", 0)
         if p.num_gpus > gpus:
             raise ConfigError(f"precompute.num_gpus={p.num_gpus:g} per actor but the Ray cluster has {gpus:g} GPU(s): "
                               "add GPU nodes, or encode on CPU with precompute.num_gpus=0")
         actors = p.actors or (max(1, int(gpus // p.num_gpus)) if p.num_gpus else 1)
-        ctx = ray.data.DataContext.get_current()
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
         ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(ShardActor, fn_constructor_args=(job, leases), batch_size=1, num_cpus=p.num_cpus,
                             num_gpus=p.num_gpus, compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))))
@@ -148,6 +138,4 @@ def _run(job: TrainJob, shards: list[str], todo: list[str], leases: dict[str, st
             done = result["written"] + len(result["failed"])
             print(f"[{time.time() - t0:6.0f}s] shards {done}/{len(todo)}: {result['samples']} clips encoded, "
                   f"{result['samples_skipped']} unusable", flush=True)
-    finally:
-        ray.shutdown()
     return result

@@ -1,0 +1,1 @@
+"""What the model stages load and run: aesthetic scorer, captioner, subject detection and segmentation."""

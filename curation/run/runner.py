@@ -1,0 +1,264 @@
+"""The one module that knows Ray: maps the stage chains onto Ray Data operators and streams what comes out of
+the last one (shard rows, dropped and error rows, summaries) into the driver's writer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+
+from common.lease import Lease
+from common.ray_session import ray_session
+from common.storage import Storage
+from common.typed_config import ConfigError
+
+from curation.config import JobConfig
+from curation.pipeline.faults import JobStopped
+from curation.pipeline.row import Row, from_table, to_table
+from curation.pipeline.stage import Resources, Stage
+from curation.run.executor import Chain
+from curation.run.preflight import check_job
+from curation.sink.run_record import run_stats, write_run_record
+from curation.sink.shards import repack
+from curation.sink.writer import DatasetWriter, RunStats
+from curation.stages import pipeline
+
+log = logging.getLogger("curation")
+
+_BLOCK_BYTES = 64 << 20  # a chain hands rows on in blocks of about this size, so a long video streams
+_BLOCKS_PER_CPU = 32
+
+
+class Progress:
+    """Per-stage counters (items in, out, errors, busy seconds), kept by a tiny actor every worker reports to."""
+
+    def __init__(self):
+        self.counts: dict[str, list[float]] = {}
+
+    def add(self, stage: str, rows_in: int, rows_out: int, errors: int, seconds: float) -> None:
+        c = self.counts.setdefault(stage, [0, 0, 0, 0.0])
+        for i, v in enumerate((rows_in, rows_out, errors, seconds)):
+            c[i] += v
+
+    def snapshot(self) -> dict[str, list[float]]:
+        return self.counts
+
+
+class RayChain:
+    """A chain of consecutive stages (``chains``) in one Ray worker, run as a stream by the executor's ``Chain``: a
+    source goes from probe to encoded clips without leaving the process. The last chain ends in the shard sink, so
+    the clips are written where they are made and what leaves the worker is their manifest rows."""
+
+    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress, last: bool):
+        self.progress = progress
+        self.chain = Chain(cfg, stage_classes, self._report, sink=last).__enter__()
+
+    def _report(self, stage: str, consumed: int, made: int, errors: int, busy: float) -> None:
+        self.progress.add.remote(stage, consumed, made, errors, busy)
+
+    def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
+        block, size = [], 0
+        for row in self.chain(from_table(table)):
+            block.append(row)
+            size += row.payload_bytes()
+            if size >= _BLOCK_BYTES:
+                yield to_table(block)
+                block, size = [], 0
+        if block:
+            yield to_table(block)
+
+    def __del__(self):
+        # Ray Data deletes an actor's chain when the pool shuts down; a task worker's lives as long as its process.
+        self.chain.__exit__()
+
+
+_LOCAL: dict[tuple, RayChain] = {}
+
+
+def _chain_task(table: pa.Table, run: str, stage_classes: tuple, cfg: JobConfig, progress, last: bool) -> Iterator[pa.Table]:
+    # CPU chains run as tasks (elastic, never hold CPUs while idle); each worker process builds a run's chain once.
+    key = (run, stage_classes)
+    if key not in _LOCAL:
+        for old in [k for k in _LOCAL if k[0] != run]:  # a worker kept from an earlier run on the same cluster
+            del _LOCAL[old]
+        _LOCAL[key] = RayChain(stage_classes, cfg, progress, last)
+    yield from _LOCAL[key](table)
+
+
+def chains(stages: list[type[Stage]], cfg: JobConfig) -> list[list[type[Stage]]]:
+    """Group consecutive stages into chains, each one Ray Data operator: CPU stages together, GPU stages together
+    when they need the same GPU share (a source then goes from probe to encoded clips in one worker)."""
+    groups: list[list[type[Stage]]] = []
+    for stage in stages:
+        if groups and groups[-1][-1].resources(cfg).gpus == stage.resources(cfg).gpus:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def chain_resources(group: list[type[Stage]], cfg: JobConfig) -> Resources:
+    """One worker runs the group's stages one row after another: the most CPUs any of them takes, the GPU share
+    they have in common, the memory of all of them (each may hold its own while rows stream through)."""
+    res = [s.resources(cfg) for s in group]
+    return Resources(max(r.cpus for r in res), res[0].gpus, sum(r.memory_mb for r in res))
+
+
+def build_dataset(sources: list[str], cfg: JobConfig, stages: list[type[Stage]], progress):
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # One source per task, so that no worker runs two long videos back to back while another idles (a job with
+    # many more sources than CPUs gets _BLOCKS_PER_CPU blocks per CPU: its tail is a small share). Largest first:
+    # the last task to start is a short one. from_items builds the blocks in the driver, with no remote task.
+    blocks = min(len(sources), _BLOCKS_PER_CPU * cpus)
+    if len(sources) == blocks:
+        sources = Storage(cfg.storage).largest_first(sources)
+    ds = ray.data.from_items(to_table([Row("source", u, {}) for u in sources]).to_pylist(), override_num_blocks=blocks)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    run = uuid.uuid4().hex  # workers kept from an earlier run on the same cluster rebuild their chains
+    groups = chains(stages, cfg)
+    for i, group in enumerate(groups):
+        last = i == len(groups) - 1
+        res, batch_size, classes = chain_resources(group, cfg), group[0].batch_size(cfg), tuple(group)
+        if res.gpus > gpus:
+            # Ray would wait for ever for a GPU that never comes: say so instead.
+            names = ", ".join(s.name for s in group)
+            # Each GPU stage is named after its config section (aesthetic, caption, subjects, scenes).
+            fix = " ".join(f"{s.name}.num_gpus=0" for s in group)
+            raise ConfigError(f"stage(s) {names} need {res.gpus:g} GPU(s) per worker but the Ray cluster has "
+                               f"{gpus:g}: add GPU nodes, or run them on CPU with {fix}")
+        common = dict(batch_size=batch_size, batch_format="pyarrow", num_cpus=res.cpus,
+                      memory=res.memory_mb * 2**20 or None)
+        if res.gpus:
+            # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
+            ds = ds.map_batches(
+                RayChain, fn_constructor_args=(classes, cfg, progress, last), num_gpus=res.gpus,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // res.gpus))), **common,
+            )
+        else:
+            # One source (or one input row) per task: the chain then streams its clips out block by block.
+            ds = ds.map_batches(_chain_task, fn_args=(run, classes, cfg, progress, last), **common)
+    return ds
+
+
+@dataclass
+class RunResult:
+    sources_total: int
+    sources_skipped: int
+    stats: RunStats
+    seconds: float
+    stage_counts: dict
+    record: str | None = None  # where this run's config and stats were written (runs/...)
+
+
+def progress_line(elapsed: float, total: int, stats: RunStats, counts: dict, stages: list[str]) -> str:
+    """One line of progress: sources done of total with rate and ETA, clips, errors, then rows per stage in
+    pipeline order (busy seconds show where the time goes)."""
+    done = stats.sources_done + stats.sources_failed
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+    dropped = sum(stats.dropped.values())
+    parts = [f"sources {done}/{total} ({rate:.2f}/s, ETA {eta})",
+             f"clips {stats.clips_written} written, {dropped} dropped", f"errors {sum(stats.errors.values())}"]
+    parts += [f"{name} {int(counts[name][0])}" for name in stages if name in counts]
+    return f"[{elapsed:6.0f}s] " + " | ".join(parts)
+
+
+def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[str], t0: float, interval: float,
+                      stop: threading.Event):
+    import ray
+
+    while True:
+        try:
+            counts = ray.get(progress.snapshot.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            counts = {}
+        if stop.is_set():
+            return
+        print(progress_line(time.time() - t0, total, writer.stats, counts, stages), flush=True)
+        if stop.wait(interval):
+            return
+
+
+def _remote_repack(cfg: JobConfig):
+    """The writer's repack as a task on a worker: the shards' bytes go from storage to storage, not via the driver."""
+
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=3)(repack)  # made once: each merge then only submits it
+
+    def repack_remote(pieces: list[str], keep: list[tuple[str, str]]) -> dict:
+        return ray.get(task.remote(cfg.output, Storage(cfg.storage), pieces, keep))
+
+    return repack_remote
+
+
+def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
+    """Run the job under the output's lease. Raises ConfigError (the job cannot run as configured), LeaseHeld
+    (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
+    output's own OSError; whatever was committed before stays, and a rerun goes on from there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    t0 = time.time()
+    storage = Storage(cfg.storage)
+    check_job(cfg)
+    try:
+        all_sources = storage.list_videos(cfg.input, cfg.extensions)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"input: {e}") from None
+    if not all_sources:
+        raise ConfigError(f"input: {cfg.input} lists no video (extensions {', '.join(cfg.extensions)})")
+    lease = Lease(storage, cfg.output)
+    lease.acquire()  # also proves the output is writable
+    writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check, _remote_repack(cfg))
+    stop = threading.Event()
+    try:
+        writer.recover()
+        skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
+        sources = [u for u in all_sources if u not in skip]
+        if cfg.limit is not None:
+            sources = sources[: cfg.limit]
+        print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
+        if not sources:
+            return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+            printer = progress = None
+            try:
+                # On the driver's own node: a counter on a worker node would die with it and take the job along.
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()
+                stages = stages if stages is not None else pipeline(cfg)
+                ds = build_dataset(sources, cfg, stages, progress)
+                names = [s.name for s in stages]
+                printer = threading.Thread(target=_progress_printer, daemon=True, args=(
+                    progress, writer, len(sources), names, t0, cfg.ray.progress_interval_s, stop))
+                printer.start()
+                try:
+                    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        writer.stats.bytes_to_driver += batch.nbytes
+                        for row in from_table(batch):
+                            writer.add(row)
+                except JobStopped:
+                    writer.close()  # commit what is complete; the stopped sources are left to the rerun
+                    raise
+                writer.close()
+                counts = ray.get(progress.snapshot.remote())
+                counts = {name: counts[name] for name in names if name in counts}  # in pipeline order
+                stats = run_stats(writer.stats, counts, time.time() - t0, len(all_sources), len(all_sources) - len(sources))
+                record = write_run_record(storage, cfg.output, cfg, stats, t0)
+            finally:
+                stop.set()  # the printer ends before Ray does: a call into a shut-down Ray would hide the real error
+                if printer is not None:
+                    printer.join(timeout=15)
+                if progress is not None:
+                    ray.kill(progress)  # a Ray session the caller keeps outlives this run
+    finally:
+        lease.release()
+    return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts, record)

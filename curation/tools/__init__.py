@@ -1,0 +1,1 @@
+"""Around a job, not part of it: capacity plan, report, inspection, dataset card, clean-clip scoring."""

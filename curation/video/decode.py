@@ -1,0 +1,143 @@
+"""Video I/O on PyAV: opening a source (local or remote), decoding it with damage flags, probing it, and the frame
+pixel operations the other video modules share (upright rotation, yuv420p planes).
+
+The analysis pass is ``curation.video.analysis``; cutting and encoding clips is ``curation.video.encoding``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import av
+import numpy as np
+
+from common.storage import Storage, is_local
+
+from curation.pipeline.faults import SourceError, fault_of
+
+
+class VideoError(SourceError):
+    """A source cannot be read or decoded; the message names the problem in plain words."""
+
+
+@dataclass
+class VideoInfo:
+    width: int  # as displayed, after rotation
+    height: int
+    fps: float
+    duration_s: float
+    num_frames: int  # the container's estimate; the analysis pass counts exactly
+    rotation: int  # clockwise degrees to apply to decoded frames to make them upright: 0, 90, 180, 270
+    codec: str
+
+
+MIN_FPS, MAX_FPS = 0.1, 1000.0  # frame rates a real video stream has (a slide show .. a high-speed camera)
+
+def decoded(container: av.container.InputContainer, stream) -> Iterator[tuple[av.VideoFrame, bool]]:
+    """Every frame of ``stream`` and whether it is damaged: flagged corrupt by the decoder, or decoded after a
+    corrupt frame or a packet the decoder rejected, until the next keyframe (the frames between predict from the
+    damage). A rejected packet loses its frames, not the rest of the stream."""
+    damaged = False
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as e:
+            if fault_of(e) != "source":
+                raise
+            damaged = True
+            continue
+        for frame in frames:
+            damaged = (damaged and not frame.key_frame) or frame.is_corrupt
+            yield frame, damaged
+
+
+@contextmanager
+def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """Open ``uri`` and its first video stream, turning every failure into a VideoError that says why."""
+    local = is_local(uri)
+    try:
+        # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
+        if local:
+            source = uri.removeprefix("file://")
+            if os.path.exists(source) and not os.path.isfile(source):
+                raise VideoError(f"not a regular file (a folder, fifo or device): {uri}")
+            if not os.path.exists(source):
+                raise FileNotFoundError(source)
+        else:
+            source = storage.open(uri)
+        container = av.open(source, mode="r")
+    except FileNotFoundError:
+        raise VideoError(f"file not found: {uri}") from None
+    except (av.error.FFmpegError, OSError) as e:
+        if fault_of(e) != "source":
+            raise  # a permission, network or disk problem: not the source's fault (curation.pipeline.faults)
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise VideoError(f"not a readable video container ({reason})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError("the file has no video stream")
+        yield container, container.streams.video[0]
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    # PyAV reports the display matrix's counter-clockwise angle; turn it into a clockwise fix in 0/90/180/270.
+    return int(round(-frame.rotation / 90.0)) % 4 * 90
+
+
+def i420_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y, U and V of an even-sized yuv420p frame. Split by size, not by rows: with h/2 odd (160x90) the chroma
+    planes do not fill whole rows of the packed array."""
+    w, h = frame.width, frame.height
+    flat = frame.to_ndarray().ravel()
+    c = (w // 2) * (h // 2)
+    return flat[: w * h].reshape(h, w), flat[w * h : w * h + c].reshape(h // 2, w // 2), flat[w * h + c :].reshape(h // 2, w // 2)
+
+
+def upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
+    if not rotation:
+        return frame
+    k = -rotation // 90
+    w, h = frame.width, frame.height
+    if frame.format.name != "yuv420p" or w % 2 or h % 2:
+        rgb = np.rot90(frame.to_ndarray(format="rgb24"), k)
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    # Turn the Y, U and V planes themselves: 2x2 chroma subsampling is symmetric, so no colour conversion is needed.
+    y, u, v = i420_planes(frame)
+    planes = [np.rot90(p, k).ravel() for p in (y, u, v)]
+    out_w = h if rotation in (90, 270) else w
+    return av.VideoFrame.from_ndarray(np.concatenate(planes).reshape(-1, out_w), format="yuv420p")
+
+
+def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInfo:
+    """Container metadata plus one decoded frame (proves the stream decodes and gives the rotation). A stream whose
+    header declares more than ``max_pixels`` per frame is refused before any frame is decoded: a hostile or broken
+    header must not make a worker allocate gigabytes."""
+    with open_video(uri, storage) as (container, stream):
+        declared = stream.codec_context.width * stream.codec_context.height
+        if max_pixels is not None and declared > max_pixels:
+            raise VideoError(f"frame size {stream.codec_context.width}x{stream.codec_context.height} is above the "
+                             f"limit of {max_pixels} pixels (max_source_pixels)")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise VideoError("the video stream has no frame rate")
+        if not MIN_FPS <= float(rate) <= MAX_FPS:
+            raise VideoError(f"the frame rate {float(rate):g} fps is outside {MIN_FPS:g}..{MAX_FPS:g} (a broken header)")
+        try:
+            first = next(container.decode(stream))
+        except (StopIteration, av.error.FFmpegError) as e:
+            raise VideoError(f"no frame could be decoded ({type(e).__name__}: {e})") from None
+        rotation = _rotation(first)
+        w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        if stream.duration is not None and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = (container.duration or 0) / av.time_base
+        frames = stream.frames or int(round(duration * float(rate)))
+        return VideoInfo(w, h, float(rate), duration, frames, rotation, stream.codec_context.name)
+
+

@@ -1,0 +1,185 @@
+"""Clips out of a source: frame-accurate cuts by timestamp (a second decode) and the H.264 (yuv420p) MP4 encode."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import av
+
+from common.storage import Storage
+
+from curation.config import EncodeConfig
+from curation.video.decode import VideoError, decoded, open_video, upright
+
+
+def output_size(width: int, height: int, max_short_side: int | None) -> tuple[int, int]:
+    """Even dimensions (yuv420p needs them), scaled so the short side is at most ``max_short_side``."""
+    scale = 1.0
+    if max_short_side and min(width, height) > max_short_side:
+        scale = max_short_side / min(width, height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+@dataclass
+class EncodedClip:
+    mp4: bytes
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+
+
+@dataclass
+class ClipSpec:
+    """Where a clip lies in its source: frames with start_pts <= pts < end_pts, ``num_frames`` of them."""
+
+    start_pts: int
+    end_pts: int | None  # None: to the end of the source
+    num_frames: int
+    first_pts: int  # the source's first frame: no seek is needed to start there
+    rotation: int
+    source_fps: Fraction
+
+
+class ClipCutter:
+    """Cuts clips frame-accurately and encodes them upright as H.264 (yuv420p) MP4.
+
+    Clips of one source usually arrive in order, so the cutter keeps the source open and decodes on from where
+    the previous clip stopped: every frame is decoded once, not once per clip after a seek. It reopens and seeks
+    when the next clip lies behind it, in another source, or further ahead than ``seek_after_s``.
+    """
+
+    def __init__(self, storage: Storage, cfg: EncodeConfig, seek_after_s: float = 5.0):
+        self.storage, self.cfg, self.seek_after_s = storage, cfg, seek_after_s
+        self._uri: str | None = None
+        self._session = None  # the open_video context manager
+        self._stream = None
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._next: av.VideoFrame | None = None  # decoded but not yet used: the first frame after the last clip
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.__exit__(None, None, None)
+        self._uri = self._session = self._stream = self._frames = self._next = None
+
+    def _position(self) -> int | None:
+        return None if self._next is None else self._next.pts
+
+    def _open(self, uri: str, clip: ClipSpec) -> None:
+        self.close()
+        self._session = open_video(uri, self.storage)
+        container, self._stream = self._session.__enter__()
+        self._uri = uri
+        self._stream.thread_type = "AUTO"
+        if clip.start_pts > clip.first_pts:
+            container.seek(clip.start_pts, stream=self._stream, backward=True, any_frame=False)
+        self._frames = (frame for frame, _ in decoded(container, self._stream))
+
+    def _next_frame(self) -> av.VideoFrame | None:
+        # Not a generator over self._frames: leaving a loop would close it, and the next clip needs it open.
+        if self._next is not None:
+            frame, self._next = self._next, None
+            return frame
+        return next(self._frames, None)
+
+    def cut(self, uri: str, clip: ClipSpec) -> EncodedClip:
+        pos = self._position()
+        ahead = self.seek_after_s / float(self._stream.time_base) if self._stream is not None else 0
+        if uri != self._uri or pos is None or clip.start_pts < pos or clip.start_pts - pos > ahead:
+            self._open(uri, clip)
+        encoder = ClipEncoder(self.cfg, clip)
+        taken = 0
+        try:
+            while (frame := self._next_frame()) is not None:
+                if frame.pts is None or frame.pts < clip.start_pts:
+                    continue
+                if (clip.end_pts is not None and frame.pts >= clip.end_pts) or taken >= clip.num_frames:
+                    self._next = frame
+                    break
+                taken += 1
+                encoder.add(frame, (frame.pts - clip.start_pts) * Fraction(self._stream.time_base))
+        except av.error.FFmpegError as e:
+            self.close()  # the decoder's state is unknown: the next clip starts afresh
+            if not taken:
+                raise VideoError(f"decoding the clip failed ({e})") from None
+        except BaseException:
+            self.close()
+            raise
+        if taken < clip.num_frames:
+            self.close()
+            raise VideoError(f"clip cut short: decoded {taken} of {clip.num_frames} frames")
+        return encoder.finish()
+
+
+def check_encoder(cfg: EncodeConfig) -> None:
+    """Encode two small frames with the job's settings: an unknown codec, preset or option fails here, once."""
+    encoder = ClipEncoder(cfg, ClipSpec(0, None, 2, 0, 0, Fraction(25)))
+    for i in range(2):
+        frame = av.VideoFrame(64, 64, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        encoder.add(frame, Fraction(i, 25))
+    encoder.finish()
+
+
+# Without resampling each frame keeps its own time (a variable frame rate source plays as long as it did), on the
+# 90 kHz clock of MPEG: exact for every common constant rate.
+CLOCK = Fraction(1, 90000)
+
+
+class ClipEncoder:
+    """One clip's H.264 encoder: rotation, resize and, when ``cfg.fps`` is set, resampling to that constant rate
+    (otherwise every frame keeps its timestamp)."""
+
+    def __init__(self, cfg: EncodeConfig, clip: ClipSpec):
+        self.cfg, self.clip = cfg, clip
+        self.rate = Fraction(cfg.fps).limit_denominator(1001) if cfg.fps else clip.source_fps
+        self.time_base = 1 / self.rate if cfg.fps else CLOCK
+        self.buf = io.BytesIO()
+        self.out = av.open(self.buf, mode="w", format="mp4")
+        self.stream = None
+        self.written = 0
+        self.tick = Fraction(0)  # next output time (s) when resampling
+        self.prev: av.VideoFrame | None = None
+
+    def add(self, frame: av.VideoFrame, t: Fraction) -> None:
+        """Add the source frame shown at ``t`` seconds into the clip."""
+        if not self.cfg.fps:
+            self._emit(frame, round(t / CLOCK))
+            return
+        if self.prev is not None:
+            while self.tick < t:
+                self._emit(self.prev, self.written)
+                self.tick += 1 / self.rate
+        self.prev = frame
+
+    def _emit(self, frame: av.VideoFrame, pts: int) -> None:
+        frame = upright(frame, self.clip.rotation)
+        if self.stream is None:
+            self.stream = self.out.add_stream(self.cfg.codec, rate=self.rate)
+            self.stream.width, self.stream.height = output_size(frame.width, frame.height, self.cfg.max_short_side)
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.codec_context.thread_count = self.cfg.threads
+            self.stream.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+            self.stream.codec_context.time_base = self.time_base
+        if (frame.width, frame.height, frame.format.name) != (self.stream.width, self.stream.height, "yuv420p"):
+            frame = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = self.time_base
+        frame.pict_type = av.video.frame.PictureType.NONE
+        self.out.mux(self.stream.encode(frame))
+        self.written += 1
+
+    def finish(self) -> EncodedClip:
+        if self.cfg.fps and self.prev is not None:
+            clip_end = Fraction(self.clip.num_frames) / self.clip.source_fps
+            while self.tick < clip_end:
+                self._emit(self.prev, self.written)
+                self.tick += 1 / self.rate
+        self.out.mux(self.stream.encode(None))
+        width, height = self.stream.width, self.stream.height
+        self.out.close()
+        return EncodedClip(self.buf.getvalue(), self.written, width, height, float(self.rate))
