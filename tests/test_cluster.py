@@ -101,6 +101,7 @@ def submit(env, endpoint: str, job: str = "jobs/cluster_curation.yaml", output: 
     run = (f"cd {ROOT} && {sys.executable} -m curation run {job} --input s3://cluster-raw/videos/ "
            f"--output s3://cluster-datasets/{output} --set storage.endpoint_url={endpoint} "
            "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
+           "--set encode.preset=ultrafast --set encode.max_short_side=144 "
            "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1" + extra)
     deadline = time.time() + 120
     while True:  # the head's job agent may still be starting (as on any freshly started cluster): try again

