@@ -74,7 +74,8 @@ class RayChain:
 
     def __del__(self):
         # Ray Data deletes an actor's chain when the pool shuts down; a task worker's lives as long as its process.
-        self.chain.__exit__()
+        if hasattr(self, "chain"):  # not when a stage's setup failed: the chain tore itself down then
+            self.chain.__exit__()
 
 
 _LOCAL: dict[tuple, RayChain] = {}
