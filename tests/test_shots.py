@@ -215,9 +215,7 @@ def test_synthetic_fades_and_dissolve_stay_out_of_clips(tmp_path):
 
 
 def test_default_detectors_keep_only_clean_clips_of_real_videos():
-    paths, labels = read_labels(VIDEOS / "labels.json")
-    more_paths, more = read_labels(ROOT / "benchmarks" / "labels.json", packaged_places())
-    paths, labels = {**paths, **more_paths}, {**labels, **more}
+    paths, labels = read_labels([VIDEOS / "labels.json", ROOT / "benchmarks" / "labels.json"], packaged_places())
     names = ["testvideo.mp4", "bikes.mp4"]
     clips = {n: kept(curate(paths[n])) for n in names}
     r = evaluate(clips, {n: labels[n] for n in names})
@@ -240,7 +238,7 @@ def test_blank_sources_and_scenes_become_dropped_rows_with_their_scores():
 
 def test_videos_with_odd_chroma_rows_decode():
     # 160x90: each chroma plane is 80x45, which does not fill whole rows of PyAV's packed yuv420p array.
-    paths, labels = read_labels(ROOT / "benchmarks" / "labels.json", packaged_places())
+    paths, labels = read_labels([ROOT / "benchmarks" / "labels.json"], packaged_places())
     info = probe(str(paths["test.mp4"]), Storage())
     a = analyse(str(paths["test.mp4"]), Storage(), Detectors([DetectorConfig("adaptive")]).for_source(info.fps), 256)
     assert a.num_frames == labels["test.mp4"]["frames"] and len(a.breaks) > 100

