@@ -128,18 +128,36 @@ def committed_shards(storage: Storage, root: str) -> list[str]:
     return [storage.join(root, SHARDS_DIR, p.rsplit("/", 1)[-1].removesuffix(".parquet") + ".tar") for p in parts]
 
 
-def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+def read_parquet_dir(storage: Storage, prefix: str, schema: pa.Schema, columns: list[str] | None = None,
+                     unreadable: list[str] | None = None) -> pa.Table:
     """All committed parts under ``prefix`` as one table, or those ``columns`` of it (empty with ``schema`` when
-    there are none)."""
+    there are none). A part that is not Parquet or lacks a column of ``schema`` (but those of ``LATER_COLUMNS``,
+    read as null) or has it of another type raises
+    ValueError naming it, or, given ``unreadable``, is left out and that message appended to it; storage errors
+    propagate."""
     import pyarrow.parquet as pq
 
+    wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     tables = []
     for uri in storage.list(prefix, ".parquet"):
         with storage.open(uri) as f:
-            tables.append(pq.read_table(f, columns=columns, schema=schema))
+            part = pa.BufferReader(f.read())  # read first: what fails below is the part's content, not the storage
+        try:
+            found = {field.name: field.type for field in pq.read_schema(part)}
+            wrong = [f"{c.name} ({found.get(c.name, 'missing')}, not {c.type})" for c in wanted
+                     if found.get(c.name) != c.type and not (c.name not in found and c.name in LATER_COLUMNS)]
+            if wrong:
+                raise ValueError(f"column(s) not of the dataset contract: {'; '.join(wrong)}")
+            tables.append(pq.read_table(part, columns=columns, schema=schema))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            message = (f"{uri}: not a part of this dataset's schema ({e}); move it out of the folder, or read the "
+                       "dataset with the program and version that wrote it")
+            if unreadable is None:
+                raise ValueError(message) from None
+            unreadable.append(message)
     if tables:
         return pa.concat_tables(tables)
-    return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+    return wanted.empty_table()
 
 
 def read_manifest(storage: Storage, root: str, columns: list[str] | None = None) -> pa.Table:
@@ -173,6 +191,9 @@ SUBJECT = pa.struct(
     ]
 )
 
+# Manifest columns added after datasets were written with the contract: a part without them reads them as null.
+LATER_COLUMNS = frozenset({"stream_index", "video_streams", "color_primaries", "color_transfer", "bit_depth"})
+
 MANIFEST_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),
@@ -191,6 +212,13 @@ MANIFEST_SCHEMA = pa.schema(
         ("luma", pa.float32()),  # mean gray level, 0..255
         ("contrast", pa.float32()),  # mean standard deviation of the gray levels
         ("damaged_frames", pa.int32()),  # frames the decoder reported damaged (filters.max_damaged_frames)
+        # The source as read: the video stream the clip is cut from, of how many (attached pictures not counted),
+        # and its colour as tagged (FFmpeg's names); every clip is encoded as 8-bit SDR BT.709 whatever it was.
+        ("stream_index", pa.int32()),
+        ("video_streams", pa.int32()),
+        ("color_primaries", pa.string()),  # bt709, bt2020, ..., unspecified
+        ("color_transfer", pa.string()),  # bt709, smpte2084 (PQ), arib-std-b67 (HLG), ..., unspecified
+        ("bit_depth", pa.int32()),
         ("aesthetic", pa.float32()),
         ("caption", pa.string()),
         ("subjects", pa.list_(SUBJECT)),

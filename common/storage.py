@@ -3,9 +3,12 @@ job and the trainer's loader both read and write through it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import time
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +16,8 @@ from typing import IO, Callable
 
 import fsspec
 from botocore.exceptions import BotoCoreError
+
+log = logging.getLogger(__name__)
 
 # Errors no retry fixes and that fail every write after them: no space left, a read-only or over-quota file system.
 STOP_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
@@ -108,12 +113,13 @@ class Storage:
         exts = tuple(e.lower() for e in extensions)
         if uri.endswith(".txt"):
             try:
-                lines = self.read_bytes(uri).decode("utf-8").splitlines()
+                text = self.read_bytes(uri).decode("utf-8-sig")  # editors on Windows start UTF-8 with a BOM
             except FileNotFoundError:
                 raise FileNotFoundError(f"the input list {uri} does not exist") from None
             except UnicodeDecodeError as e:
                 raise ValueError(f"the input list {uri} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-            return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+            return read_list(text)
+        uri = local_path(uri)
         if uri.startswith(("http://", "https://")):
             return [uri]
         fs, path = self.fs(uri)
@@ -127,6 +133,22 @@ class Storage:
         else:
             raise FileNotFoundError(f"{uri} does not exist")
         return sorted(proto + p for p in found if p.lower().endswith(exts))
+
+    def modified(self, prefix: str, suffix: str = "") -> dict[str, float]:
+        """When each file directly under ``prefix`` ending in ``suffix`` was last written (seconds since the epoch),
+        from one listing."""
+        fs, path = self.fs(prefix)
+        try:
+            entries = self._retry(prefix, lambda: fs.ls(path, detail=True))
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for e in entries:
+            name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+            when = e.get("mtime") or e.get("LastModified")  # local files, S3 objects
+            if e.get("type") != "directory" and name.endswith(suffix) and when is not None:
+                out[self.join(prefix, name)] = when.timestamp() if hasattr(when, "timestamp") else float(when)
+        return out
 
     def largest_first(self, uris: list[str]) -> list[str]:
         """``uris`` biggest file first (stable; unknown sizes last): a worker that starts the longest videos
@@ -155,14 +177,22 @@ class Storage:
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
         if is_local(uri):
             os.makedirs(parent, exist_ok=True)
-        if write is not None:
-            def stream():
-                with fs.open(tmp, "wb") as f:
-                    write(f)
-            self._retry(uri, stream)
-        else:
-            self._retry(uri, lambda: fs.pipe_file(tmp, data))
-        self._retry(uri, lambda: fs.mv(tmp, path))
+        try:
+            if write is not None:
+                def stream():
+                    with fs.open(tmp, "wb") as f:
+                        write(f)
+                self._retry(uri, stream)
+            else:
+                self._retry(uri, lambda: fs.pipe_file(tmp, data))
+            self._retry(uri, lambda: fs.mv(tmp, path))
+        except BaseException as e:
+            if is_local(uri):  # a full disk must not keep what it could not finish (an S3 put is whole or nothing)
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            if type(e) is OSError and e.errno is not None and not e.filename:
+                raise OSError(e.errno, e.strerror, uri) from None  # "No space left on device" says where
+            raise
 
     def remove(self, uri: str) -> None:
         fs, path = self.fs(uri)
@@ -180,3 +210,22 @@ class Storage:
             return []
         proto = "" if is_local(prefix) else prefix.split("://", 1)[0] + "://"
         return [proto + e for e in entries if e.rsplit("/", 1)[-1].startswith(".") and e.endswith(".tmp")]
+
+
+def read_list(text: str) -> list[str]:
+    """The URIs of an input list as people write them: one per line, blank lines and ``#`` comments (indented or
+    not) skipped, ``file://`` URIs decoded to paths, each source once (in the order first listed)."""
+    uris = [local_path(ln.strip()) for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    unique = list(dict.fromkeys(uris))
+    if len(unique) < len(uris):
+        log.warning("the input list names %d source(s) more than once; each is processed once", len(uris) - len(unique))
+    return unique
+
+
+def local_path(uri: str) -> str:
+    """``file:///a%20b.mp4`` (percent-encoded, as file managers and ``Path.as_uri()`` write it) as the path
+    ``/a b.mp4``; any other URI (one of another host too: it fails as that source's error) unchanged."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return uri
+    return urllib.parse.unquote(parsed.path)

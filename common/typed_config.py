@@ -7,6 +7,7 @@ that tree with type checks, so a wrong key or value is one error that names the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -25,7 +26,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp``, or a ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -36,7 +38,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
@@ -54,22 +56,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         vt = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        except ValueError:
-            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        return {str(k): coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is float and isinstance(value, (int, float, str)):
+        try:
+            number = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every comparison a validate() makes
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
@@ -83,7 +86,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         name = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(f"unknown config key '{name}' (valid keys here: {', '.join(sorted(fields))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from curation.pipeline.faults import JobStopped
     from curation.run.runner import run
-    from curation.tools.report import summary_text, write_report
+    from curation.tools.report import report_outdated, summary_text, write_report
 
     try:
         result = run(cfg)
@@ -76,16 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         # The environment's fault (disk, network, permissions): what was committed stays, nothing is marked done
         # that was not, and the same command goes on once it is fixed.
         what = "stopped" if isinstance(e, JobStopped) else "storage error"
-        print(f"{what}: {e}\nnothing committed is lost; fix this and run the same command again", file=sys.stderr)
+        print(f"{what}: {e} (nothing committed is lost: fix this and run the same command again)", file=sys.stderr)
         return 3
-    if result.sources_total and result.sources_total == result.sources_skipped:
-        print("nothing to do: every source is already done")
-        return 0
+    storage = Storage(cfg.storage)
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
     text = summary_text(result.stats, result.seconds, result.sources_total, result.sources_skipped, cpus)
-    print(text)
-    report = write_report(cfg, Storage(cfg.storage), result.stats, text, result.stage_counts, result.seconds)
-    print(f"report: {report}")
+    nothing_to_do = result.sources_total and result.sources_total == result.sources_skipped
+    if nothing_to_do:
+        print("nothing to do: every source is already done")
+    else:
+        print(text)
+    try:
+        if not nothing_to_do or report_outdated(storage, cfg.output):
+            print(f"report: {write_report(cfg, storage, result.stats, text, result.stage_counts, result.seconds)}")
+    except OSError as e:
+        print(f"storage error: the dataset is committed but its report is not: {e} (fix this and run the same "
+              "command again: it writes the report)", file=sys.stderr)
+        return 3
+    if nothing_to_do:
+        return 0
     print(f"run record (resolved config, stats.json): {result.record}")
     return _verdict(result, cfg.max_error_rate)
 
@@ -98,6 +107,10 @@ def _verdict(result, max_error_rate: float) -> int:
     if settled and failed / settled > max_error_rate:
         print(f"failed: {failed} of {settled} sources had errors, above max_error_rate={max_error_rate:g} "
               "(the errors table in the report says why)", file=sys.stderr)
+        return 1
+    if s.job_faults:
+        print(f"failed: {len(s.job_faults)} failure(s) were the job's fault (its config or code), not the sources'; "
+              f"they are left for the rerun after the fix, the first: {s.job_faults[0]}", file=sys.stderr)
         return 1
     if s.environment:
         print(f"incomplete: {len(s.environment)} environment fault(s) left their sources for the rerun, the first: "
@@ -112,6 +125,7 @@ def _verdict(result, max_error_rate: float) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
+    from common.shard_reader import ShardCorrupt
     from common.storage import Storage, StorageConfig
 
     from curation.tools.inspection import dataset_stats, format_stats, show_clip, validate
@@ -132,7 +146,7 @@ def _inspect(args: argparse.Namespace) -> int:
             out = args.out or f"{args.clip_id}.png"
             show_clip(output, storage, args.clip_id).save(out)
             print(f"{args.clip_id}: {out}")
-    except (LookupError, OSError) as e:
+    except (LookupError, OSError, ShardCorrupt, ValueError) as e:  # ValueError: a manifest part of another schema
         print(f"{args.command}: {e}", file=sys.stderr)
         return 2
     return 0

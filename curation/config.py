@@ -7,7 +7,7 @@ from typing import Literal
 
 from common.contract import MAX_SUBJECTS, TRAINING_WINDOW
 from common.storage import StorageConfig
-from common.typed_config import ConfigError, load
+from common.typed_config import ConfigError, coerce, load
 
 
 @dataclass
@@ -26,7 +26,9 @@ class DetectorConfig:
         unknown = set(self.args) - {"weights", "threshold", "windows"}
         if unknown:
             raise ConfigError(f"scenes.detectors: transnetv2 takes weights, threshold and windows, not {sorted(unknown)}")
-        if not 0 < float(self.args.get("threshold", 0.5)) < 1 or int(self.args.get("windows", 1)) < 1:
+        threshold = coerce(self.args.get("threshold", 0.5), float, "scenes.detectors.args.threshold")
+        windows = coerce(self.args.get("windows", 1), int, "scenes.detectors.args.windows")
+        if not 0 < threshold < 1 or windows < 1:
             raise ConfigError("scenes.detectors: transnetv2 needs 0 < threshold < 1 and windows >= 1")
 
 
@@ -68,6 +70,8 @@ class ScenesConfig:
     def validate(self) -> None:
         if self.analysis_width < 16:
             raise ConfigError("scenes.analysis_width must be >= 16")
+        if self.min_scene_s < 0 or self.num_gpus < 0:
+            raise ConfigError("scenes: need min_scene_s >= 0 and num_gpus >= 0")
         if not self.detectors:
             raise ConfigError("scenes.detectors: at least one detector is needed")
         given = [s for s in (self.min_clip_s, self.max_clip_s) if s is not None]
@@ -97,6 +101,9 @@ class EncodeConfig:
     # Memory per worker for holding a scene's decoded frames, so the scene pass encodes it without decoding the
     # source again (curation.video.one_pass). Scenes that do not fit are cut in a second decode; 0 always does that.
     hold_mb: float = 1024.0
+    # HDR sources (PQ or HLG transfer): "tonemap" converts them to SDR BT.709 like every clip (curation.video.colour);
+    # "drop" leaves them out undecoded, as one dropped candidate per source with reason "hdr".
+    hdr: Literal["tonemap", "drop"] = "tonemap"
 
     def validate(self) -> None:
         if not 0 <= self.crf <= 51:
@@ -125,6 +132,10 @@ class FiltersConfig:
     def validate(self) -> None:
         if not 0 <= self.max_blank_frac <= 1:
             raise ConfigError("filters.max_blank_frac must be within 0..1")
+        if min(self.min_width, self.min_height, self.min_motion) < 0:
+            raise ConfigError("filters: min_width, min_height and min_motion must be >= 0")
+        if self.max_motion is not None and self.max_motion < self.min_motion:
+            raise ConfigError("filters.max_motion must be >= min_motion (or null for no limit)")
         if self.max_damaged_frames is not None and self.max_damaged_frames < 0:
             raise ConfigError("filters.max_damaged_frames must be >= 0 (or null to keep damaged clips)")
 
@@ -161,6 +172,10 @@ class RayConfig:
 class ReportConfig:
     sample_clips: int = 12  # clips shown on the contact sheet
 
+    def validate(self) -> None:
+        if self.sample_clips < 0:
+            raise ConfigError("report.sample_clips must be >= 0")
+
 
 DEFAULT_CAPTION_PROMPT = (
     "Watch the video and describe it in a subject-centric way: who or what the main subjects are, their actions "
@@ -193,6 +208,8 @@ class CaptionConfig:
             raise ConfigError("caption.max_pixels must be >= 784 (one 28x28 patch)")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError("caption.jpeg_quality must be within 1..100")
+        if self.num_gpus < 0:
+            raise ConfigError("caption.num_gpus must be >= 0")
 
 
 @dataclass
@@ -212,8 +229,8 @@ class AestheticConfig:
     dtype: Literal["bfloat16", "float16", "float32"] = "float16"  # on GPU; CPU always runs float32
 
     def validate(self) -> None:
-        if self.num_frames < 1 or self.batch_size < 1:
-            raise ConfigError("aesthetic: num_frames and batch_size must be >= 1")
+        if self.num_frames < 1 or self.batch_size < 1 or self.num_gpus < 0:
+            raise ConfigError("aesthetic: num_frames and batch_size must be >= 1, num_gpus >= 0")
 
 
 @dataclass
@@ -279,6 +296,8 @@ class SubjectsConfig:
             raise ConfigError(f"subjects.max_subjects must be within 1..{MAX_SUBJECTS} (the dataset contract)")
         if self.max_components < 1 or self.max_boxes_per_label < 1 or self.batch_size < 1 or self.imgsz < 32:
             raise ConfigError("subjects: max_components, max_boxes_per_label, batch_size must be >= 1, imgsz >= 32")
+        if self.num_gpus < 0:
+            raise ConfigError("subjects.num_gpus must be >= 0")
 
 
 @dataclass

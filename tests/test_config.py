@@ -43,3 +43,13 @@ def test_training_job_sections_and_overrides():
         load_train_job(None, ["optim.ema_decay=2"])
     with pytest.raises(ConfigError, match="stage"):
         load_train_job(None, ["stage=pretrain"])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.lr=.nan", "optim.lr"), ("optim.lr=.inf", "optim.lr"), ("optim.grad_clip=-.inf", "optim.grad_clip"),
+    ("optim.warmup_steps=true", "optim.warmup_steps"),
+])
+def test_training_numbers_refuse_nan_infinities_and_bools(override, field):
+    # Before: NaN passed `lr <= 0` and every step's update was NaN.
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_train_job(None, [override])

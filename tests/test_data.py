@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from common import contract as C
+from common.shard_reader import iter_samples
 from common.storage import Storage
 from training.config import ConfigError, DataConfig
 from training.data import ShardLoader, list_shards
 from training.data import stream as stream_module
 from training.data.decode import decode_clip, nearest_bucket
 from training.data.stream import ShardStream
-from common.shard_reader import iter_samples
 
 from .data_fixtures import Clip, clip_row, data_preset, frame_level, standard_clips, tiny_clip, write_dataset
 
@@ -212,7 +212,7 @@ def test_captions_only_stream_decodes_nothing_and_keeps_short_clips(dataset, mon
     monkeypatch.setattr(decode, "decode_clip", lambda *a: pytest.fail("a clip was decoded"))
     monkeypatch.setattr(decode, "frame_subject", lambda *a: pytest.fail("a subject was decoded"))
     opened = []
-    monkeypatch.setattr(stream_module, "iter_samples", lambda *a: opened.append(a[-1]) or iter_samples(*a))
+    monkeypatch.setattr(stream_module, "iter_samples", lambda *a, **k: opened.append(a[-1]) or iter_samples(*a, **k))
     batches = take(ShardLoader(config([dataset]), media=False), len(CLIPS))
     assert sorted(k for b in batches for k in b["key"]) == sorted(c.clip_id for c in CLIPS)  # "short" too
     assert all(set(b) == {"key", "caption", "meta"} for b in batches)
@@ -350,9 +350,9 @@ def test_hostile_members_are_neither_extracted_nor_unpickled(tmp_path, monkeypat
 
     cfg = config([shard], frames=[2])
     stream = ShardStream(cfg, [str(shard)], 0, 1)
-    raws = list(itertools.islice(stream.raw_samples(), 2))
+    raws = list(stream.shard_samples(0))
     assert [(r.key, sorted(r.members)) for r in raws] == [("ok", ["caption.txt", "mp4"]), ("evil", [])]
-    assert stream.counters["members_rejected"] == 3  # ../escape.mp4, a/nested.mp4, the symlink
+    assert stream.counters["members_rejected"] == 3  # ../escape.mp4, a/nested.mp4, the symlink (and its sample)
     batches = take(ShardLoader(cfg, shards=[str(shard)]), 2)
     assert [b["key"] for b in batches] == [["ok"], ["ok"]]  # "evil" has no video: skipped
     assert set(batches[0]) == {"key", "video", "subjects", "num_subjects", "subject_mask", "caption", "meta"}

@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import os
+import subprocess
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -73,6 +74,14 @@ def mp4_seconds(mp4: bytes) -> float:
     ("ray.num_cpus=0", "ray.num_cpus"), ("encode.max_short_side=-10", "encode.max_short_side"), ("limit=-1", "limit"),
     ("max_source_pixels=-1", "max_source_pixels"), ("ray.progress_interval_s=0", "ray.progress_interval_s"),
     ("filters.max_damaged_frames=-1", "filters.max_damaged_frames"),
+    # Not a number, or not a finite one: NaN passed every range check, and each source then failed in a worker.
+    ("encode.hold_mb=.nan", "encode.hold_mb: expected a finite number"),
+    ("scenes.min_scene_s=.nan", "scenes.min_scene_s"),
+    ("scenes.min_scene_s=-1", "min_scene_s >= 0"), ("shards.target_size_mb=.inf", "shards.target_size_mb"),
+    ("shards.target_size_mb=.nan", "shards.target_size_mb"), ("filters.min_motion=.nan", "filters.min_motion"),
+    ("filters.min_motion=-1", "min_motion must be >= 0"), ("subjects.box_threshold=.nan", "subjects.box_threshold"),
+    ("caption.num_gpus=-1", "caption.num_gpus"), ("scenes.trim.fade_ratio=nan", "scenes.trim.fade_ratio"),
+    ("encode.crf=true", "encode.crf: expected int, got True"), ("encode.fps='fast'", "encode.fps"),
 ])
 def test_values_that_cannot_work_are_one_config_error_naming_the_field(tmp_path, setting, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -89,7 +98,15 @@ def test_a_job_file_that_is_not_utf8_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("encode.preset=warpspeed", "encode: cannot encode with codec='libx264' preset='warpspeed'"),
     ("encode.codec=nocodec", "encode: cannot encode with codec='nocodec'"),
-    ("scenes.detectors=[{kind: adaptive, args: {bogus: 1}}]", r"scenes.detectors\[0\]: adaptive does not take args"),
+    ("scenes.detectors=[{kind: adaptive, args: {bogus: 1}}]",
+     r"scenes.detectors\[0\].args.bogus: adaptive takes no such"),
+    # Before: accepted, then every source failed in scenes and was marked done "error": the fixed rerun did nothing.
+    ("scenes.detectors=[{kind: adaptive, args: {adaptive_threshold: high}}]",
+     r"scenes.detectors\[0\].args.adaptive_threshold: expected float, got 'high'"),
+    ("scenes.detectors=[{kind: threshold, args: {threshold: true}}]", r"args.threshold: expected float, got True"),
+    ("scenes.detectors=[{kind: adaptive, args: {window_width: 2.5}}]", r"args.window_width: expected int, got 2.5"),
+    ("scenes.detectors=[{kind: content, args: {weights: 1}}]", r"args.weights: content's weights cannot be set"),
+    ("scenes.detectors=[{kind: transnetv2, args: {threshold: true}}]", r"args.threshold: expected float, got True"),
     ("scenes.detectors=[{kind: transnetv2, args: {weights: /nope.pth}}]", r"scenes.detectors\[0\].args.weights: no such file"),
     ("aesthetic.enabled=true", "aesthetic.clip_model: 'openai/clip-vit-large-patch14' is neither a local folder"),
 ])
@@ -128,6 +145,23 @@ def test_input_lists_that_cannot_be_read_are_one_clear_message(tmp_path, capsys)
                      "--set", "aesthetic.enabled=false"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("config error: input: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_input_lists_read_as_people_write_them(tmp_path, caplog):
+    # Before: the BOM made the first path "\ufeff/videos/a.mp4", the indented comment was a source, the file:// URI
+    # stayed percent-encoded (three source errors), and a source listed twice was counted twice in the summary.
+    spaced = tmp_path / "my takes" / "b c.mp4"
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"\ufeff{tmp_path}/a.mp4\r\n   # an indented comment\n\t\n{spaced.as_uri()}\n"
+                      f"{tmp_path}/a.mp4\nfile://otherhost/x.mp4\n", encoding="utf-8")
+    assert "%20" in spaced.as_uri()
+    assert ST.list_videos(str(listed), [".mp4"]) == [f"{tmp_path}/a.mp4", str(spaced), "file://otherhost/x.mp4"]
+    assert "names 1 source(s) more than once" in caplog.text
+    with pytest.raises(FileNotFoundError, match=f"{spaced} does not exist"):  # decoded as --input too
+        ST.list_videos(spaced.as_uri(), [".mp4"])
+    spaced.parent.mkdir()
+    spaced.write_bytes(b"x")
+    assert ST.list_videos(spaced.as_uri(), [".mp4"]) == [str(spaced)]
 
 
 def test_fifos_devices_and_refused_connections_are_not_reported_missing(tmp_path):
@@ -286,6 +320,71 @@ def test_environment_faults_leave_the_source_to_the_rerun_and_clip_failures_are_
     assert done["b.mp4"]["status"] == "error"  # before: "ok", so retry_errors=true never retried c3
 
 
+def test_a_setting_that_fails_every_source_the_same_way_marks_none_done(tmp_path):
+    # Before: each source was marked done "error", so the rerun after the fix said "nothing to do".
+    assert fault_of(TypeError("'>=' not supported between instances of 'float' and 'str'")) == "job"
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), ST, ShardsConfig())
+    writer.recover()
+    with pytest.raises(JobStopped, match=r"the first 3 sources to fail all failed in scenes the same way .*"
+                                         r"ValueError: cannot convert float NaN to integer\).*job's fault"):
+        for uri in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+            send(writer, [error_row(row("source", uri), "scenes", ValueError("cannot convert float NaN to integer"))])
+    writer.close()
+    assert markers(out) == {} and C.read_errors(ST, str(out)).num_rows == 0
+    # A TypeError (a string where a number belongs) is the job's fault on its own: never marked, left for the rerun.
+    writer = DatasetWriter(str(out), ST, ShardsConfig())
+    writer.recover()
+    send(writer, [error_row(row("source", "a.mp4"), "scenes", TypeError("'<' not supported"))])
+    writer.close()
+    assert markers(out) == {} and writer.stats.job_faults == ["scenes on a.mp4: TypeError: '<' not supported"]
+
+
+def test_sources_failing_their_own_ways_are_marked_done(tmp_path):
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), ST, ShardsConfig())
+    writer.recover()
+    # The decoder's own errors are a source's, however many share them; unexplained ones that differ, or that
+    # follow a source that completed, are the sources' as well.
+    for uri in ("z1.mp4", "z2.mp4", "z3.mp4"):
+        send(writer, [error_row(row("source", uri), "probe", VideoError("not a readable video container"))])
+    for uri, message in (("a.mp4", "odd frame 3"), ("b.mp4", "odd frame 7")):
+        send(writer, [error_row(row("source", uri), "scenes", ValueError(message))])
+    assert set(markers(out)) == {"z1.mp4", "z2.mp4", "z3.mp4"}  # a.mp4 and b.mp4 wait: the run proved nothing yet
+    send(writer, [row("dropped", "ok.mp4", clip_id="c1", motion=0.0, dropped_by="motion"),
+                  row("summary", "ok.mp4", num_clips=1, duration_s=1.0, source_sha1="s" * 40)])
+    assert {"a.mp4", "b.mp4", "ok.mp4"} <= set(markers(out))  # a source kept or dropped a clip: the job works
+    send(writer, [error_row(row("source", "c.mp4"), "scenes", ValueError("odd frame 3"))])
+    assert "c.mp4" in markers(out)
+    writer.close()
+    assert {u: m["status"] for u, m in markers(out).items()} == {
+        "z1.mp4": "error", "z2.mp4": "error", "z3.mp4": "error", "a.mp4": "error", "b.mp4": "error", "ok.mp4": "ok",
+        "c.mp4": "error"}
+    assert C.read_errors(ST, str(out)).num_rows == 6
+    # Too few to tell (a job of two sources): their own.
+    out2 = tmp_path / "out2"
+    writer = DatasetWriter(str(out2), ST, ShardsConfig())
+    writer.recover()
+    for uri in ("a.mp4", "b.mp4"):
+        send(writer, [error_row(row("source", uri), "scenes", ValueError("odd frame"))])
+    writer.close()
+    assert set(markers(out2)) == {"a.mp4", "b.mp4"}
+
+
+def test_the_done_marker_says_which_of_several_video_streams_was_read(tmp_path):
+    out = tmp_path / "out"
+    writer = DatasetWriter(str(out), ST, ShardsConfig())
+    writer.recover()
+    send(writer, [row("summary", "two.mp4", num_clips=0, duration_s=1.0, source_sha1="t" * 40, stream_index=1,
+                      video_streams=2),
+                  row("summary", "one.mp4", num_clips=0, duration_s=1.0, source_sha1="o" * 40, stream_index=0,
+                      video_streams=1)])
+    writer.close()
+    done = markers(out)
+    assert (done["two.mp4"]["stream_index"], done["two.mp4"]["video_streams"]) == (1, 2)
+    assert "video_streams" not in done["one.mp4"]
+
+
 def test_byte_identical_copies_settle_in_one_run(tmp_path):
     out = tmp_path / "out"
     writer = DatasetWriter(str(out), ST, ShardsConfig())
@@ -393,6 +492,61 @@ def test_a_read_only_output_mid_run_is_the_error_the_user_reads(tmp_path, monkey
     assert code == 3 and "Read-only file system" in err and "shut down" not in err, err
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not Path(C.done_marker_uri(Storage(), str(out), str(VIDEOS / "counter.mp4"))).exists()
+
+
+QUICK_JOB = ["--set", "caption.enabled=false", "--set", "aesthetic.enabled=false", "--set", "ray.num_cpus=1",
+             "--set", "scenes.detectors=[{kind: adaptive}]", "--set", "encode.preset=ultrafast"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 100 KB file system: the first shard does not fit."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_under_a_worker_writing_a_shard_is_one_line(tiny_disk, capsys, ray_local):
+    # Before: exit 3, but a 64-line remote traceback in terminal colours, and the temporary shard left behind.
+    out = tiny_disk / "out"
+    code = main(["run", "--input", str(VIDEOS / "counter.mp4"), "--output", str(out), *QUICK_JOB])
+    err = [line for line in capsys.readouterr().err.splitlines() if " WARNING " not in line]
+    assert code == 3 and len(err) == 1, err
+    assert f"stopped: [Errno 28] No space left on device: '{out}/" in err[0] and ".tar'" in err[0]
+    assert "run the same command again" in err[0] and "\x1b[" not in err[0]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_report_that_could_not_be_written_is_written_by_the_rerun(tmp_path, monkeypatch, capsys, ray_local):
+    # Before: a raw OSError (exit 1) after the commit, a .report.html.*.tmp left, and the rerun said "nothing to
+    # do" without ever writing the report.
+    real = Storage.write_atomic
+
+    def full_at_the_report(self, uri, *a, **k):
+        if uri.endswith(C.REPORT_FILE):
+            return real(self, uri, write=lambda f: (f.write(b"<html>"), os_error(errno.ENOSPC)))
+        return real(self, uri, *a, **k)
+
+    monkeypatch.setattr(Storage, "write_atomic", full_at_the_report)
+    out = tmp_path / "out"
+    command = ["run", "--input", str(VIDEOS / "counter.mp4"), "--output", str(out), *QUICK_JOB]
+    assert main(command) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the dataset is committed but its report is not" in err[0], err
+    assert f"No space left on device: '{out / C.REPORT_FILE}'" in err[0] and "run the same command again" in err[0]
+    assert not (out / C.REPORT_FILE).exists() and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    monkeypatch.setattr(Storage, "write_atomic", real)
+    assert main(command) == 0
+    assert "nothing to do" in capsys.readouterr().out and (out / C.REPORT_FILE).exists()
+    written = (out / C.REPORT_FILE).stat().st_mtime_ns
+    assert main(command) == 0 and (out / C.REPORT_FILE).stat().st_mtime_ns == written  # up to date: left alone
+
+
+def os_error(code: int):
+    raise OSError(code, os.strerror(code))
 
 
 # -- one driver per output ---------------------------------------------------------------------------------------

@@ -383,8 +383,6 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
     first resume: the step and LR schedule go on, AdamW's state carries across both optimizer layouts, no sample of
     the epoch is trained twice, and the loader counters of every rank reach the metrics and the data summary (rank
     1's first sample is not a video)."""
-    import shutil
-
     from safetensors import safe_open
 
     from training.data.stream import plan_epoch
@@ -402,9 +400,8 @@ def test_resume_on_another_world_size_with_activation_checkpointing_flipped(tmp_
 
     def run(name, ranks, steps, *more, resume_from=None):
         out = tmp_path / name
-        if resume_from is not None:
-            shutil.copytree(resume_from, out / "checkpoints" / resume_from.name)
-        done = subprocess.run(train_cmd(out, f"steps={steps}", *args, *more, ranks=ranks), cwd=ROOT,
+        start = [f"checkpoint.resume_from={resume_from}"] if resume_from is not None else []  # another run's
+        done = subprocess.run(train_cmd(out, f"steps={steps}", *args, *more, *start, ranks=ranks), cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-4000:]
         return out, [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()], done.stderr

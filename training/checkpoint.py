@@ -1,11 +1,16 @@
 """DCP checkpoints of a training run: trained weights, EMA, optimizer, schedule, step and every rank's data position.
 
 A checkpoint is written to ``step-NNNNNNNN.partial``; once every rank has finished writing, the size and SHA-256 of
-each of its files go into ``commit.json`` and rank 0 renames the folder to ``step-NNNNNNNN``. A run killed during a
-save leaves only a ``.partial`` folder, which is never loaded and is removed by the next save. Before a resume the
-newest checkpoint is checked against its ``commit.json``; a damaged one (a truncated or altered file, a missing
-record) is passed over with a warning naming the file, for the one before it. The last ``keep`` complete
-checkpoints are kept. The folder must be shared by all ranks (a local disk on one node, a shared filesystem).
+each of its files go into ``commit.json`` with the run, step and world size that wrote it, and rank 0 renames the
+folder to ``step-NNNNNNNN``. A run killed during a save leaves only a ``.partial`` folder, which is never loaded and
+is removed by the next save. The run is named by a random id in ``run.json`` in its output folder, written at its
+first start: a checkpoint copied in from another run (another out_dir or world size, a valid record) is that run's,
+whatever its name. Names are never trusted: a resume takes the newest of this run's checkpoints by recorded step
+whose files match the record; a damaged one (a truncated or altered file, a missing record) is passed over with a
+warning naming the file, for the one before it. Another run's checkpoint is taken only when named by
+``checkpoint.resume_from``. Pruning keeps this run's newest ``keep`` intact checkpoints, the one just written among
+them, and leaves damaged folders and other runs' in place. The folder must be shared by all ranks (a local disk on
+one node, a shared filesystem).
 
 Loading executes nothing the checkpoint holds: ``.metadata`` is unpickled by an unpickler that admits only DCP's
 metadata types, and the non-tensor entries (step, schedule, data positions) by ``torch.load(weights_only=True)``.
@@ -25,6 +30,7 @@ import logging
 import pickle
 import re
 import shutil
+import uuid
 from pathlib import Path, PosixPath, PurePosixPath
 
 import torch
@@ -49,7 +55,7 @@ from .config import JobError
 
 log = logging.getLogger("training")
 
-_NAME = re.compile(r"^step-(\d{8})$")
+_NAME = re.compile(r"^step-\d{8}(-[0-9a-f]{8})?$")  # the suffix: another folder held the plain name
 _DATA_KEY = re.compile(r"^train\.data_rank(\d+)$")
 # AdamW's state and hyperparameters keyed by parameter name, as torchtitan keeps them: a checkpoint loads into one
 # optimizer or one per parameter (optim.step_in_backward) alike. Checkpoints written before kept param groups by
@@ -58,6 +64,7 @@ _OPTIM_BY_NAME = StateDictOptions(flatten_optimizer_state_dict=True)
 _OPTIM_BY_POSITION = StateDictOptions()
 _POSITIONAL_GROUP = re.compile(r"^train\.optim\.param_groups\.\d+\.lr$")
 COMMIT = "commit.json"
+RUN = "run.json"  # in the training output folder: the run's id, which its checkpoints record
 
 
 class TrainState:
@@ -107,30 +114,42 @@ class TrainState:
 
 
 class Checkpointer:
-    def __init__(self, folder: str | Path, keep: int):
+    """The checkpoints of one run in ``folder``. The run is named by the id in ``run_dir``'s run.json (the training
+    output folder; the checkpoint folder by default), written at its first start. Made on every rank at once: rank 0
+    reads the id and tells the others."""
+
+    def __init__(self, folder: str | Path, keep: int, run_dir: str | Path | None = None):
         self.folder, self.keep = Path(folder), keep
+        run_dir = self.folder if run_dir is None else Path(run_dir)
+        self.run = _all_ranks(lambda rank, world: [] if rank else [_run_id(run_dir)])[0]
+        self._problems: dict[Path, list[str]] = {}  # verify()'s answer per checkpoint: each is read once a process
+        self._warned: set[Path] = set()
 
-    def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir() if p.is_dir() and _NAME.match(p.name))
-
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint whose files match their commit record; damaged ones are passed over with
-        a warning. Every rank checks a share of the files and all agree on the answer."""
-        for path in reversed(self.complete()):
-            problems = _all_ranks(lambda rank, world: verify(path, rank, world))
-            if not problems:
-                return path
-            if _rank() == 0:
-                log.warning("checkpoint %s is damaged, not resuming from it: %s", path, "; ".join(problems))
-        return None
+    def latest(self, resume_from: str | Path | None = None) -> Path | None:
+        """The checkpoint to resume from: the newest of this run's by recorded step whose files match their record
+        (damaged ones are passed over with a warning), else ``resume_from``, which must be intact. Another run's
+        checkpoint in the folder is never taken by itself: with nothing else to resume from it is refused (JobError)
+        rather than trained past. Every rank checks a share of the files and all agree on the answer."""
+        self._problems.clear()  # a resume checks the files as they are now
+        folders = self._folders()
+        others = self._others(folders)
+        path = next((p for p in self._own(folders) if self._intact(p)), None)
+        if path is None and resume_from is not None:
+            path = _intact_or_refused(Path(resume_from))
+            others = [(p, r) for p, r in others if p != path]
+        if path is None and any(r for _, r in others):
+            other, record = next((p, r) for p, r in others if r)
+            raise JobError(f"checkpoint {other} is of another run ({_about(record)}), and {self.folder} holds none of "
+                           f"this run's: to start from it set checkpoint.resume_from={other}; to start afresh move "
+                           f"it out of {self.folder}")
+        self._leave_alone(others)
+        return path
 
     def save(self, state: TrainState) -> Path:
-        final = self.folder / f"step-{state.step:08d}"
-        partial = final.with_name(final.name + ".partial")
         rank0 = _rank() == 0
+        folders = self._folders()
+        final = self._destination(state.step, folders)
+        partial = final.with_name(final.name + ".partial")
         if rank0:
             for stale in self.folder.glob("*.partial"):  # left by a run killed while saving
                 shutil.rmtree(stale, ignore_errors=True)
@@ -140,13 +159,14 @@ class Checkpointer:
         _barrier()  # every rank has written its part: the checkpoint is complete
         files = sorted(p.name for p in partial.iterdir() if p.is_file())
         sums = _all_ranks(lambda rank, world: [(n, _file_record(partial / n)) for n in files[rank::world]])
+        record = {"run": self.run, "step": state.step, "world_size": _world(), "files": dict(sums)}
         if rank0:
-            (partial / COMMIT).write_text(json.dumps({"files": dict(sums)}, indent=1))
+            (partial / COMMIT).write_text(json.dumps(record, indent=1))
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
-            for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        self._problems[final] = []  # its files are the ones just summed
+        self._prune([(p, r) for p, r in folders if p != final] + [(final, record)], final)
         _barrier()
         return final
 
@@ -163,9 +183,81 @@ class Checkpointer:
             dcp.load(wanted, storage_reader=reader, planner=SafeLoadPlanner())
         except CheckpointException as e:
             raise next((exc for exc, _ in e.failures.values() if isinstance(exc, JobError)), e) from None
+        recorded = recorded_step(path)
+        if recorded is not None and recorded != wanted["train"]["step"]:
+            raise JobError(f"checkpoint {path} refused: it holds step {wanted['train']['step']} but its commit record "
+                           f"says step {recorded}")
         state.apply(wanted["train"], layout)
         log.info("resumed from %s at step %d%s", path, state.step,
                  f" (not loaded: {', '.join(sorted(exclude))})" if exclude else "")
+
+    def _folders(self) -> list[tuple[Path, dict | None]]:
+        """Every checkpoint folder with its commit record (None: missing or unreadable), as rank 0 lists them (a
+        rank on another node may see a stale listing of a shared filesystem)."""
+        def listing(rank: int, world: int) -> list:
+            if rank:
+                return []
+            found = sorted(self.folder.iterdir()) if self.folder.is_dir() else []
+            return [[(p, read_record(p)) for p in found if p.is_dir() and _NAME.match(p.name)]]
+        return _all_ranks(listing)[0]
+
+    def _is_own(self, record: dict | None) -> bool:
+        return record is not None and record["run"] == self.run
+
+    def _own(self, folders: list[tuple[Path, dict | None]]) -> list[Path]:
+        """This run's checkpoints, newest first by recorded step."""
+        own = sorted((r["step"], p.name, p) for p, r in folders if self._is_own(r))
+        return [p for _, _, p in reversed(own)]
+
+    def _others(self, folders: list[tuple[Path, dict | None]]) -> list[tuple[Path, dict | None]]:
+        """The folders that are not this run's checkpoints (other runs', those without a record), newest first by
+        recorded step."""
+        others = [(p, r) for p, r in folders if not self._is_own(r)]
+        return sorted(others, key=lambda f: ((f[1] or {}).get("step") or -1, f[0].name), reverse=True)
+
+    def _intact(self, path: Path) -> bool:
+        """Whether the checkpoint's files match its record (checked once a process); a damaged one is warned about."""
+        if path not in self._problems:
+            self._problems[path] = _all_ranks(lambda rank, world: verify(path, rank, world))
+            if self._problems[path] and _rank() == 0:
+                log.warning("checkpoint %s is damaged: not resumed from, left in place: %s", path,
+                            "; ".join(self._problems[path]))
+        return not self._problems[path]
+
+    def _leave_alone(self, others: list[tuple[Path, dict | None]]) -> None:
+        """Say once of each folder that is not this run's checkpoint that it is neither resumed from nor pruned."""
+        for path, record in others:
+            if record is None:
+                self._intact(path)  # warned about as damaged: its record is missing
+            elif path not in self._warned and _rank() == 0:
+                log.warning("checkpoint %s is of another run (%s): not resumed from, left in place (checkpoint."
+                            "resume_from takes it while this run has no checkpoint)", path, _about(record))
+            self._warned.add(path)
+
+    def _destination(self, step: int, folders: list[tuple[Path, dict | None]]) -> Path:
+        """``step-N``, unless a folder that is not this run's checkpoint of that step holds the name (another run's,
+        a damaged or misnamed one): then ``step-N-<run>``, leaving that folder as it is."""
+        final = self.folder / f"step-{step:08d}"
+        records = dict(folders)
+        if final in records and not (self._is_own(records[final]) and records[final]["step"] == step):
+            final = final.with_name(f"{final.name}-{self.run[:8]}")
+        return final
+
+    def _prune(self, folders: list[tuple[Path, dict | None]], written: Path) -> None:
+        """Keep this run's newest ``keep`` intact checkpoints by recorded step and ``written``; remove this run's
+        older ones. Damaged ones met on the way and the folders that are not this run's are left in place."""
+        kept, older = 0, []
+        for path in self._own(folders):
+            if path == written:
+                kept += 1
+            elif kept >= self.keep:
+                older.append(path)
+            elif self._intact(path):
+                kept += 1
+        self._leave_alone(self._others(folders))
+        if _rank() == 0:
+            for path in older:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 # -- loading without executing the checkpoint --------------------------------------------------------------------
@@ -240,13 +332,48 @@ def _file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def read_record(path: Path) -> dict | None:
+    """The checkpoint's commit record (``files``, ``run``, ``step``, ``world_size``); None where it is missing or
+    unreadable. A record written before records named their run has None for the last three."""
+    try:
+        record = json.loads((path / COMMIT).read_text())
+        files = record["files"]
+        record = {"files": files, **{k: record.get(k) for k in ("run", "step", "world_size")}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    named = isinstance(record["run"], str) and all(isinstance(record[k], int) for k in ("step", "world_size"))
+    earlier = record["run"] is record["step"] is record["world_size"] is None
+    return record if isinstance(files, dict) and (named or earlier) else None
+
+
+def recorded_step(path: Path) -> int | None:
+    """The step the checkpoint's commit record names (None: a record written before records named it)."""
+    return (read_record(path) or {}).get("step")
+
+
+def _intact_or_refused(path: Path) -> Path:
+    """``checkpoint.resume_from``'s checkpoint, whichever run wrote it, once its files match its record."""
+    if not path.is_dir():
+        raise JobError(f"checkpoint.resume_from={path}: no such checkpoint folder")
+    problems = _all_ranks(lambda rank, world: verify(path, rank, world))
+    if problems:
+        raise JobError(f"checkpoint.resume_from={path} is damaged, not resuming from it: {'; '.join(problems)}")
+    return path
+
+
+def _about(record: dict) -> str:
+    if record["run"] is None:
+        return "a record that names no run"
+    return f"run {record['run'][:8]}, step {record['step']}, world size {record['world_size']}"
+
+
 def verify(path: Path, rank: int = 0, world: int = 1) -> list[str]:
     """What is wrong with this rank's share (every ``world``-th file) of the checkpoint's files, by its commit
     record: nothing for an intact checkpoint."""
-    try:
-        files = json.loads((path / COMMIT).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return [f"{COMMIT} missing or unreadable ({type(e).__name__}: {e}): the save never completed"] if rank == 0 else []
+    record = read_record(path)
+    if record is None:
+        return [f"{COMMIT} missing or unreadable: the save never completed"] if rank == 0 else []
+    files = record["files"]
     problems = []
     for name in sorted(files)[rank::world]:
         expected, file = files[name], path / name
@@ -283,8 +410,31 @@ def _save_rank0(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
         path.chmod(0o644)  # safetensors writes through a private temporary file (0600)
 
 
+def _run_id(folder: Path) -> str:
+    """The id of the run whose outputs ``folder`` holds (its ``run.json``); a new one at the run's first start."""
+    path = folder / RUN
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{RUN}.tmp")
+        temporary.write_text(json.dumps({"run": uuid.uuid4().hex}))
+        temporary.rename(path)
+    try:
+        run = json.loads(path.read_text())["run"]
+        if not re.fullmatch(r"[0-9a-f]{32}", run):
+            raise ValueError(f"{run!r} is not a run id")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise JobError(f"{path} is unreadable ({e}): it names the run that wrote there, which its checkpoints "
+                       "record; restore it, or delete it to start a new run (its checkpoints then count as another "
+                       "run's)") from None
+    return run
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _all_ranks(fn) -> list:

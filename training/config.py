@@ -47,6 +47,9 @@ class DataConfig:
     seed: int = 0
     retries: int = 3  # attempts to reopen a shard after a read error, before it is skipped
     retry_backoff_s: float = 0.5  # doubled after each failed attempt
+    # The largest shard member read (a clip, a caption, a crop, a features file); a larger one is skipped with its
+    # sample, counted (members_rejected). Bounds what a hostile shard makes a loader worker allocate.
+    max_member_mb: float = 256.0
 
     def validate(self) -> None:
         if not self.urls:
@@ -63,6 +66,8 @@ class DataConfig:
             raise ConfigError(f"data.max_subjects must be within 0..{MAX_SUBJECTS} (the dataset contract)")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.retries < 0 or self.retry_backoff_s < 0:
             raise ConfigError("data: num_workers and retries must be >= 0, prefetch_factor >= 1, retry_backoff_s >= 0")
+        if not self.max_member_mb > 0:
+            raise ConfigError(f"data.max_member_mb={self.max_member_mb}: must be > 0")
 
     @property
     def window(self) -> TrainingWindow:
@@ -124,7 +129,11 @@ class CheckpointConfig:
     folder: str = "checkpoints"  # under out_dir unless absolute; shared by all ranks
     every: int = 500  # steps; a checkpoint is also written at the last step
     keep: int = 3
-    resume: bool = True  # continue from the latest complete checkpoint in folder
+    resume: bool = True  # continue from this run's latest complete checkpoint in folder
+    # Another run's checkpoint folder (another out_dir or checkpoint.folder, e.g. another world size's) to start from
+    # while this run has no checkpoint of its own, as torchtitan's initial_load_path; the run then goes on in folder.
+    # Without it a checkpoint of another run found in folder is refused.
+    resume_from: str | None = None
     # Parts of the checkpoint not to load, as torchtitan's exclude_from_loading: "optimizer" starts AdamW's moments
     # afresh, "data" starts the sample stream afresh (e.g. on a new dataset). Weights, EMA, step and LR schedule
     # always load.
@@ -133,6 +142,8 @@ class CheckpointConfig:
     def validate(self) -> None:
         if self.every < 1 or self.keep < 1:
             raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+        if self.resume_from is not None and not self.resume:
+            raise ConfigError("checkpoint.resume_from is a checkpoint to resume from: it needs checkpoint.resume=true")
 
 
 @dataclass

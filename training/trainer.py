@@ -22,7 +22,7 @@ from cinema_model.weights import clean_name
 from common.typed_config import to_dict
 
 from .batch import model_batch, sample_generators
-from .checkpoint import Checkpointer, TrainState, export_consolidated
+from .checkpoint import Checkpointer, TrainState, export_consolidated, recorded_step
 from .config import JobError, TrainJob
 from .data.features import FeatureSet, open_features
 from .data.fit import dataset_fit
@@ -149,8 +149,15 @@ def train(job: TrainJob) -> dict:
             log.info(fit.summary(job.data))
         validator = on_every_rank(lambda: _validator(job, fit, rank, world, out, features))
         ckpt_dir = Path(job.checkpoint.folder)
-        checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep)
-        latest = checkpointer.latest() if job.checkpoint.resume else None
+        checkpointer = Checkpointer(ckpt_dir if ckpt_dir.is_absolute() else out / ckpt_dir, job.checkpoint.keep, out)
+        resume = job.checkpoint.resume
+        latest = on_every_rank(lambda: checkpointer.latest(job.checkpoint.resume_from)) if resume else None
+        reached = recorded_step(latest) if latest is not None else None
+        if reached is not None and reached >= job.steps:
+            if rank == 0:
+                print(f"nothing to do: checkpoint {latest} is at step {reached} >= steps={job.steps} (raise steps "
+                      "to train on)", flush=True)
+            return {}
         model, trained = build(job, device, features, initial_weights=latest is None)  # a resume loads no CogVideoX
         params = {clean_name(k): p for k, p in trained.named_parameters()}
         optimizers = Optimizers(trained, job.optim, job.steps)

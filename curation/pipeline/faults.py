@@ -6,6 +6,11 @@
   stayed down through its retries). The source is not marked done, so the rerun processes it; the job goes on.
 - ``stop``: an environment fault that would fail every source after it as well (no space left, a read-only
   or over-quota file system). The source is not marked done and the job stops with that one message.
+- ``job``: the job's own fault, its config or its code: an error only a bug or a wrong setting raises (a string
+  where a number belongs is a TypeError). The source is not marked done; the rerun after the fix processes it.
+
+A failure no source is known to cause (not a ``SourceError``, not the decoder rejecting data) that the first
+failing sources of a run all share is the job's fault as well (``curation.sink.writer``): the job stops.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ from typing import Literal
 
 from common.storage import STOP_ERRNOS
 
-Fault = Literal["source", "environment", "stop"]
+Fault = Literal["source", "environment", "stop", "job"]
 
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.EMFILE, errno.ENFILE,
                       errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+# Raised by a bug or a wrong setting, never by a source's data (which fails as SourceError or a decoder error).
+JOB_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
 
 
 class SourceError(Exception):
@@ -27,6 +36,13 @@ class SourceError(Exception):
 
 class JobStopped(Exception):
     """The environment failed in a way that would fail every further source; the message says what and where."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message  # kept apart from args, which Ray Data extends with its retry advice
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _chain(exc: BaseException):
@@ -45,4 +61,13 @@ def fault_of(exc: BaseException) -> Fault:
         if isinstance(e, (ConnectionError, TimeoutError, BotoCoreError)) or (
                 isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS):
             fault = "environment"
+    if fault == "source" and isinstance(exc, JOB_ERRORS):
+        return "job"
     return fault
+
+
+def explained(exc: BaseException) -> bool:
+    """Whether the failure is one a source is known to cause: a SourceError, or the decoder rejecting its data."""
+    import av
+
+    return any(isinstance(e, (SourceError, av.error.FFmpegError)) for e in _chain(exc))

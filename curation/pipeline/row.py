@@ -6,15 +6,16 @@
   ``source_sha1``.
 - ``summary``: what the scene pass made of a source, after its last clip: ``num_clips`` (candidate clips, kept or
   dropped), ``num_frames``, ``num_scenes``, ``num_short_scenes``, ``duration_s``, ``clip_seconds``,
-  ``source_sha1``. The writer knows from it when every clip of the source is accounted for.
+  ``source_sha1``, and ``stream_index`` of ``video_streams`` (the stream read; more than one: it was chosen). The
+  writer knows from it when every clip of the source is accounted for.
 - ``clip``: one clip. ``meta`` holds the manifest fields known so far (``common.contract.MANIFEST_SCHEMA``) and how
   to find its frames again (``start_pts``, ``end_pts``, ``first_pts``, ``rotation``); ``mp4`` its bytes once
   encoded. The model stages add ``aesthetic``, ``caption``, ``subject_labels``, ``subjects``, and carry images in
   ``frames``, ``keyframe`` and ``pngs`` (below).
 - ``dropped``: a clip a filter rejected, with its scores and ``dropped_by`` (the filter), for the pass rates.
 - ``error``: a source or clip that failed: ``uri``, ``clip_id`` (None: the whole source), ``stage``,
-  ``error_type``, ``message`` and ``fault`` (``curation.pipeline.faults``: whose fault, which decides whether the
-  source is done).
+  ``error_type``, ``message``, ``fault`` (``curation.pipeline.faults``: whose fault, which decides whether the
+  source is done) and ``explained`` (a failure a source is known to cause).
 - ``shard``: a shard a worker wrote (``curation.sink.shards``): ``name``, ``staged``, ``bytes`` and the manifest
   ``records`` of its clips. The clips themselves never leave the worker.
 

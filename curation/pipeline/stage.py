@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Iterable, Iterator
 
 from curation.config import JobConfig
-from curation.pipeline.faults import SourceError, fault_of
+from curation.pipeline.faults import SourceError, explained, fault_of
 from curation.pipeline.row import Row
 
 
@@ -43,6 +43,7 @@ def error_row(row: Row, stage: str, exc: BaseException) -> Row:
         "error_type": type(exc).__name__,
         "message": message or type(exc).__name__,
         "fault": fault_of(exc),
+        "explained": explained(exc),
     }
     return Row("error", row.source_uri, meta)
 

@@ -49,8 +49,10 @@ def _check_detector(field: str, d: DetectorConfig) -> None:
         if "weights" in d.args and not Path(str(d.args["weights"])).is_file():
             raise ConfigError(f"{field}.args.weights: no such file: {d.args['weights']}")
         return
+    from curation.video.detectors import check_scenedetect_args
     from curation.video.shots import SceneDetectDetector
 
+    check_scenedetect_args(field, d.kind, d.args)
     try:
         SceneDetectDetector(d.kind, d.args, 25.0)
     except Exception as e:  # noqa: BLE001 - PySceneDetect rejects its own arguments with TypeError or ValueError

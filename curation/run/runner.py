@@ -18,7 +18,7 @@ from common.storage import Storage
 from common.typed_config import ConfigError
 
 from curation.config import JobConfig
-from curation.pipeline.faults import JobStopped
+from curation.pipeline.faults import JobStopped, fault_of
 from curation.pipeline.row import Row, from_table, to_table
 from curation.pipeline.stage import Resources, Stage
 from curation.run.executor import Chain
@@ -63,12 +63,17 @@ class RayChain:
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         block, size = [], 0
-        for row in self.chain(from_table(table)):
-            block.append(row)
-            size += row.payload_bytes()
-            if size >= _BLOCK_BYTES:
-                yield to_table(block)
-                block, size = [], 0
+        try:
+            for row in self.chain(from_table(table)):
+                block.append(row)
+                size += row.payload_bytes()
+                if size >= _BLOCK_BYTES:
+                    yield to_table(block)
+                    block, size = [], 0
+        except OSError as e:  # the shard sink's write: Ray Data would replace the file name with its own words
+            if fault_of(e) != "stop":
+                raise
+            raise JobStopped(str(e)) from None
         if block:
             yield to_table(block)
 
@@ -200,6 +205,20 @@ def _remote_repack(cfg: JobConfig):
     return repack_remote
 
 
+def _unwrapped(e: Exception) -> BaseException:
+    """What a worker raised, not Ray's wrapping of it: the user reads "No space left on device: <file>", not a
+    remote traceback in terminal colours."""
+    from ray.data.exceptions import UserCodeException
+    from ray.exceptions import RayTaskError
+
+    while isinstance(e, (RayTaskError, UserCodeException)):
+        inner = e.cause if isinstance(e, RayTaskError) else e.__cause__
+        if inner is None:
+            break
+        e = inner
+    return e
+
+
 def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     """Run the job under the output's lease. Raises ConfigError (the job cannot run as configured), LeaseHeld
     (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
@@ -221,7 +240,10 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check, _remote_repack(cfg))
     stop = threading.Event()
     try:
-        writer.recover()
+        try:
+            writer.recover()
+        except ValueError as e:  # a manifest part of another schema (common.contract.read_parquet_dir)
+            raise ConfigError(f"output: {e}") from None
         skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
         sources = [u for u in all_sources if u not in skip]
         if cfg.limit is not None:
@@ -246,10 +268,15 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
                         writer.stats.bytes_to_driver += batch.nbytes
                         for row in from_table(batch):
                             writer.add(row)
-                except JobStopped:
-                    writer.close()  # commit what is complete; the stopped sources are left to the rerun
-                    raise
-                writer.close()
+                except Exception as e:  # noqa: BLE001 - a worker's error, without Ray's wrapping
+                    error = _unwrapped(e)
+                    if isinstance(error, JobStopped):
+                        writer.close()  # commit what is complete; the stopped sources are left to the rerun
+                    raise error from None
+                try:
+                    writer.close()
+                except Exception as e:  # noqa: BLE001 - the last merge runs on a worker
+                    raise _unwrapped(e) from None
                 counts = ray.get(progress.snapshot.remote())
                 counts = {name: counts[name] for name in names if name in counts}  # in pipeline order
                 stats = run_stats(writer.stats, counts, time.time() - t0, len(all_sources), len(all_sources) - len(sources))

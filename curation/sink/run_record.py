@@ -32,6 +32,7 @@ def run_stats(stats: RunStats, stage_counts: dict, seconds: float, sources_total
                    "bytes_to_driver": stats.bytes_to_driver},
         "errors": dict(Counter(stats.errors)),
         "environment_faults": stats.environment,
+        "job_faults": stats.job_faults,
         # Rows in, rows out, rows that became errors, and the seconds the stage's workers were busy, summed.
         "stages": {name: {"in": int(c[0]), "out": int(c[1]), "errors": int(c[2]), "busy_s": round(c[3], 3)}
                    for name, c in stage_counts.items()},

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
 from common import contract as C
-from common.shard_reader import iter_samples
+from common.shard_reader import iter_samples, parse_json
 from common.storage import Storage
 
 from curation.config import ShardsConfig
@@ -126,7 +126,7 @@ def repack(output: str, storage: Storage, pieces: list[str], keep: list[tuple[st
                 for sample, _, _ in iter_samples(shard, 0, 0, 0):
                     if sample.key not in wanted:
                         continue
-                    record = {**json.loads(sample.members[C.JSON]), "shard": name}
+                    record = {**parse_json(sample.members[C.JSON]), "shard": name}
                     records.append(record)
                     payload = [(f, d) for f, d in sample.members.items() if f not in (C.JSON, C.CAPTION)]
                     size += sum(len(d) for _, d in payload)

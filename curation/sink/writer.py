@@ -8,7 +8,10 @@ Exactly-once output from at-least-once processing:
    manifest part (the driver died between 1 and 2, or never took it) is an orphan and is deleted on the next start.
 3. Errors seen so far go to ``errors/``, then ``done/`` markers for every source whose clips are all in committed
    shards, dropped or failed (or that failed as a whole). A failure that was not the source's fault
-   (``curation.pipeline.faults``) never marks its source: the rerun processes it again.
+   (``curation.pipeline.faults``) never marks its source: the rerun processes it again. Until a source of the run
+   completes with a clip kept or dropped, a source that failed wholly in a way no source is known to cause is
+   held back unmarked: if ``SAME_WAY`` of them failed the same way, that is the job's fault (a setting that fails
+   every source) and the job stops, marking none of them.
 
 A clip is committed once: a shard holding clips that are already committed (a task Ray retried after its worker
 died, a rerun of a half-committed source, a byte-identical copy of a source: clip ids come from the source's
@@ -41,6 +44,7 @@ from curation.sink import shards
 
 log = logging.getLogger("curation")
 REJECTED_EXAMPLES = 4  # dropped clips kept per filter (their metadata) for the report
+SAME_WAY = 3  # sources failing one way before any source kept a clip: the job's fault, not theirs
 
 
 @dataclass
@@ -53,7 +57,10 @@ class _Source:
     written: int = 0  # clips of it this run wrote
     dropped: int = 0  # clips of it a filter rejected
     retry: bool = False  # something failed by the environment's fault: the rerun processes the source again
+    # How its failures went that no source is known to cause: (stage, error type, message without the source's name)
+    unexplained: set[tuple[str, str, str]] = field(default_factory=set)
     duplicate_of: str | None = None  # a byte-identical source seen first
+    streams: dict = field(default_factory=dict)  # the video stream read, of several (curation.video.decode)
 
     def complete(self) -> bool:
         if self.retry:
@@ -78,6 +85,7 @@ class RunStats:
     errors: Counter = field(default_factory=Counter)
     sources_duplicate: int = 0  # byte-identical copies of a source seen first
     environment: list[str] = field(default_factory=list)  # environment faults: their sources are left to the rerun
+    job_faults: list[str] = field(default_factory=list)  # the job's faults (config, code): left to the rerun too
     sources: dict[str, dict] = field(default_factory=dict)  # uri -> its done marker, for every source this run settled
     motion_all: list[float] = field(default_factory=list)  # every candidate clip, kept or dropped
     samples: list[tuple[str, str]] = field(default_factory=list)  # (clip_id, shard) of the first clips committed
@@ -110,6 +118,10 @@ class DatasetWriter:
         self._staged: list[tuple[str, list[tuple[str, str]]]] = []  # tails to merge: (uri, (source, clip id) to keep)
         self._staged_bytes = 0.0
         self._touched: set[str] = set()  # sources whose counts changed since the last settle: the ones to check
+        self._held: set[str] = set()  # complete sources that failed wholly and unexplained, not marked yet
+        self._job_faults: dict[tuple, set[str]] = {}  # way -> sources that failed so by the job's fault
+        self._proven = False  # a source completed with a clip kept or dropped: the job can work
+        self._stopped = False  # by the same failure on SAME_WAY sources
 
     def path(self, *parts: str) -> str:
         return self.storage.join(self.out, *parts)
@@ -179,6 +191,8 @@ class DatasetWriter:
 
     def _summary(self, src: _Source, uri: str, meta: dict) -> None:
         src.expected = meta["num_clips"]
+        if meta.get("video_streams", 1) > 1:
+            src.streams = {"stream_index": meta["stream_index"], "video_streams": meta["video_streams"]}
         sha1 = meta.get("source_sha1")
         first = self._sha1_owner.setdefault(sha1, uri) if sha1 else uri
         if first != uri:
@@ -245,11 +259,21 @@ class DatasetWriter:
             # Not the source's fault: nothing is recorded against it and it stays to be done by the rerun.
             src.retry = True
             where = f"{meta['stage']} on {meta['uri']}" + (f" (clip {meta['clip_id']})" if meta["clip_id"] else "")
-            self.stats.environment.append(f"{where}: {meta['message']}")
             if fault == "stop":
+                self.stats.environment.append(f"{where}: {meta['message']}")
                 raise JobStopped(f"{where}: {meta['message']}")
-            log.warning("environment fault, source left for the rerun: %s: %s", where, meta["message"])
+            if fault == "job":
+                self.stats.job_faults.append(f"{where}: {meta['message']}")
+                log.error("the job's fault (its config or code), source left for the rerun: %s: %s", where,
+                          meta["message"])
+                if not self._proven:
+                    self._stop_if_shared(self._job_faults.setdefault(_way(meta), set()), meta["uri"], _way(meta))
+            else:
+                self.stats.environment.append(f"{where}: {meta['message']}")
+                log.warning("environment fault, source left for the rerun: %s: %s", where, meta["message"])
             return
+        if not meta.get("explained", True):
+            src.unexplained.add(_way(meta))
         self.stats.errors[meta["error_type"]] += 1
         key = (meta["uri"], meta["clip_id"], meta["stage"])
         if key not in self.error_keys:
@@ -284,18 +308,45 @@ class DatasetWriter:
         log.info("committed shard %s: %d clips, %.1f MB", name, len(records), size / 1e6)
 
     def _write_errors(self) -> None:
+        """Write the errors seen so far, but not those of held sources (``_settle``)."""
+        errors = [e for e in self._errors if e["uri"] not in self._held]
+        self._errors = [e for e in self._errors if e["uri"] in self._held]
+        if not errors:
+            return
         self.check_lease()
-        table = pa.Table.from_pylist(self._errors, schema=C.ERRORS_SCHEMA)
-        digest = hashlib.sha1("\n".join(f"{e['uri']}|{e['clip_id']}|{e['stage']}" for e in self._errors).encode())
+        table = pa.Table.from_pylist(errors, schema=C.ERRORS_SCHEMA)
+        digest = hashlib.sha1("\n".join(f"{e['uri']}|{e['clip_id']}|{e['stage']}" for e in errors).encode())
         self.storage.write_atomic(self.path(C.ERRORS_DIR, f"errors-{digest.hexdigest()[:20]}.parquet"), _parquet(table))
-        self._errors = []
+
+    def _stop_if_shared(self, sources: set[str], uri: str, way: tuple[str, str, str]) -> None:
+        """Stop the job once ``SAME_WAY`` sources failed ``way``, before any kept a clip: a source's own fault
+        differs from source to source; a setting that fails them all does not."""
+        sources.add(uri)
+        if len(sources) >= SAME_WAY and not self._stopped:
+            self._stopped = True
+            raise JobStopped(f"the first {len(sources)} sources to fail all failed in {way[0]} the same way before "
+                             f"any kept a clip ({way[1]}: {way[2]}): that is the job's fault (its config or code), "
+                             "not theirs; none was marked done: fix it and rerun")
 
     def _settle(self, uris) -> None:
         """Mark done each of ``uris`` whose clips are all committed, dropped or failed, after the errors seen so far.
         Only sources a row has just changed can have completed: checking every open source per row would cost the
-        driver time in proportion to the sources in flight."""
+        driver time in proportion to the sources in flight. Until a source keeps or drops a clip, one that failed
+        wholly in unexplained ways is held back, and ``SAME_WAY`` of them failing one way stop the job."""
         complete = [uri for uri in sorted(uris) if uri in self._sources and self._sources[uri].complete()]
         self._touched = set()
+        if not self._proven and any(self._sources[u].written + self._sources[u].dropped for u in complete):
+            self._proven = True
+            complete += sorted(self._held)
+            self._held = set()
+        if not self._proven:
+            for uri in complete:
+                src = self._sources[uri]
+                if src.unexplained and src.written + src.dropped == 0 and uri not in self._held:
+                    self._held.add(uri)
+                    for way in src.unexplained:
+                        self._stop_if_shared({u for u in self._held if way in self._sources[u].unexplained}, uri, way)
+            complete = [uri for uri in complete if uri not in self._held]
         if complete and self._errors:
             self._write_errors()
         for uri in complete:
@@ -308,6 +359,7 @@ class DatasetWriter:
                   "dropped": src.dropped, "clip_errors": src.clip_errors}
         if src.duplicate_of is not None:
             marker["duplicate_of"] = src.duplicate_of
+        marker.update(src.streams)
         self.stats.sources[uri] = marker
         self.storage.write_atomic(C.done_marker_uri(self.storage, self.out, uri), json.dumps(marker).encode())
         self.done[uri] = status
@@ -321,6 +373,12 @@ class DatasetWriter:
         """Merge the staged tails into the last shard, write the errors left, mark what is complete done."""
         if self._staged:
             self._merge()
+        if self._stopped:  # the failures held are the job's, not their sources'
+            self._errors = [e for e in self._errors if e["uri"] not in self._held]
+        elif not self._proven:  # too few failures to tell: their sources' own
+            self._proven = True
+            held, self._held = self._held, set()
+            self._settle(held)
         if self._errors:
             self._write_errors()
         self._settle(list(self._sources))
@@ -335,3 +393,10 @@ def _parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+def _way(meta: dict) -> tuple[str, str, str]:
+    """How an error row failed, the same for every source it happens to: (stage, type, message without the source)."""
+    uri = meta["uri"]
+    message = meta["message"].replace(uri, "<source>").replace(uri.rsplit("/", 1)[-1], "<source>")
+    return meta["stage"], meta["error_type"], message

@@ -3,7 +3,8 @@ clips (``planning.Planner``: scenes, trim, split, filters), and the MP4s of the 
 (``curation.video.one_pass``); the encode stage cuts the rest.
 
 Emits one ``clip`` row per planned clip to keep, a ``dropped`` row per clip the plan drops (``blank`` for a scene
-with no content, else the filter's name), and a ``summary`` row for the source.
+with no content, else the filter's name), and a ``summary`` row for the source. An HDR source under
+``encode.hdr=drop`` is not decoded: one ``dropped`` row (``hdr``) stands for all of it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,35 @@ from curation.pipeline.row import Row
 from curation.pipeline.stage import Resources, Stage
 from curation.stages.encode import with_clip
 from curation.video.analysis import analyse
+from curation.video.colour import is_hdr_transfer
 from curation.video.detectors import Detectors
 from curation.video.one_pass import OnePassEncoder
 from curation.video.planning import Planner, clip_limits, clip_window, min_gap_frames
+
+
+def streams(src: dict) -> dict:
+    """Which of the source's video streams was read, and of how many: several means one was chosen."""
+    return {"stream_index": src["stream_index"], "video_streams": src["video_streams"]}
+
+
+def source_fields(src: dict) -> dict:
+    """What every clip's manifest row says of its source as read: its stream and its colour."""
+    return {**streams(src), "color_primaries": src["color_primaries"], "color_transfer": src["color_transfer"],
+            "bit_depth": src["bit_depth"]}
+
+
+def hdr_dropped(uri: str, src: dict) -> Iterator[Row]:
+    """An HDR source under ``encode.hdr=drop``: one dropped candidate, the whole source, and its summary, without
+    decoding it (no scores: motion is null, which the report's histograms leave out)."""
+    n, seconds = src["num_frames"], src["duration_s"]
+    yield Row("dropped", uri, {
+        "clip_id": make_clip_id(src["source_sha1"], 0, n), "source_uri": uri, "source_sha1": src["source_sha1"],
+        "start_frame": 0, "end_frame": n, "start_s": 0.0, "end_s": seconds, "fps": src["fps"],
+        "width": src["width"], "height": src["height"], "num_frames": n, "motion": None, "rotation": src["rotation"],
+        **source_fields(src), "dropped_by": "hdr",
+    })
+    yield Row("summary", uri, {"source_sha1": src["source_sha1"], "num_clips": 1, "num_frames": n, "num_scenes": 1,
+                               "num_short_scenes": 0, "duration_s": seconds, "clip_seconds": [seconds], **streams(src)})
 
 
 class SceneStage(Stage):
@@ -44,6 +71,9 @@ class SceneStage(Stage):
 
     def process(self, row: Row) -> Iterator[Row]:
         uri, src = row.source_uri, row.meta
+        if self.cfg.encode.hdr == "drop" and is_hdr_transfer(src["color_transfer"]):
+            yield from hdr_dropped(uri, src)
+            return
         sc = self.cfg.scenes
         fps = Fraction(src["fps"]).limit_denominator(1001)
         out_fps = self.cfg.encode.fps
@@ -76,6 +106,7 @@ class SceneStage(Stage):
                     "end_pts": int(a.pts[end]) if end < a.num_frames else None,
                     "first_pts": int(a.pts[0]),
                     "rotation": src["rotation"],
+                    **source_fields(src),
                 }
                 if p.dropped_by is not None:
                     yield Row("dropped", uri, {**meta, "dropped_by": p.dropped_by})
@@ -91,6 +122,7 @@ class SceneStage(Stage):
                 "num_short_scenes": sum(not clips for clips in per_scene),  # no candidate clip: shorter than min_clip_s
                 "duration_s": a.seconds(a.num_frames),
                 "clip_seconds": [a.seconds(p.end) - a.seconds(p.start) for p in planned if p.dropped_by != "blank"],
+                **streams(src),
             })
         finally:
             if held is not None:

@@ -7,17 +7,15 @@ JSON members are parsed as JSON (nothing is unpickled), so a hostile or broken d
 from __future__ import annotations
 
 import io
-import json
 import textwrap
 from collections import Counter, defaultdict
 
 import av
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from common import contract as C
-from common.shard_reader import ShardCorrupt, iter_samples
+from common.shard_reader import ShardCorrupt, iter_samples, parse_json
 from common.storage import Storage
 
 SCORES = ("motion", "blank_frac", "luma", "contrast", "aesthetic")  # the manifest's filter scores
@@ -25,8 +23,13 @@ SCORES = ("motion", "blank_frac", "luma", "contrast", "aesthetic")  # the manife
 
 def clip_members(output: str, storage: Storage, row: dict) -> dict[str, bytes]:
     """The members of one clip (``mp4``, ``json``, ...) from its shard."""
-    with storage.open(storage.join(output, C.SHARDS_DIR, f"{row['shard']}.tar")) as f:
-        return next((s.members for s, _, _ in iter_samples(f, 0, 0, 0) if s.key == row["clip_id"]), {})
+    uri = storage.join(output, C.SHARDS_DIR, f"{row['shard']}.tar")
+    with storage.open(uri) as f:
+        try:
+            return next((s.members for s, _, _ in iter_samples(f, 0, 0, 0) if s.key == row["clip_id"]), {})
+        except ShardCorrupt as e:
+            raise ShardCorrupt(f"{uri}: damaged ({e}): clip {row['clip_id']!r} cannot be read; run `python -m "
+                               f"curation validate {output}`") from None
 
 
 def expected_members(row: dict) -> set[str]:
@@ -122,14 +125,9 @@ def format_stats(s: dict) -> str:
 def validate(output: str, storage: Storage) -> list[str]:
     """Every problem found: manifest rows without their members, members without a manifest row, unreadable
     shards or manifest parts, unsafe member names, JSON members that do not match their row. Empty when valid."""
-    problems: list[str] = []
-    rows: list[dict] = []
-    for uri in storage.list(storage.join(output, C.MANIFEST_DIR), ".parquet"):
-        try:
-            with storage.open(uri) as f:
-                rows += pq.read_table(f, schema=C.MANIFEST_SCHEMA).to_pylist()
-        except Exception as e:  # noqa: BLE001 - any unreadable part is one problem, the others are still checked
-            problems.append(f"{uri}: unreadable manifest part: {e}")
+    problems: list[str] = []  # an unreadable manifest part is one, the others are still checked
+    rows = C.read_parquet_dir(storage, storage.join(output, C.MANIFEST_DIR), C.MANIFEST_SCHEMA,
+                              unreadable=problems).to_pylist()
     expected: dict[tuple[str, str], set[str]] = {}
     for clip_id, n in Counter(r["clip_id"] for r in rows).items():
         if n > 1:
@@ -187,8 +185,8 @@ def _check_shard(storage: Storage, uri: str, shard: str, expected: dict, found: 
                     found[(shard, key)].add(member)
                     if member == C.JSON and (shard, key) in expected:
                         try:
-                            ok = json.loads(data).get("clip_id") == key
-                        except (ValueError, AttributeError):
+                            ok = parse_json(data).get("clip_id") == key
+                        except ValueError:
                             ok = False
                         if not ok:
                             problems.append(f"{shard}.tar: {name} is not the JSON of clip {key}")

@@ -28,7 +28,8 @@ def summary_text(stats: RunStats, seconds: float, sources_total: int, sources_sk
     s = stats
     lines = [
         f"sources: {sources_total} found, {sources_skipped} skipped (done before), {s.sources_done} done, {s.sources_failed} failed, "
-        f"{s.sources_duplicate} byte-identical copies of another, {len(s.environment)} left for the rerun (environment faults)",
+        f"{s.sources_duplicate} byte-identical copies of another, {len(s.environment) + len(s.job_faults)} left for "
+        "the rerun (environment or job faults)",
         f"clips: {s.clips_written} written in {s.shards_written} shard(s), {s.clips_duplicate} already present, "
         f"dropped {dict(s.dropped) or 0}",
         f"video: {s.source_seconds / 3600:.3f} h of source, {s.clip_seconds / 3600:.3f} h of clips, {s.bytes_written / 1e6:.1f} MB",
@@ -167,6 +168,9 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
                      is not None else "filters.max_damaged_frames not set: keeps damaged clips (flagged in the manifest)"),
                     "damaged_frames"),
     }
+    if cfg.encode.hdr == "drop":
+        rules["hdr"] = ("an HDR source (color_transfer smpte2084 = PQ, or arib-std-b67 = HLG) and encode.hdr = drop: "
+                        "the whole source, undecoded", None)
     if cfg.aesthetic.enabled:
         rules["aesthetic"] = ((f"aesthetic &lt; aesthetic.min_score = {cfg.aesthetic.min_score:g}"
                                if cfg.aesthetic.min_score is not None else "aesthetic.min_score not set: keeps every clip"),
@@ -281,6 +285,13 @@ linear-gradient(45deg,transparent 75%,#bbb 75%),linear-gradient(-45deg,transpare
 </style>"""
 
 
+def report_outdated(storage: Storage, output: str) -> bool:
+    """Whether report.html is missing or older than the newest manifest part (its writing failed after a commit)."""
+    report = storage.modified(output).get(storage.join(output, C.REPORT_FILE))
+    parts = storage.modified(storage.join(output, C.MANIFEST_DIR), ".parquet").values()
+    return report is None or report < max(parts, default=0.0)
+
+
 def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str, stage_counts: dict, seconds: float) -> str:
     """report.html over the whole dataset (manifest, errors, done markers) and this run's statistics (filters,
     stages, sample clips); also contact_sheet.png of the sample clips and the dataset card, README.md."""
@@ -297,21 +308,30 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
         parts.append("<h3>Sources that kept no clip</h3>" + _table(
             ["source", "candidate clips", "why"],
             [[_e(w["uri"]), w["candidate_clips"], _e(w["reason"])] for w in src["without_clips"]]))
+    several = sorted({(r["source_uri"], r["stream_index"], r["video_streams"]) for r in rows
+                      if (r["video_streams"] or 1) > 1})
+    if several:
+        parts.append("<h3>Sources with several video streams</h3><p>Each was read by the stream a player shows "
+                     "(never cover art; a moving stream before a still; the default one; the longest).</p>" + _table(
+                         ["source", "stream read", "video streams"], [[_e(u), i, n] for u, i, n in several]))
     parts += [_filter_section(cfg, storage, stats), _histograms(cfg, stats, rows),
               _stage_section(cfg, stage_counts, seconds), _error_section(errors)]
-    if stats.samples:
+    # This run's first clips; a run that wrote none (a rerun rebuilding the report) shows the dataset's first.
+    samples = stats.samples or [(r["clip_id"], r["shard"]) for r in rows[: cfg.report.sample_clips]]
+    if samples:
         by_id = {r["clip_id"]: r for r in rows}
         members = [(clip_id, clip_members(output, storage, {"clip_id": clip_id, "shard": shard}))
-                   for clip_id, shard in stats.samples]  # a dozen clips read back from their shards
+                   for clip_id, shard in samples]  # a dozen clips read back from their shards
         frames = [(clip_id, clip_frames(m[C.MP4], 4), [m[C.subject_member(k)] for k in range(C.MAX_SUBJECTS)
                                                        if C.subject_member(k) in m]) for clip_id, m in members]
         cards = "".join(_sample_card(clip_id, fr, pngs, by_id.get(clip_id)) for clip_id, fr, pngs in frames)
-        parts.append(f"<h2>Sample clips (this run, {len(frames)})</h2><div class='row'>{cards}</div>")
+        whose = "this run" if stats.samples else "the dataset"
+        parts.append(f"<h2>Sample clips ({whose}, {len(frames)})</h2><div class='row'>{cards}</div>")
         sheet = contact_sheet([(clip_id, fr) for clip_id, fr, _ in frames])
         storage.write_atomic(storage.join(output, "contact_sheet.png"), _encode(sheet, "PNG"))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>{_STYLE}</head><body>"
             + "\n".join(parts) + "</body></html>")
-    uri = storage.join(output, C.REPORT_FILE)
-    storage.write_atomic(uri, page.encode())
     write_card(output, storage, ds["clips"], ds["hours"])
+    uri = storage.join(output, C.REPORT_FILE)
+    storage.write_atomic(uri, page.encode())  # last: a report older than the manifest is rebuilt by the rerun
     return uri

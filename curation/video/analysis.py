@@ -1,5 +1,7 @@
 """The one decode pass of a source: shot detection and per-frame scores at analysis size, every full-size frame
-handed on to a sink that encodes clips from them (``curation.video.one_pass``).
+handed on to a sink that encodes clips from them (``curation.video.one_pass``). HDR and wide-gamut frames are
+converted to SDR BT.709 first (``curation.video.colour``), so the detectors and the luma, contrast and blank scores
+see the frames the clips hold, not washed-out ones.
 
 Frames are identified by their presentation timestamp (pts) recorded here, so cuts stay exact for variable frame
 rate sources and for streams whose first timestamp is not 0.
@@ -17,6 +19,7 @@ import numpy as np
 
 from common.storage import Storage
 
+from curation.video.colour import sdr
 from curation.video.decode import VideoError, decoded, i420_planes, open_video
 from curation.video.planning import Scores
 from curation.video.shots import Break, Detector
@@ -102,6 +105,7 @@ def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_widt
                 if max_pixels is not None and frame.width * frame.height > max_pixels:
                     raise VideoError(f"frame {i} is {frame.width}x{frame.height}, above the limit of {max_pixels} "
                                      "pixels (max_source_pixels)")
+                frame = sdr(frame)  # scores, cuts and held clips see what the clips will show
                 if size is None:
                     scale = min(1.0, analysis_width / frame.width)
                     size = (max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2))

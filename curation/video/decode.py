@@ -7,16 +7,19 @@ The analysis pass is ``curation.video.analysis``; cutting and encoding clips is 
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import av
 import numpy as np
+from av.stream import Disposition
 
 from common.storage import Storage, is_local
 
 from curation.pipeline.faults import SourceError, fault_of
+from curation.video.colour import colour_of
 
 
 class VideoError(SourceError):
@@ -32,6 +35,11 @@ class VideoInfo:
     num_frames: int  # the container's estimate; the analysis pass counts exactly
     rotation: int  # clockwise degrees to apply to decoded frames to make them upright: 0, 90, 180, 270
     codec: str
+    stream_index: int  # the video stream read (``video_stream``)
+    video_streams: int  # the video streams it was chosen from (attached pictures not counted)
+    color_primaries: str  # as tagged, FFmpeg's names (``colour.colour_of``)
+    color_transfer: str
+    bit_depth: int
 
 
 MIN_FPS, MAX_FPS = 0.1, 1000.0  # frame rates a real video stream has (a slide show .. a high-speed camera)
@@ -56,7 +64,7 @@ def decoded(container: av.container.InputContainer, stream) -> Iterator[tuple[av
 
 @contextmanager
 def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
-    """Open ``uri`` and its first video stream, turning every failure into a VideoError that says why."""
+    """Open ``uri`` and its video stream (``video_stream``), turning every failure into a VideoError that says why."""
     local = is_local(uri)
     try:
         # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
@@ -77,9 +85,39 @@ def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputC
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise VideoError(f"not a readable video container ({reason})") from None
     with container:
-        if not container.streams.video:
-            raise VideoError("the file has no video stream")
-        yield container, container.streams.video[0]
+        yield container, video_stream(container)
+
+
+def _candidates(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The video streams that may be the video: not an attached picture (cover art, a thumbnail)."""
+    return [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The stream a player shows, the same wherever a source is read: never an attached picture; a still (one frame)
+    only when nothing moves; then the stream marked default, then the longest; the first of equals."""
+    streams = _candidates(container)
+    if not streams:
+        cover = " (only an attached picture, such as cover art)" if container.streams.video else ""
+        raise VideoError(f"the file has no video stream{cover}")
+    return max(streams, key=lambda s: (not _still(s), bool(s.disposition & Disposition.default), _seconds(s), -s.index))
+
+
+def _still(stream: av.video.stream.VideoStream) -> bool:
+    return stream.frames == 1 or bool(stream.disposition & Disposition.still_image)
+
+
+_HMS = re.compile(r"(\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def _seconds(stream: av.video.stream.VideoStream) -> float:
+    """How long the stream plays by its header: its duration, Matroska's DURATION tag, or its frame count."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if hms := _HMS.fullmatch(stream.metadata.get("DURATION", "")):
+        return int(hms[1]) * 3600 + int(hms[2]) * 60 + float(hms[3])
+    rate = stream.average_rate or stream.guessed_rate
+    return stream.frames / float(rate) if stream.frames and rate else 0.0
 
 
 def _rotation(frame: av.VideoFrame) -> int:
@@ -138,6 +176,7 @@ def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInf
         else:
             duration = (container.duration or 0) / av.time_base
         frames = stream.frames or int(round(duration * float(rate)))
-        return VideoInfo(w, h, float(rate), duration, frames, rotation, stream.codec_context.name)
+        return VideoInfo(w, h, float(rate), duration, frames, rotation, stream.codec_context.name, stream.index,
+                         len(_candidates(container)), **colour_of(first))
 
 

@@ -8,10 +8,12 @@ from fractions import Fraction
 from typing import Iterator
 
 import av
+from av.video.reformatter import ColorRange
 
 from common.storage import Storage
 
 from curation.config import EncodeConfig
+from curation.video.colour import BT709, is_bt709, sdr
 from curation.video.decode import VideoError, decoded, open_video, upright
 
 
@@ -76,7 +78,7 @@ class ClipCutter:
         self._stream.thread_type = "AUTO"
         if clip.start_pts > clip.first_pts:
             container.seek(clip.start_pts, stream=self._stream, backward=True, any_frame=False)
-        self._frames = (frame for frame, _ in decoded(container, self._stream))
+        self._frames = (sdr(frame) for frame, _ in decoded(container, self._stream))
 
     def _next_frame(self) -> av.VideoFrame | None:
         # Not a generator over self._frames: leaving a loop would close it, and the next clip needs it open.
@@ -157,14 +159,9 @@ class ClipEncoder:
         self.prev = frame
 
     def _emit(self, frame: av.VideoFrame, pts: int) -> None:
-        frame = upright(frame, self.clip.rotation)
         if self.stream is None:
-            self.stream = self.out.add_stream(self.cfg.codec, rate=self.rate)
-            self.stream.width, self.stream.height = output_size(frame.width, frame.height, self.cfg.max_short_side)
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.codec_context.thread_count = self.cfg.threads
-            self.stream.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
-            self.stream.codec_context.time_base = self.time_base
+            self._add_stream(frame)
+        frame = upright(frame, self.clip.rotation)
         if (frame.width, frame.height, frame.format.name) != (self.stream.width, self.stream.height, "yuv420p"):
             frame = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
         frame.pts = pts
@@ -172,6 +169,22 @@ class ClipEncoder:
         frame.pict_type = av.video.frame.PictureType.NONE
         self.out.mux(self.stream.encode(frame))
         self.written += 1
+
+    def _add_stream(self, frame: av.VideoFrame) -> None:
+        """The clip's stream, sized for ``frame`` once upright. Tagged BT.709 when ``frame`` is (a source converted
+        to SDR BT.709 by ``colour.sdr``, or one tagged so); other clips stay untagged, as before."""
+        turned = self.clip.rotation in (90, 270)
+        width, height = (frame.height, frame.width) if turned else (frame.width, frame.height)
+        self.stream = self.out.add_stream(self.cfg.codec, rate=self.rate)
+        self.stream.width, self.stream.height = output_size(width, height, self.cfg.max_short_side)
+        self.stream.pix_fmt = "yuv420p"
+        cc = self.stream.codec_context
+        cc.thread_count = self.cfg.threads
+        self.stream.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+        cc.time_base = self.time_base
+        if is_bt709(frame):
+            cc.color_primaries = cc.color_trc = cc.colorspace = BT709
+            cc.color_range = ColorRange.MPEG
 
     def finish(self) -> EncodedClip:
         if self.cfg.fps and self.prev is not None:

@@ -7,7 +7,6 @@ ever unpickled.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from torch.utils.data import get_worker_info
 
 from cinema_model.subjects import frame_subject
 from common import contract as C
-from common.shard_reader import RawSample
+from common.shard_reader import RawSample, parse_json
 
 from ..config import DataConfig
 
@@ -106,9 +105,7 @@ def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample
     """The sample's tensors; with ``media=False`` only its caption and metadata (bucket 0, no video, nothing that
     needs a decode, no frame count to meet)."""
     m = raw.members
-    meta = json.loads(m[C.JSON]) if C.JSON in m else {}
-    if not isinstance(meta, dict):
-        raise SampleError("json member is not an object")
+    meta = parse_json(m[C.JSON]) if C.JSON in m else {}
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
     if not media:
         return Sample(raw.key, 0, None, None, caption, meta)

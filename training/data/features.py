@@ -28,7 +28,7 @@ from safetensors.torch import save as save_tensors
 
 from cinema_model.config import CinemaConfig, latent_frames
 from common import contract as C
-from common.shard_reader import RawSample
+from common.shard_reader import RawSample, parse_json
 from common.storage import Storage
 from common.typed_config import to_dict
 
@@ -166,7 +166,7 @@ def decode_features(raw: RawSample, cfg: DataConfig) -> FeatureSample:
     if not buckets or len(t["subject_latents"]) > cfg.max_subjects:
         raise SampleError(f"features of latent shape {shape} (frames, height, width) fit no bucket of "
                           f"frames {cfg.frames} x sizes {cfg.buckets}")
-    meta = json.loads(m[C.JSON]) if C.JSON in m else {}
+    meta = parse_json(m[C.JSON]) if C.JSON in m else {}
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
     return FeatureSample(raw.key, buckets[0], t["latents"], t["subject_latents"], t["text_states"],
                          t["text_mask"].bool(), caption, meta)

@@ -43,7 +43,10 @@ def dataset_fit(cfg: DataConfig, media: bool, holdout: float, max_validation: in
     fit, held = DatasetFit(), []
     for root in roots:
         root = root.rstrip("/")
-        rows = C.read_manifest(storage, root, ["clip_id", "source_sha1", "fps", "num_frames", "shard"]).to_pylist()
+        try:
+            rows = C.read_manifest(storage, root, ["clip_id", "source_sha1", "fps", "num_frames", "shard"]).to_pylist()
+        except ValueError as e:  # a manifest part of another schema, named
+            raise JobError(str(e)) from None
         for r in rows:
             fit.clips += 1
             frames = cfg.window.frames_for(r["fps"], r["num_frames"]) if media else None

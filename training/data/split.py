@@ -5,10 +5,9 @@ falls on the same side: no clip of a validation source is ever trained on."""
 from __future__ import annotations
 
 import hashlib
-import json
 
 from common import contract as C
-from common.shard_reader import RawSample
+from common.shard_reader import RawSample, parse_json
 
 
 def held_out_source(source_sha1: str, fraction: float) -> bool:
@@ -24,8 +23,7 @@ def held_out(raw: RawSample, fraction: float) -> bool:
     if fraction <= 0 or C.JSON not in raw.members:
         return False
     try:
-        meta = json.loads(raw.members[C.JSON])
+        sha = parse_json(raw.members[C.JSON]).get("source_sha1")
     except ValueError:
         return False
-    sha = meta.get("source_sha1") if isinstance(meta, dict) else None
     return isinstance(sha, str) and held_out_source(sha, fraction)

@@ -187,7 +187,8 @@ class ShardStream(IterableDataset):
         samples = self._read_shard(shard, offset, index, 1, 0)
         found = next(samples, None)
         samples.close()
-        return found[0] if found else None
+        # Not the next sample instead, if this one is now skipped (data.max_member_mb lowered since it was saved).
+        return found[0] if found and found[0].offset == offset else None
 
     # -- reading --------------------------------------------------------------------------------------------
     def _warn(self, url: str, key: str | None, message: str) -> None:
@@ -206,12 +207,13 @@ class ShardStream(IterableDataset):
         """Samples of one shard from a position; read errors reopen at the last whole sample, with backoff,
         then give up on the shard. Yields (sample, next offset, next index) as iter_samples does."""
         url = self.shards[shard]
+        max_member = int(self.cfg.max_member_mb * 1e6)
         failures = 0
         while True:
             try:
                 with self.storage.open(url) as f:
-                    for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase,
-                                                           self._reject(url), self._wanted):
+                    for raw, offset, index in iter_samples(f, shard, offset, index, stride, phase, self._reject(url),
+                                                           self._wanted, max_member=max_member):
                         failures = 0
                         yield raw, offset, index
                 return
