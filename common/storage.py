@@ -98,15 +98,19 @@ class Storage:
     def join(self, base: str, *parts: str) -> str:
         return "/".join([base.rstrip("/"), *parts])
 
-    def list(self, prefix: str, suffix: str = "") -> list[str]:
-        """URIs of the files directly under ``prefix`` ending in ``suffix``, sorted; empty if it does not exist."""
+    def _files(self, prefix: str, suffix: str) -> dict[str, dict]:
+        """The files directly under ``prefix`` ending in ``suffix``: URI -> fsspec's entry; empty if none."""
         fs, path = self.fs(prefix)
         try:
             entries = self._retry(prefix, lambda: fs.ls(path, detail=True))
         except FileNotFoundError:
-            return []
-        names = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") != "directory")
-        return [self.join(prefix, n) for n in names if n.endswith(suffix)]
+            return {}
+        names = ((e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in entries if e.get("type") != "directory")
+        return {self.join(prefix, n): e for n, e in names if n.endswith(suffix)}
+
+    def list(self, prefix: str, suffix: str = "") -> list[str]:
+        """URIs of the files directly under ``prefix`` ending in ``suffix``, sorted; empty if it does not exist."""
+        return sorted(self._files(prefix, suffix))
 
     def list_videos(self, uri: str, extensions: list[str]) -> list[str]:
         """Expand an input URI: a .txt file of URIs, a glob, a folder/prefix (recursive), or one file/URL."""
@@ -137,17 +141,11 @@ class Storage:
     def modified(self, prefix: str, suffix: str = "") -> dict[str, float]:
         """When each file directly under ``prefix`` ending in ``suffix`` was last written (seconds since the epoch),
         from one listing."""
-        fs, path = self.fs(prefix)
-        try:
-            entries = self._retry(prefix, lambda: fs.ls(path, detail=True))
-        except FileNotFoundError:
-            return {}
         out = {}
-        for e in entries:
-            name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        for uri, e in self._files(prefix, suffix).items():
             when = e.get("mtime") or e.get("LastModified")  # local files, S3 objects
-            if e.get("type") != "directory" and name.endswith(suffix) and when is not None:
-                out[self.join(prefix, name)] = when.timestamp() if hasattr(when, "timestamp") else float(when)
+            if when is not None:
+                out[uri] = when.timestamp() if hasattr(when, "timestamp") else float(when)
         return out
 
     def largest_first(self, uris: list[str]) -> list[str]:
