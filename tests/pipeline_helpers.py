@@ -19,8 +19,8 @@ def run_local(cfg, stage_classes, sources: list[str] = (), rows: list | None = N
         return list(chain(rows if rows is not None else [Row("source", uri, {}) for uri in sources]))
 
 
-def run_cpu_stages(path, *overrides, stages=("probe", "scenes", "encode")) -> list:
-    """The CPU stages (probe, scenes, filter, encode) on one source in this process, with the demo's CPU settings
+def run_cpu_stages(path, *overrides, stages=("scenes", "encode")) -> list:
+    """The CPU stages (scenes with its filters, encode) on one source in this process, with the demo's CPU settings
     and adaptive detection unless overridden: the rows they send to the writer."""
     from curation.config import load_job
     from curation.stages import CPU_STAGES

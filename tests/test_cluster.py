@@ -136,7 +136,7 @@ def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op
     env = cluster
     upload(s3_server, INPUTS)
     job = submit(env, s3_server)
-    wait(env, job, log_line="| probe 1 ")  # mid-job: the first source is through probe, the rest in flight
+    wait(env, job, log_line="| scenes 1 ")  # mid-job: the first source is through its scene pass, the rest in flight
     raylet(WORKER_IP).kill()
     assert wait(env, job) == "SUCCEEDED", ray_cli(env, "job", "logs", job)
     logs = ray_cli(env, "job", "logs", job)

@@ -17,6 +17,9 @@ def test_job_file_and_overrides(tmp_path):
     assert (cfg.scenes.max_clip_s, cfg.scenes.min_clip_s, cfg.encode.crf) == (8.0, 1.5, 30)
     assert cfg.scenes.detectors[0].kind == "threshold" and cfg.scenes.detectors[0].args == {"fade_bias": 0.2}
     assert load_job(job, [], input="x", output="s3://b/p").output == "s3://b/p"
+    # A whole number stays a whole number: PySceneDetect reads min_scene_len=15.0 as 15 seconds, 15 as 15 frames.
+    args = load_job(job, ["scenes.detectors=[{kind: adaptive, args: {min_scene_len: 15}}]"]).scenes.detectors[0].args
+    assert type(args["min_scene_len"]) is int
 
 
 @pytest.mark.parametrize(

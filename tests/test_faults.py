@@ -1,9 +1,11 @@
 """Faults a user or the environment causes: each is injected on purpose, and nothing may be lost or poisoned."""
 
 import errno
+import hashlib
 import io
 import json
 import os
+import random
 import subprocess
 import threading
 from fractions import Fraction
@@ -27,7 +29,7 @@ from curation.sink.shards import ShardSink
 from curation.sink.writer import DatasetWriter
 from curation.stages import SceneStage
 from curation.video.analysis import analyse
-from curation.video.decode import VideoError, open_video, probe
+from curation.video.decode import VideoError, open_source, open_video
 
 from .conftest import VIDEOS
 from .pipeline_helpers import check_contract, run_cpu_stages, send
@@ -108,6 +110,8 @@ def test_a_job_file_that_is_not_utf8_is_a_config_error(tmp_path):
     ("scenes.detectors=[{kind: content, args: {weights: 1}}]", r"args.weights: content's weights cannot be set"),
     ("scenes.detectors=[{kind: transnetv2, args: {threshold: true}}]", r"args.threshold: expected float, got True"),
     ("scenes.detectors=[{kind: transnetv2, args: {weights: /nope.pth}}]", r"scenes.detectors\[0\].args.weights: no such file"),
+    ("scenes.detectors=[{kind: transnetv2, args: {gate: sometimes}}]", r"args.gate: expected bool, got 'sometimes'"),
+    ("scenes.detectors=[{kind: transnetv2, args: {runtime: tensorrt}}]", r"args.runtime: openvino or torch, not 'tensorrt'"),
     ("aesthetic.enabled=true", "aesthetic.clip_model: 'openai/clip-vit-large-patch14' is neither a local folder"),
 ])
 def test_run_time_mistakes_stop_before_ray_and_mark_nothing(tmp_path, capsys, setting, message):
@@ -187,11 +191,11 @@ def test_an_unreachable_object_store_is_one_storage_error(monkeypatch):
         down.list_videos("s3://bucket/videos", [".mp4"])  # before: botocore's traceback, and no retry
 
 
-def test_a_frame_rate_near_zero_is_refused_at_probe(tmp_path):
+def test_a_frame_rate_near_zero_is_refused_when_the_source_is_opened(tmp_path):
     path = tmp_path / "slow.mkv"
     write_video(path, range(3), time_base=Fraction(10**6), rate=Fraction(1, 10**6))  # one frame per 11.6 days
-    with pytest.raises(VideoError, match="frame rate .* is outside 0.1..1000"):
-        probe(str(path), ST)
+    with pytest.raises(VideoError, match="frame rate .* is outside 0.1..1000"), open_source(str(path), ST):
+        pass
 
 
 # -- wrong data, silently: timing, damage, size -----------------------------------------------------------------
@@ -228,10 +232,10 @@ def test_damaged_frames_are_counted_and_dropped_by_config(tmp_path):
     data[mid : mid + 4096] = bytes(b ^ 0xFF for b in data[mid : mid + 4096])
     path = tmp_path / "damaged.mp4"
     path.write_bytes(bytes(data))
-    info = probe(str(path), ST)
-    a = analyse(str(path), ST, [], 64)
+    with open_source(str(path), ST) as source:
+        a = analyse(source, [], 64)
     damaged = np.flatnonzero(a.scores.damaged)
-    assert len(damaged) >= 1 and a.num_frames == info.num_frames  # the damage loses no frame
+    assert len(damaged) >= 1 and a.num_frames == source.info.num_frames  # the damage loses no frame
     common = ["scenes.detectors=[{kind: adaptive}]", "scenes.trim.fade_ratio=0", "filters.max_blank_frac=1"]
     flagged = run_cpu_stages(path, *common, "filters.max_damaged_frames=null")
     hit = [r.meta for r in clips(flagged) if r.meta["start_frame"] <= damaged[0] < r.meta["end_frame"]]
@@ -246,12 +250,68 @@ def test_a_stream_that_grows_past_max_source_pixels_midway_is_refused(tmp_path):
     write_video(tmp_path / "a.h264", range(10), size=(64, 48), fmt="h264")
     write_video(tmp_path / "b.h264", range(10), size=(640, 480), fmt="h264")
     path.write_bytes((tmp_path / "a.h264").read_bytes() + (tmp_path / "b.h264").read_bytes())
-    assert probe(str(path), ST, max_pixels=10_000).width == 64
-    with pytest.raises(VideoError, match=r"frame 10 is 640x480, above the limit of 10000 pixels"):
-        analyse(str(path), ST, [], 64, max_pixels=10_000)
+    with open_source(str(path), ST, max_pixels=10_000) as source:
+        assert source.info.width == 64
+        with pytest.raises(VideoError, match=r"frame 10 is 640x480, above the limit of 10000 pixels"):
+            analyse(source, [], 64)
+
+
+def test_a_damaged_tail_keeps_the_frames_before_it_and_the_whole_files_sha1(tmp_path):
+    path = tmp_path / "tail.mkv"
+    write_video(path, [40 * k for k in range(100)], fmt="matroska")
+    data = bytearray(path.read_bytes())
+    data[len(data) * 2 // 3 :] = random.Random(0).randbytes(len(data) - len(data) * 2 // 3)
+    path.write_bytes(bytes(data))
+    rows = run_cpu_stages(path, "scenes.detectors=[{kind: adaptive}]", "scenes.max_clip_s=30")
+    (summary,) = [r.meta for r in rows if r.kind == "summary"]
+    assert not [r for r in rows if r.kind == "error"] and 0 < summary["num_frames"] < 100
+    # Hashed to the end, past where the decoder gave up, each byte read once.
+    assert summary["source_sha1"] == hashlib.sha1(data).hexdigest()
+    assert summary["source_bytes"] == summary["bytes_read"] == len(data)
 
 
 # -- whose fault: the source's, or the environment's ---------------------------------------------------------------
+class FailsAfter(io.FileIO):
+    """A source file whose reads fail once ``limit`` bytes have come through it, with ``error``."""
+
+    def __init__(self, path, limit, error):
+        super().__init__(path)
+        self.left, self.error = limit, error
+
+    def read(self, n=-1):
+        if n > self.left:
+            raise self.error
+        self.left -= n
+        return super().read(n)
+
+
+@pytest.mark.parametrize("error, fault", [
+    (StorageUnavailable("s3://raw/testvideo.mp4: storage error after 4 attempts: Read timeout"), "environment"),
+    (OSError(errno.ECONNRESET, "Connection reset by peer"), "environment"),
+    (OSError(errno.ENOSPC, "No space left on device"), "stop"),
+    (OSError("the object ended before its size"), "source"),
+])
+def test_a_source_whose_read_fails_midway_is_one_error_row_of_that_fault(tmp_path, monkeypatch, error, fault):
+    # Halfway through the scene pass, which reads the source once: the SHA-1 is made of the same reads.
+    monkeypatch.setattr(Storage, "open", lambda self, uri, mode="rb": FailsAfter(uri, 1_000_000, error))
+    rows = run_cpu_stages(VIDEOS / "testvideo.mp4", "scenes.detectors=[{kind: adaptive}]")
+    (row,) = rows
+    assert row.kind == "error" and row.meta["stage"] == "scenes" and row.meta["fault"] == fault
+    assert row.meta["clip_id"] is None and str(error) in row.meta["message"]
+    writer = DatasetWriter(str(tmp_path / "out"), ST, ShardsConfig())
+    writer.recover()
+    if fault == "stop":
+        with pytest.raises(JobStopped, match="No space left on device"):
+            writer.add(row)
+    else:
+        writer.add(row)
+    writer.close()
+    # The source's own fault marks it done; the environment's leaves it to the rerun, as any such failure does.
+    done = {uri: m["status"] for uri, m in markers(tmp_path / "out").items()}
+    assert done == ({str(VIDEOS / "testvideo.mp4"): "error"} if fault == "source" else {})
+    assert bool(writer.stats.environment) == (fault != "source")
+
+
 def enospc_in_temp(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", "/tmp/tmpspill")
 
@@ -262,8 +322,7 @@ def test_a_full_temporary_folder_stops_the_job_and_marks_no_source(tmp_path, mon
     monkeypatch.setattr("curation.video.one_pass.tempfile.TemporaryFile", enospc_in_temp)
     stage = SceneStage(cfg)
     stage.setup()
-    source = Row("source", str(VIDEOS / "counter.mp4"), {**_probed(VIDEOS / "counter.mp4")})
-    (row,) = stage([source])
+    (row,) = stage([Row("source", str(VIDEOS / "counter.mp4"), {})])
     assert row.kind == "error" and row.meta["fault"] == "stop"
     writer = DatasetWriter(str(tmp_path / "out"), ST, ShardsConfig())
     writer.recover()
@@ -271,13 +330,6 @@ def test_a_full_temporary_folder_stops_the_job_and_marks_no_source(tmp_path, mon
         writer.add(row)
     writer.close()
     assert writer.done == {} and not (tmp_path / "out" / C.DONE_DIR).exists()
-
-
-def _probed(path) -> dict:
-    from curation.stages import ProbeStage
-
-    (row,) = ProbeStage(load_job(None, input="x", output="y")).process(Row("source", str(path), {}))
-    return row.meta
 
 
 def test_faults_are_told_apart():
@@ -310,7 +362,7 @@ def test_environment_faults_leave_the_source_to_the_rerun_and_clip_failures_are_
     out = tmp_path / "out"
     writer = DatasetWriter(str(out), ST, ShardsConfig())
     writer.recover()
-    refused = error_row(row("source", "http://h/a.mp4"), "probe", StorageUnavailable("http://h/a.mp4: refused"))
+    refused = error_row(row("source", "http://h/a.mp4"), "scenes", StorageUnavailable("http://h/a.mp4: refused"))
     send(writer, [refused, *(row("clip", "b.mp4", **clip_meta(clip_id)) for clip_id in ("c1", "c2")),
                   error_row(row("clip", "b.mp4", clip_id="c3"), "encode", ValueError("odd frame")),
                   row("summary", "b.mp4", num_clips=3, duration_s=3.0, source_sha1="s" * 40)])
@@ -347,7 +399,7 @@ def test_sources_failing_their_own_ways_are_marked_done(tmp_path):
     # The decoder's own errors are a source's, however many share them; unexplained ones that differ, or that
     # follow a source that completed, are the sources' as well.
     for uri in ("z1.mp4", "z2.mp4", "z3.mp4"):
-        send(writer, [error_row(row("source", uri), "probe", VideoError("not a readable video container"))])
+        send(writer, [error_row(row("source", uri), "scenes", VideoError("not a readable video container"))])
     for uri, message in (("a.mp4", "odd frame 3"), ("b.mp4", "odd frame 7")):
         send(writer, [error_row(row("source", uri), "scenes", ValueError(message))])
     assert set(markers(out)) == {"z1.mp4", "z2.mp4", "z3.mp4"}  # a.mp4 and b.mp4 wait: the run proved nothing yet

@@ -7,6 +7,7 @@ behaviour), PQ is off by 41 levels on average, HLG by 23, BT.2020 SDR by 11 (mos
 """
 
 import functools
+import hashlib
 import io
 import re
 from fractions import Fraction
@@ -125,11 +126,16 @@ def test_a_pq_source_is_tone_mapped_to_bt709_and_its_colour_recorded(tmp_path):
 
 
 def test_drop_leaves_an_hdr_source_out_with_reason_hdr(tmp_path):
-    rows = curate(write_source(tmp_path / "pq.mp4", PQ), "encode.hdr=drop")
+    path = write_source(tmp_path / "pq.mp4", PQ)
+    rows = curate(path, "encode.hdr=drop")
     assert [r.kind for r in rows] == ["dropped", "summary"]
     dropped, summary = rows[0].meta, rows[1].meta
     assert dropped["dropped_by"] == "hdr" and dropped["color_transfer"] == "smpte2084" and dropped["motion"] is None
     assert (dropped["start_frame"], dropped["end_frame"], summary["num_clips"]) == (0, 12, 1)
+    # Not decoded past its first frame, but read to the end once, for the SHA-1 that names it.
+    data = Path(path).read_bytes()
+    assert dropped["source_sha1"] == summary["source_sha1"] == hashlib.sha1(data).hexdigest()
+    assert summary["source_bytes"] == summary["bytes_read"] == len(data)
     # An SDR source goes on as ever.
     rows = curate(write_source(tmp_path / "sdr.mp4", SDR, "yuv420p", "libx264"), "encode.hdr=drop")
     assert [r.kind for r in rows] == ["clip", "summary"]

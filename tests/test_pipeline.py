@@ -25,7 +25,7 @@ def test_every_source_is_accounted_for(curated):
     errs = errors(cfg.output).to_pylist()
     by_name = {e["uri"].rsplit("/", 1)[-1]: e for e in errs}
     assert sorted(by_name) == sorted(BAD), errs
-    assert all(e["stage"] == "probe" and e["clip_id"] is None for e in errs)
+    assert all(e["stage"] == "scenes" and e["clip_id"] is None for e in errs)
     assert "file not found" in by_name["missing.mp4"]["message"]
     assert "not a readable video" in by_name["random.mp4"]["message"]
     assert "8704x4352 is above the limit" in by_name["huge.mp4"]["message"]
@@ -40,7 +40,11 @@ def test_each_run_records_its_resolved_config_and_stats(curated):
     assert resolved["scenes"]["min_clip_s"] == 0.5 and resolved["encode"]["preset"] == cfg.encode.preset  # defaults too
     stats = json.loads((record / "stats.json").read_text())
     assert stats["sources"]["found"] == 12 and stats["clips"]["written"] == result.stats.clips_written > 0
-    assert list(stats["stages"])[:2] == ["probe", "scenes"] and stats["stages"]["scenes"]["busy_s"] > 0
+    assert list(stats["stages"])[:2] == ["scenes", "encode"] and stats["stages"]["scenes"]["busy_s"] > 0
+    # Each byte of every source read once, the SHA-1 made of the bytes the scene pass decoded (the clips not held
+    # in that pass are read again by the encode stage, not counted here).
+    sizes = sum(p.stat().st_size for p in inputs if p.name not in BAD)
+    assert stats["sources"]["bytes"] == stats["sources"]["bytes_read"] == sizes
     per_source = stats["per_source"]
     assert len(per_source) == 12 and sum(m["written"] for m in per_source.values()) == stats["clips"]["written"]
     assert {m["status"] for u, m in per_source.items() if u.rsplit("/", 1)[-1] in BAD} == {"error"}

@@ -11,10 +11,10 @@ from curation.__main__ import main
 from curation.config import load_job
 from curation.tools.capacity import Cluster, PlanError, load_bench, make_plan
 
-# 100 clips from 500 s of video on 4 cores. Busy CPU-s per clip: probe 0.1, scenes 0.5, filter 0, encode 1.4;
+# 100 clips from 500 s of video on 4 cores. Busy CPU-s per clip: scenes 0.6, filter 0, encode 1.4;
 # (70 - 10) s x 4 cores = 240 core-s against 200 busy: 0.4 s/clip of overhead. 5 MB of shards per clip.
 CURATION = {"clips": 100, "video_seconds": 500.0, "cores": 4, "ours_s": 70.0, "ray_start_s": 10.0,
-            "bytes_written": 500_000_000, "stage_busy_s": {"probe": 10.0, "scenes": 50.0, "encode": 140.0}}
+            "bytes_written": 500_000_000, "stage_busy_s": {"scenes": 60.0, "encode": 140.0}}
 # Caption prep 0.5 CPU-s/clip; aesthetic 0.05 GPU-s/clip at batch 32 (0.025 at batch 128); caption 2 GPU-s/clip at
 # batch 8 (1 at batch 32); subjects 0.25 GPU-s/clip.
 GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
@@ -46,7 +46,7 @@ def plan(tmp_path: Path, cluster: Cluster = Cluster(), clips: int = 720_000, hou
 def test_hand_computed_plan(tmp_path):
     p = plan(tmp_path)
     per_clip = {s.stage: s.seconds_per_clip for s in p.stages}
-    assert per_clip == pytest.approx({"probe": 0.1, "scenes": 0.5, "encode": 1.4, "cpu overhead": 0.4,
+    assert per_clip == pytest.approx({"scenes": 0.6, "encode": 1.4, "cpu overhead": 0.4,
                                       "caption_prep": 0.5, "aesthetic": 0.05, "caption": 2.0, "subjects": 0.25})
     # 720k clips x 2.9 CPU-s = 580 CPU-h -> 58 CPUs for 10 h; x 2.3 GPU-s = 460 GPU-h -> 46 GPUs.
     pools = {q.pool: q for q in p.pools}
@@ -97,7 +97,7 @@ def test_cpu_only_model_bench_leaves_gpu_stages_unmeasured(tmp_path):
 def test_no_model_stages_need_no_model_bench(tmp_path):
     cfg = job("caption.enabled=false", "aesthetic.enabled=false")
     bench = load_bench(bench_dir(tmp_path, model=None), cfg)
-    assert [r.stage for r in bench.rates] == ["probe", "scenes", "encode", "cpu overhead"]
+    assert [r.stage for r in bench.rates] == ["scenes", "encode", "cpu overhead"]
 
 
 def test_aesthetic_without_captions_costs_its_prep_and_its_gpu_time(tmp_path):
@@ -125,7 +125,7 @@ def test_the_scene_pass_costs_what_the_jobs_detectors_cost(tmp_path):
     scenes = {j: next(r for r in load_bench(folder, job(*j)).rates if r.stage == "scenes") for j in
               [(), ("scenes.detectors=[{kind: adaptive}]",)]}
     assert scenes[()].seconds_per_clip == 2.0 and "detectors adaptive+transnetv2" in scenes[()].source
-    assert scenes[("scenes.detectors=[{kind: adaptive}]",)].seconds_per_clip == 0.5
+    assert scenes[("scenes.detectors=[{kind: adaptive}]",)].seconds_per_clip == 0.6
     # Kinds no run measured: the plan says its scene cost comes from other detectors.
     other = load_bench(folder, job("scenes.detectors=[{kind: threshold}]"))
     assert any("measured with detectors adaptive, not this job's threshold" in n for n in other.notes)

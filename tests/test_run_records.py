@@ -16,10 +16,10 @@ def stats(**kw) -> RunStats:
 
 def test_progress_says_sources_done_of_total_rate_eta_and_stages_in_pipeline_order():
     s = stats(sources_done=2, sources_failed=1, clips_written=14, dropped=Counter(motion=2, blank=1), errors=Counter(VideoError=1))
-    counts = {"encode": [5, 5, 0, 1.0], "probe": [4, 4, 0, 0.1], "scenes": [3, 9, 1, 5.0]}
-    line = progress_line(30.0, 10, s, counts, ["probe", "scenes", "encode"])
-    assert line == "[    30s] sources 3/10 (0.10/s, ETA 70s) | clips 14 written, 3 dropped | errors 1 | probe 4 | scenes 3 | encode 5"
-    assert "ETA ?" in progress_line(2.0, 10, RunStats(), {}, ["probe"])  # the first line, before anything is done
+    counts = {"encode": [5, 5, 0, 1.0], "caption_prep": [4, 4, 0, 0.1], "scenes": [3, 9, 1, 5.0]}
+    line = progress_line(30.0, 10, s, counts, ["scenes", "encode", "caption_prep"])
+    assert line == "[    30s] sources 3/10 (0.10/s, ETA 70s) | clips 14 written, 3 dropped | errors 1 | scenes 3 | encode 5 | caption_prep 4"
+    assert "ETA ?" in progress_line(2.0, 10, RunStats(), {}, ["scenes"])  # the first line, before anything is done
 
 
 def result(s: RunStats) -> RunResult:
@@ -31,7 +31,7 @@ def test_a_job_that_wrote_nothing_or_failed_too_often_exits_non_zero():
     assert _verdict(result(stats(sources_done=2, sources_failed=1, clips_written=5, sources=ok)), 0.5) == 0
     assert _verdict(result(stats(sources_done=2, sources_failed=1, clips_written=5, sources=ok)), 0.2) == 1
     assert _verdict(result(stats(sources_done=3, sources=dict(ok, c={"status": "ok"}))), 0.5) == 1  # no clip written
-    assert _verdict(result(stats(sources_done=2, clips_written=5, environment=["probe on x: refused"])), 0.5) == 3
+    assert _verdict(result(stats(sources_done=2, clips_written=5, environment=["scenes on x: refused"])), 0.5) == 3
 
 
 def test_a_training_run_records_its_config_and_groups_its_tensorboard_scalars(tmp_path):

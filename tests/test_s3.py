@@ -1,13 +1,17 @@
 """Sources read from and dataset written to an S3-compatible server on loopback."""
 
+import hashlib
+
 import boto3
+import s3fs
 
 from common.storage import Storage, StorageConfig
 from curation.config import load_job
 from curation.run.runner import run
 
 from .conftest import VIDEOS
-from .pipeline_helpers import check_contract
+from .pipeline_helpers import check_contract, run_cpu_stages
+from .test_source_file import atoms
 
 
 def test_curation_from_and_to_object_storage(ray_local, s3_server, tmp_path):
@@ -30,6 +34,35 @@ def test_curation_from_and_to_object_storage(ray_local, s3_server, tmp_path):
     assert any(k.startswith("curated/shards/part-") and k.endswith(".tar") for k in keys)
     assert not any(k.endswith(".tmp") for k in keys), "temporary objects left behind"
     assert sum(k.startswith("curated/done/") for k in keys) == 3
+    sizes = sum((VIDEOS / name).stat().st_size for name in ("counter.mp4", "fades.mp4"))
+    assert result.stats.source_bytes == result.stats.source_bytes_read == sizes  # each byte read once
+
+
+def test_the_scene_pass_pulls_each_source_byte_from_the_bucket_once(s3_server, monkeypatch):
+    # What the bucket sent, under s3fs's read-ahead: before, the probe, the SHA-1 and the pass each pulled the whole
+    # file (3x), and a read-ahead thrown away at each jump to an index at the end pulled more. Read-ahead blocks of
+    # 256 KB instead of 50 MB make this 2.4 MB video behave as a large one does.
+    monkeypatch.setattr(s3fs.S3FileSystem, "default_block_size", 1 << 18)
+    sent = []
+    fetch = s3fs.core.S3File._fetch_range
+
+    def counted(self, start, end):
+        data = fetch(self, start, end)
+        sent.append(len(data))
+        return data
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
+    data = (VIDEOS / "testvideo.mp4").read_bytes()  # its index follows its media data
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="reads")
+    Storage(StorageConfig(endpoint_url=s3_server)).write_atomic("s3://reads/testvideo.mp4", data)
+    rows = run_cpu_stages("s3://reads/testvideo.mp4", f"storage.endpoint_url={s3_server}",
+                          "scenes.detectors=[{kind: adaptive}]", stages=("scenes",))
+    (summary,) = [r.meta for r in rows if r.kind == "summary"]
+    assert summary["source_sha1"] == hashlib.sha1(data).hexdigest()
+    assert summary["source_bytes"] == summary["bytes_read"] == len(data)
+    # The in-order handle's read-ahead also pulls the index the second handle read: at most that much more.
+    index = len(data) - next(at + size for kind, at, size in atoms(data) if kind == "mdat")
+    assert len(data) <= sum(sent) <= len(data) + index
 
 
 def test_storage_rides_out_a_brief_outage_and_names_the_object_after_a_long_one(s3_server):

@@ -11,7 +11,7 @@ from av.stream import Disposition
 from common import contract as C
 from common.storage import Storage
 
-from curation.video.decode import VideoError, open_video, probe
+from curation.video.decode import VideoError, open_source, open_video
 
 from .pipeline_helpers import run_cpu_stages
 
@@ -63,17 +63,18 @@ def write_streams(path, streams, fmt="mp4", audio=False):
 ])
 def test_the_stream_a_player_shows_is_read(tmp_path, fmt, streams, chosen, candidates):
     path = str(write_streams(tmp_path / f"v.{'mkv' if fmt == 'matroska' else 'mp4'}", streams, fmt))
-    info = probe(path, Storage())
+    with open_source(path, Storage()) as source:  # what the scene pass reads
+        info = source.info
     w, h = streams[chosen][1]
     assert (info.stream_index, info.video_streams, info.width, info.height) == (chosen, candidates, w, h)
-    with open_video(path, Storage()) as (_, stream):  # what the scene pass and the cutter read
+    with open_video(path, Storage()) as (_, stream, _):  # what the cutter reads
         assert stream.index == chosen
 
 
 def test_cover_art_alone_is_no_video(tmp_path):
     path = write_streams(tmp_path / "song.mp4", [COVER], audio=True)
-    with pytest.raises(VideoError, match="no video stream .only an attached picture"):
-        probe(str(path), Storage())
+    with pytest.raises(VideoError, match="no video stream .only an attached picture"), open_source(str(path), Storage()):
+        pass
 
 
 @pytest.mark.parametrize("hold_mb", ["1024", "0"])  # clips from the scene pass's frames, and cut in a second decode

@@ -12,7 +12,7 @@ from scenedetect import AdaptiveDetector, detect
 from common.storage import Storage
 from curation.config import DetectorConfig, EncodeConfig, ScenesConfig, TrimConfig
 from curation.video.analysis import analyse
-from curation.video.decode import VideoError, probe
+from curation.video.decode import VideoError, open_source
 from curation.video.detectors import Detectors
 from curation.video.encoding import ClipCutter, ClipSpec, output_size
 from curation.video.planning import clip_limits, merge_breaks, min_gap_frames, plan_scene, scenes, split_evenly
@@ -27,9 +27,9 @@ NO_TRIM = TrimConfig(black_luma=0, white_luma=255, flat_contrast=0, fade_ratio=0
 
 
 def run_analysis(path, detectors=(("adaptive", {}),)):
-    info = probe(str(path), ST)
-    dets = Detectors([DetectorConfig(k, a) for k, a in detectors]).for_source(info.fps)
-    return info, analyse(str(path), ST, dets, 256)
+    with open_source(str(path), ST) as source:
+        dets = Detectors([DetectorConfig(k, a) for k, a in detectors]).for_source(source.info.fps)
+        return source.info, analyse(source, dets, 256)
 
 
 def cut_points(info, a, min_scene_s=0.5) -> list[int]:
@@ -166,5 +166,5 @@ def test_fps_resampling_and_resize():
                                            ("text.mp4", "not a readable video"), ("missing.mp4", "file not found"),
                                            ("huge.mp4", "8704x4352 is above the limit of 33177600")])
 def test_bad_files_raise_clear_errors(bad_inputs, name, message):
-    with pytest.raises(VideoError, match=message):
-        probe(str(bad_inputs / name), ST, max_pixels=7680 * 4320)
+    with pytest.raises(VideoError, match=message), open_source(str(bad_inputs / name), ST, max_pixels=7680 * 4320):
+        pass

@@ -51,8 +51,8 @@ class Progress:
 
 class RayChain:
     """A chain of consecutive stages (``chains``) in one Ray worker, run as a stream by the executor's ``Chain``: a
-    source goes from probe to encoded clips without leaving the process. The last chain ends in the shard sink, so
-    the clips are written where they are made and what leaves the worker is their manifest rows."""
+    source goes from its scene pass to encoded clips without leaving the process. The last chain ends in the shard
+    sink, so the clips are written where they are made and what leaves the worker is their manifest rows."""
 
     def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress, last: bool):
         self.progress = progress
@@ -98,7 +98,7 @@ def _chain_task(table: pa.Table, run: str, stage_classes: tuple, cfg: JobConfig,
 
 def chains(stages: list[type[Stage]], cfg: JobConfig) -> list[list[type[Stage]]]:
     """Group consecutive stages into chains, each one Ray Data operator: CPU stages together, GPU stages together
-    when they need the same GPU share (a source then goes from probe to encoded clips in one worker)."""
+    when they need the same GPU share (a source then goes from its scene pass to encoded clips in one worker)."""
     groups: list[list[type[Stage]]] = []
     for stage in stages:
         if groups and groups[-1][-1].resources(cfg).gpus == stage.resources(cfg).gpus:

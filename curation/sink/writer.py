@@ -75,6 +75,8 @@ class RunStats:
     sources_done: int = 0
     sources_failed: int = 0
     source_seconds: float = 0.0
+    source_bytes: int = 0  # the sources' sizes, byte-identical copies included: each was read
+    source_bytes_read: int = 0  # what their scene pass pulled from storage: source_bytes when each byte is read once
     clips_written: int = 0
     clips_duplicate: int = 0
     clip_seconds: float = 0.0
@@ -191,6 +193,8 @@ class DatasetWriter:
 
     def _summary(self, src: _Source, uri: str, meta: dict) -> None:
         src.expected = meta["num_clips"]
+        self.stats.source_bytes += meta.get("source_bytes", 0)
+        self.stats.source_bytes_read += meta.get("bytes_read", 0)
         if meta.get("video_streams", 1) > 1:
             src.streams = {"stream_index": meta["stream_index"], "video_streams": meta["video_streams"]}
         sha1 = meta.get("source_sha1")

@@ -1,4 +1,5 @@
-"""The curation stages, in pipeline order: probe, scenes, encode on CPUs, then the model stages the config enables.
+"""The curation stages, in pipeline order: scenes (which probes each source as it opens it) and encode on CPUs, then
+the model stages the config enables.
 
 The model stages come after the CPU ones: caption prep (CPU) decodes each clip once for them, then aesthetic score,
 captioning and subject extraction, which chain in one GPU worker when they take the same GPU share.
@@ -9,11 +10,10 @@ from curation.pipeline.stage import Stage
 from curation.stages.aesthetic import AestheticStage
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.encode import EncodeStage
-from curation.stages.probe import ProbeStage
 from curation.stages.scenes import SceneStage
 from curation.stages.subjects import SubjectStage
 
-CPU_STAGES = (ProbeStage, SceneStage, EncodeStage)
+CPU_STAGES = (SceneStage, EncodeStage)
 MODEL_STAGES = (CaptionPrepStage, AestheticStage, CaptionStage, SubjectStage)
 
 

@@ -7,7 +7,7 @@ Pure arithmetic over the JSON files the benchmarks write (no Ray, no models):
   model-free, the frames of every model stage) and, in ``--gpu`` mode, clips/s per GPU for aesthetic scoring,
   captioning and subjects.
 
-The runner chains every CPU stage (probe ... encode, caption prep) in one task per source and every GPU stage on
+The runner chains every CPU stage (scenes, encode, caption prep) in one task per source and every GPU stage on
 GPU actors, all streaming at once: the job needs a CPU pool and a GPU pool, and the slower pool bounds it.
 """
 

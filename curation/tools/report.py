@@ -33,6 +33,8 @@ def summary_text(stats: RunStats, seconds: float, sources_total: int, sources_sk
         f"clips: {s.clips_written} written in {s.shards_written} shard(s), {s.clips_duplicate} already present, "
         f"dropped {dict(s.dropped) or 0}",
         f"video: {s.source_seconds / 3600:.3f} h of source, {s.clip_seconds / 3600:.3f} h of clips, {s.bytes_written / 1e6:.1f} MB",
+        f"read: {s.source_bytes / 1e6:.1f} MB of sources, {s.source_bytes_read / max(s.source_bytes, 1):.3f} bytes read "
+        "from storage per source byte",
         f"errors: {dict(s.errors) or 'none'}",
         f"time: {seconds:.1f} s, {s.clips_written / max(seconds, 1e-9):.2f} clips/s, "
         f"{s.source_seconds / max(seconds, 1e-9) / max(cpus, 1):.2f} video-s/s per core ({cpus} cores)",
@@ -120,7 +122,7 @@ def _source_frame(storage: Storage, meta: dict) -> Image.Image | None:
 
     t = (meta["start_s"] + meta["end_s"]) / 2
     try:
-        with open_video(meta["source_uri"], storage) as (container, stream):
+        with open_video(meta["source_uri"], storage) as (container, stream, _):
             container.seek(int(t / stream.time_base), stream=stream)
             for frame in container.decode(stream):
                 if frame.time is None or frame.time >= t - 0.05:
@@ -235,7 +237,7 @@ def _stage_section(cfg: JobConfig, stage_counts: dict, seconds: float) -> str:
         per_worker = f"{rows_in / busy:.2f}" if busy > 1e-3 else "-"
         rows.append([_e(n), int(rows_in), int(rows_out), int(errs), f"{busy:.1f}", f"{busy / total_busy:.0%}",
                      per_worker, f"{rows_in / max(seconds, 1e-9):.2f}"])
-    note = ("<p>Rows in: sources for probe and scenes, clips after. Busy: seconds inside the stage, summed over its "
+    note = ("<p>Rows in: sources for scenes, clips after. Busy: seconds inside the stage, summed over its "
             f"workers. The job ran {seconds:.1f} s.</p>")
     return "<h2>Stages (this run)</h2>" + note + _table(
         ["stage", "rows in", "rows out", "errors", "busy s", "share of busy", "rows/s per busy worker", "rows/s (job)"], rows)

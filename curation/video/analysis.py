@@ -1,6 +1,6 @@
-"""The one decode pass of a source: shot detection and per-frame scores at analysis size, every full-size frame
-handed on to a sink that encodes clips from them (``curation.video.one_pass``). HDR and wide-gamut frames are
-converted to SDR BT.709 first (``curation.video.colour``), so the detectors and the luma, contrast and blank scores
+"""The one decode pass of a source, in the container opened to probe it (``decode.open_source``): shot detection
+and per-frame scores at analysis size, every full-size frame handed on to a sink that encodes clips from them
+(``curation.video.one_pass``). HDR and wide-gamut frames are converted to SDR BT.709 first (``curation.video.colour``), so the detectors and the luma, contrast and blank scores
 see the frames the clips hold, not washed-out ones.
 
 Frames are identified by their presentation timestamp (pts) recorded here, so cuts stay exact for variable frame
@@ -17,10 +17,8 @@ import av
 import cv2
 import numpy as np
 
-from common.storage import Storage
-
 from curation.video.colour import sdr
-from curation.video.decode import VideoError, decoded, i420_planes, open_video
+from curation.video.decode import Source, VideoError, i420_planes
 from curation.video.planning import Scores
 from curation.video.shots import Break, Detector
 
@@ -85,57 +83,49 @@ class FrameSink(Protocol):
     def finish(self, num_frames: int, breaks: list[Break]) -> None: ...
 
 
-def analyse(uri: str, storage: Storage, detectors: list[Detector], analysis_width: int,
-            sink: FrameSink | None = None, max_pixels: int | None = None) -> Analysis:
-    """Decode every frame once at reduced size: feed the shot detectors and score each frame (motion, luma,
-    contrast, damaged). ``sink`` gets each full-size frame as well, so clips can be encoded in this same pass, and
-    the breaks in order of their start: a break is released once every detector has settled past its start.
-    Every decoded frame is held to ``max_pixels``, not only the header: a stream may change its size midway."""
+def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink: FrameSink | None = None) -> Analysis:
+    """Decode every frame of ``source`` once at reduced size, from its first (``decode.open_source``): feed the shot
+    detectors and score each frame (motion, luma, contrast, damaged). ``sink`` gets each full-size frame as well, so
+    clips can be encoded in this same pass, and the breaks in order of their start: a break is released once every
+    detector has settled past its start."""
     pts: list[int] = []
     scores: list[tuple[float, ...]] = []
     pending: list[Break] = []
     released: list[Break] = []
     prev = None
-    with open_video(uri, storage) as (container, stream):
-        stream.thread_type = "AUTO"
-        jump = JUMP_S / float(stream.time_base)
-        size = None
-        try:
-            for i, (frame, damaged) in enumerate(decoded(container, stream)):
-                if max_pixels is not None and frame.width * frame.height > max_pixels:
-                    raise VideoError(f"frame {i} is {frame.width}x{frame.height}, above the limit of {max_pixels} "
-                                     "pixels (max_source_pixels)")
-                frame = sdr(frame)  # scores, cuts and held clips see what the clips will show
-                if size is None:
-                    scale = min(1.0, analysis_width / frame.width)
-                    size = (max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2))
-                pts.append(frame.pts if frame.pts is not None else (pts[-1] + 1 if pts else 0))
-                if i and pts[-1] - pts[-2] > jump:
-                    pending.append(Break(i, i + 1))  # a span, which no merge rule drops: no clip crosses a jump
-                small = _small_bgr(frame, size)
-                gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-                mean, std = cv2.meanStdDev(gray)
-                motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
-                scores.append((motion, float(mean[0, 0]), float(std[0, 0]), float(damaged)))
-                prev = gray
-                pending += [b for d in detectors for b in d.process(i, small)]
-                settled = min((d.settled() for d in detectors), default=i + 1)
-                ready = sorted(b for b in pending if b.start < settled)
-                if ready:
-                    pending = [b for b in pending if b.start >= settled]
-                    released += ready
-                if sink is not None:
-                    sink.add(i, frame, pts[-1], scores[-1], ready, settled)
-        except av.error.FFmpegError as e:
-            if not pts:
-                raise VideoError(f"decoding failed before the first frame ({e})") from None
-            # A damaged tail: keep the frames decoded so far, as players do.
-        if not pts:
-            raise VideoError("the video stream holds no frames")
-        last = sorted(pending + [b for d in detectors for b in d.finish(len(pts))])
-        if sink is not None:
-            sink.finish(len(pts), last)
-        time_base = Fraction(stream.time_base)
+    time_base = Fraction(source.video.stream.time_base)
+    jump = JUMP_S / float(time_base)
+    size = None
+    try:
+        for i, (frame, damaged) in enumerate(source.frames):
+            frame = sdr(frame)  # scores, cuts and held clips see what the clips will show
+            if size is None:
+                scale = min(1.0, analysis_width / frame.width)
+                size = (max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2))
+            pts.append(frame.pts if frame.pts is not None else (pts[-1] + 1 if pts else 0))
+            if i and pts[-1] - pts[-2] > jump:
+                pending.append(Break(i, i + 1))  # a span, which no merge rule drops: no clip crosses a jump
+            small = _small_bgr(frame, size)
+            gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            mean, std = cv2.meanStdDev(gray)
+            motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
+            scores.append((motion, float(mean[0, 0]), float(std[0, 0]), float(damaged)))
+            prev = gray
+            pending += [b for d in detectors for b in d.process(i, small)]
+            settled = min((d.settled() for d in detectors), default=i + 1)
+            ready = sorted(b for b in pending if b.start < settled)
+            if ready:
+                pending = [b for b in pending if b.start >= settled]
+                released += ready
+            if sink is not None:
+                sink.add(i, frame, pts[-1], scores[-1], ready, settled)
+    except av.error.FFmpegError:
+        if not pts:  # the first frame, decoded when the source was opened, could not be converted
+            raise
+        # A damaged tail: keep the frames decoded so far, as players do.
+    last = sorted(pending + [b for d in detectors for b in d.finish(len(pts))])
+    if sink is not None:
+        sink.finish(len(pts), last)
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     if np.any(order != np.arange(len(order))):
         raise VideoError("frame timestamps are not in presentation order")

@@ -1,4 +1,5 @@
-"""Video I/O on PyAV: opening a source (local or remote), decoding it with damage flags, probing it, and the frame
+"""Video I/O on PyAV: opening a source (local or remote, through ``curation.video.source_file``), opening it for
+the scene pass (probed from its header and first frame, then decoded on), decoding with damage flags, and the frame
 pixel operations the other video modules share (upright rotation, yuv420p planes).
 
 The analysis pass is ``curation.video.analysis``; cutting and encoding clips is ``curation.video.encoding``.
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from itertools import chain
+from typing import Iterator, NamedTuple
 
 import av
 import numpy as np
@@ -20,6 +22,7 @@ from common.storage import Storage, is_local
 
 from curation.pipeline.faults import SourceError, fault_of
 from curation.video.colour import colour_of
+from curation.video.source_file import SourceFile
 
 
 class VideoError(SourceError):
@@ -62,30 +65,36 @@ def decoded(container: av.container.InputContainer, stream) -> Iterator[tuple[av
             yield frame, damaged
 
 
+class Video(NamedTuple):
+    """An open source: its container, the video stream read (``video_stream``) and the file FFmpeg reads."""
+
+    container: av.container.InputContainer
+    stream: av.video.stream.VideoStream
+    file: SourceFile
+
+
 @contextmanager
-def open_video(uri: str, storage: Storage) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
-    """Open ``uri`` and its video stream (``video_stream``), turning every failure into a VideoError that says why."""
-    local = is_local(uri)
-    try:
-        # Local files go straight to FFmpeg's own I/O; remote ones through a (retrying) fsspec file object.
-        if local:
-            source = uri.removeprefix("file://")
-            if os.path.exists(source) and not os.path.isfile(source):
-                raise VideoError(f"not a regular file (a folder, fifo or device): {uri}")
-            if not os.path.exists(source):
-                raise FileNotFoundError(source)
-        else:
-            source = storage.open(uri)
-        container = av.open(source, mode="r")
-    except FileNotFoundError:
-        raise VideoError(f"file not found: {uri}") from None
-    except (av.error.FFmpegError, OSError) as e:
-        if fault_of(e) != "source":
-            raise  # a permission, network or disk problem: not the source's fault (curation.pipeline.faults)
-        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise VideoError(f"not a readable video container ({reason})") from None
-    with container:
-        yield container, video_stream(container)
+def open_video(uri: str, storage: Storage, hashed: bool = False) -> Iterator[Video]:
+    """Open ``uri`` and its video stream (``video_stream``), turning every failure into a VideoError that says why.
+    Every source, local or remote, is read through a ``SourceFile`` (with ``hashed``, it hashes what it reads)."""
+    if is_local(uri):
+        path = uri.removeprefix("file://")
+        if os.path.exists(path) and not os.path.isfile(path):  # a fifo would block the open
+            raise VideoError(f"not a regular file (a folder, fifo or device): {uri}")
+    with ExitStack() as opened:
+        try:
+            file = opened.enter_context(SourceFile(lambda: storage.open(uri), hashed))
+            container = opened.enter_context(av.open(file, mode="r"))
+        except FileNotFoundError:
+            raise VideoError(f"file not found: {uri}") from None
+        except (av.error.FFmpegError, OSError) as e:
+            if fault_of(e) != "source":
+                raise  # a permission, network or disk problem: not the source's fault (curation.pipeline.faults)
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise VideoError(f"not a readable video container ({reason})") from None
+        stream = video_stream(container)
+        stream.thread_type = "AUTO"
+        yield Video(container, stream, file)
 
 
 def _candidates(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
@@ -149,11 +158,25 @@ def upright(frame: av.VideoFrame, rotation: int) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(np.concatenate(planes).reshape(-1, out_w), format="yuv420p")
 
 
-def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInfo:
-    """Container metadata plus one decoded frame (proves the stream decodes and gives the rotation). A stream whose
-    header declares more than ``max_pixels`` per frame is refused before any frame is decoded: a hostile or broken
-    header must not make a worker allocate gigabytes."""
-    with open_video(uri, storage) as (container, stream):
+@dataclass
+class Source:
+    """A source open for the scene pass (``open_source``): what probing it found, and its frames with their damage
+    flags (``decoded``), the first one, already decoded, included."""
+
+    video: Video
+    info: VideoInfo
+    frames: Iterator[tuple[av.VideoFrame, bool]]
+
+
+@contextmanager
+def open_source(uri: str, storage: Storage, max_pixels: int | None = None) -> Iterator[Source]:
+    """Open ``uri`` once for the scene pass, hashing what is read: its ``VideoInfo`` from the header and the first
+    decoded frame (which proves the stream decodes and gives the rotation), then every frame from that one on, so the
+    pass decodes on in the same container. A stream whose header declares more than ``max_pixels`` per frame is
+    refused before any frame is decoded (a hostile or broken header must not make a worker allocate gigabytes), and
+    so is any decoded frame above it (a stream may change its size midway)."""
+    with open_video(uri, storage, hashed=True) as video:
+        container, stream = video.container, video.stream
         declared = stream.codec_context.width * stream.codec_context.height
         if max_pixels is not None and declared > max_pixels:
             raise VideoError(f"frame size {stream.codec_context.width}x{stream.codec_context.height} is above the "
@@ -163,20 +186,33 @@ def probe(uri: str, storage: Storage, max_pixels: int | None = None) -> VideoInf
             raise VideoError("the video stream has no frame rate")
         if not MIN_FPS <= float(rate) <= MAX_FPS:
             raise VideoError(f"the frame rate {float(rate):g} fps is outside {MIN_FPS:g}..{MAX_FPS:g} (a broken header)")
+        frames = _held_to(decoded(container, stream), max_pixels)
         try:
-            first = next(container.decode(stream))
+            first = next(frames)
         except (StopIteration, av.error.FFmpegError) as e:
             raise VideoError(f"no frame could be decoded ({type(e).__name__}: {e})") from None
-        rotation = _rotation(first)
-        w, h = first.width, first.height
-        if rotation in (90, 270):
-            w, h = h, w
-        if stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (container.duration or 0) / av.time_base
-        frames = stream.frames or int(round(duration * float(rate)))
-        return VideoInfo(w, h, float(rate), duration, frames, rotation, stream.codec_context.name, stream.index,
-                         len(_candidates(container)), **colour_of(first))
+        yield Source(video, _info(container, stream, float(rate), first[0]), chain([first], frames))
 
 
+def _held_to(frames: Iterator[tuple[av.VideoFrame, bool]],
+             max_pixels: int | None) -> Iterator[tuple[av.VideoFrame, bool]]:
+    for i, (frame, damaged) in enumerate(frames):
+        if max_pixels is not None and frame.width * frame.height > max_pixels:
+            raise VideoError(f"frame {i} is {frame.width}x{frame.height}, above the limit of {max_pixels} pixels "
+                             "(max_source_pixels)")
+        yield frame, damaged
+
+
+def _info(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float,
+          first: av.VideoFrame) -> VideoInfo:
+    rotation = _rotation(first)
+    w, h = first.width, first.height
+    if rotation in (90, 270):
+        w, h = h, w
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    else:
+        duration = (container.duration or 0) / av.time_base
+    frames = stream.frames or int(round(duration * fps))
+    return VideoInfo(w, h, fps, duration, frames, rotation, stream.codec_context.name, stream.index,
+                     len(_candidates(container)), **colour_of(first))

