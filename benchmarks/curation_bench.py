@@ -217,6 +217,7 @@ def main() -> None:
             "ratio_vs_scenedetect_seq": t_default / t_sd_seq, "ratio_vs_scenedetect_par": t_default / t_sd_par,
             "stage_busy_s": {name: c[3] for name, c in result_default.stage_counts.items()},
             "bytes_written": result_default.stats.bytes_written,
+            "bytes_read_per_source_byte": result_default.stats.source_bytes_read / result_default.stats.source_bytes,
         }},
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
@@ -235,7 +236,8 @@ def main() -> None:
           f"/ its floor ({t_floor_default:.1f} s): {d['ratio_vs_floor']:.2f}x, "
           f"{d['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up; / scenedetect split-video (adaptive, no "
           f"trimming): {d['ratio_vs_scenedetect_seq']:.2f}x one at a time, {d['ratio_vs_scenedetect_par']:.2f}x {CPUS} at "
-          f"a time; scenes busy {d['stage_busy_s']['scenes']:.1f} s")
+          f"a time; scenes busy {d['stage_busy_s']['scenes']:.1f} s; storage bytes read per source byte "
+          f"{d['bytes_read_per_source_byte']:.4f}")
     write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """Where shards are written: on the workers (this tree) vs in the driver (a baseline revision), same script, same run.
 
 (a) the sink alone: a stage makes clips of CLIP_MB random bytes from nothing, so the sink is all there is to time;
-(b) the real CPU job (probe, scenes, encode) over the sample videos (real footage, ../shared/data/videos).
+(b) the real CPU job (scenes, encode) over the sample videos (real footage, ../shared/data/videos).
 For each: clips/s, MB/s of shards written, and bytes that reach the driver per clip (the Arrow batches it reads
 from Ray Data). The baseline is checked out with `git worktree` at BASELINE (the last revision whose driver wrote
 every shard); each run is a fresh process with its own local Ray on 127.0.0.1.

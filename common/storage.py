@@ -160,7 +160,7 @@ class Storage:
                     return os.path.getsize(uri.removeprefix("file://"))
                 fs, path = self.fs(uri)
                 return int(fs.info(path).get("size") or -1)
-            except Exception:  # noqa: BLE001 - a missing or unreadable source fails at probe, with its own message
+            except Exception:  # noqa: BLE001 - a missing or unreadable source fails when the scene pass opens it, with its own message
                 return -1
 
         with ThreadPoolExecutor(16) as pool:

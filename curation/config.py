@@ -314,7 +314,7 @@ class JobConfig:
     limit: int | None = None  # process at most this many sources (after resume skips done ones)
     retry_errors: bool = False  # on rerun, retry sources that failed before instead of skipping them
     max_error_rate: float = 0.5  # the job exits non-zero (1) when a larger share of its sources had errors
-    max_source_pixels: int = 7680 * 4320  # larger frames (8K UHD) are refused at probe: decoding them costs GBs
+    max_source_pixels: int = 7680 * 4320  # larger frames (8K UHD) are refused before decoding: they cost GBs
     storage: StorageConfig = field(default_factory=StorageConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)

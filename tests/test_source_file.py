@@ -204,3 +204,15 @@ def test_the_scene_pass_names_clips_by_the_sha1_of_the_bytes_it_decoded(layouts,
         spans[name] = [(c["start_frame"], c["end_frame"], c.get("dropped_by")) for c in clips]
     # One video in three layouts: the same clips, whatever order FFmpeg read it in.
     assert spans["moov at end"] == spans["faststart"] == spans["matroska"]
+
+
+def test_clips_the_scene_pass_could_not_hold_count_the_second_read(layouts):
+    path = layouts["moov at end"]
+    size = path.stat().st_size
+    held = run_cpu_stages(path, "scenes.detectors=[{kind: adaptive}]", stages=("scenes", "encode"))
+    cut = run_cpu_stages(path, "scenes.detectors=[{kind: adaptive}]", "encode.hold_mb=0", stages=("scenes", "encode"))
+    (summary_held,) = [r.meta for r in held if r.kind == "summary"]
+    (summary_cut,) = [r.meta for r in cut if r.kind == "summary"]
+    assert [r.kind for r in held].count("clip") == [r.kind for r in cut].count("clip") > 0
+    assert summary_held["bytes_read"] == size  # every clip encoded in the one pass: each byte read once
+    assert size < summary_cut["bytes_read"] <= 2 * size  # the encode stage decoded the clips' stretches again

@@ -2,11 +2,11 @@
 
 ``kind`` says what the row is and what its ``meta`` holds:
 
-- ``source``: a source video. Before probe, ``meta`` is empty; after it, the probe's ``VideoInfo`` fields and
-  ``source_sha1``.
+- ``source``: a source video: its URI, ``meta`` empty (the scene pass reads the rest from the source itself).
 - ``summary``: what the scene pass made of a source, after its last clip: ``num_clips`` (candidate clips, kept or
   dropped), ``num_frames``, ``num_scenes``, ``num_short_scenes``, ``duration_s``, ``clip_seconds``,
-  ``source_sha1``, and ``stream_index`` of ``video_streams`` (the stream read; more than one: it was chosen). The
+  ``source_sha1``, ``source_bytes`` and ``bytes_read`` (from storage), and ``stream_index`` of ``video_streams``
+  (the stream read; more than one: it was chosen). The
   writer knows from it when every clip of the source is accounted for.
 - ``clip``: one clip. ``meta`` holds the manifest fields known so far (``common.contract.MANIFEST_SCHEMA``) and how
   to find its frames again (``start_pts``, ``end_pts``, ``first_pts``, ``rotation``); ``mp4`` its bytes once

@@ -33,6 +33,7 @@ def with_clip(row: Row, clip: EncodedClip) -> Row:
 
 class EncodeStage(Stage):
     name = "encode"
+    consumes = ("clip", "summary")
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
@@ -42,6 +43,9 @@ class EncodeStage(Stage):
         self.cutter = ClipCutter(Storage(self.cfg.storage), self.cfg.encode)
 
     def process(self, row: Row) -> list[Row]:
+        if row.kind == "summary":  # after the source's last clip: what cutting them read counts for the source
+            read = row.meta.get("bytes_read", 0) + self.cutter.bytes_read(row.source_uri)
+            return [row.with_meta(bytes_read=read)]
         if row.mp4 is not None:
             return [row]
         return [with_clip(row, self.cutter.cut(row.source_uri, clip_spec(row.meta)))]

@@ -61,11 +61,19 @@ class ClipCutter:
         self._stream = None
         self._frames: Iterator[av.VideoFrame] | None = None
         self._next: av.VideoFrame | None = None  # decoded but not yet used: the first frame after the last clip
+        self._file = None  # the open source's SourceFile
+        self._read: dict[str, int] = {}  # bytes pulled from storage per source, by the sources closed since
 
     def close(self) -> None:
         if self._session is not None:
+            self._read[self._uri] = self._read.get(self._uri, 0) + self._file.bytes_read
             self._session.__exit__(None, None, None)
-        self._uri = self._session = self._stream = self._frames = self._next = None
+        self._uri = self._session = self._stream = self._frames = self._next = self._file = None
+
+    def bytes_read(self, uri: str) -> int:
+        """What cutting the clips of ``uri`` has read from storage so far; forgets it."""
+        open_now = self._file.bytes_read if self._uri == uri else 0
+        return self._read.pop(uri, 0) + open_now
 
     def _position(self) -> int | None:
         return None if self._next is None else self._next.pts
@@ -73,7 +81,7 @@ class ClipCutter:
     def _open(self, uri: str, clip: ClipSpec) -> None:
         self.close()
         self._session = open_video(uri, self.storage)
-        container, self._stream, _ = self._session.__enter__()
+        container, self._stream, self._file = self._session.__enter__()
         self._uri = uri
         if clip.start_pts > clip.first_pts:
             container.seek(clip.start_pts, stream=self._stream, backward=True, any_frame=False)
