@@ -121,7 +121,7 @@ def cpu_bench() -> dict:
     stages["aesthetic"], _ = measure(aesthetic, prepped, aes_clock)
     stages["caption"], _ = measure(caption, prepped, cap_clock)
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
-    sizes = sorted({f"{c['meta']['width']}x{c['meta']['height']}" for c in clips})
+    sizes = sorted({f"{c.meta['width']}x{c.meta['height']}" for c in clips})
     return {"mode": "cpu, tiny models", "clip_sizes": sizes, "stages": stages}
 
 
