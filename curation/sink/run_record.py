@@ -26,8 +26,8 @@ def run_stats(stats: RunStats, stage_counts: dict, seconds: float, sources_total
         "seconds": round(seconds, 3),
         "sources": {"found": sources_total, "skipped": sources_skipped, "done": stats.sources_done,
                     "failed": stats.sources_failed, "duplicate": stats.sources_duplicate,
-                    # Their bytes, and the bytes their scene pass read from storage: read / bytes is 1.0 when each
-                    # byte is read once (curation.video.source_file).
+                    # Their bytes, and the bytes the scene pass and the encode stage read from storage for them:
+                    # read / bytes is 1.0 when each byte is read once (curation.video.source_file).
                     "bytes": stats.source_bytes, "bytes_read": stats.source_bytes_read},
         "clips": {"written": stats.clips_written, "already_present": stats.clips_duplicate,
                   "dropped": dict(Counter(stats.dropped)), "seconds": round(stats.clip_seconds, 3)},

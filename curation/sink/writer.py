@@ -76,7 +76,7 @@ class RunStats:
     sources_failed: int = 0
     source_seconds: float = 0.0
     source_bytes: int = 0  # the sources' sizes, byte-identical copies included: each was read
-    source_bytes_read: int = 0  # what their scene pass pulled from storage: source_bytes when each byte is read once
+    source_bytes_read: int = 0  # what scenes and encode pulled from storage for them: source_bytes when read once
     clips_written: int = 0
     clips_duplicate: int = 0
     clip_seconds: float = 0.0

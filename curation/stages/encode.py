@@ -5,6 +5,7 @@ carry their MP4 pass."""
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Iterator
 
 from common.storage import Storage
 
@@ -33,7 +34,6 @@ def with_clip(row: Row, clip: EncodedClip) -> Row:
 
 class EncodeStage(Stage):
     name = "encode"
-    consumes = ("clip", "summary")
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
@@ -42,10 +42,13 @@ class EncodeStage(Stage):
     def setup(self) -> None:
         self.cutter = ClipCutter(Storage(self.cfg.storage), self.cfg.encode)
 
+    def stream(self, batch: list[Row]) -> Iterator[Row]:
+        for row in super().stream(batch):
+            if row.kind == "summary":  # passing after its source's last clip: what cutting them read counts too
+                row = row.with_meta(bytes_read=row.meta.get("bytes_read", 0) + self.cutter.bytes_read(row.source_uri))
+            yield row
+
     def process(self, row: Row) -> list[Row]:
-        if row.kind == "summary":  # after the source's last clip: what cutting them read counts for the source
-            read = row.meta.get("bytes_read", 0) + self.cutter.bytes_read(row.source_uri)
-            return [row.with_meta(bytes_read=read)]
         if row.mp4 is not None:
             return [row]
         return [with_clip(row, self.cutter.cut(row.source_uri, clip_spec(row.meta)))]

@@ -1,7 +1,8 @@
 """The one decode pass of a source, in the container opened to probe it (``decode.open_source``): shot detection
 and per-frame scores at analysis size, every full-size frame handed on to a sink that encodes clips from them
-(``curation.video.one_pass``). HDR and wide-gamut frames are converted to SDR BT.709 first (``curation.video.colour``), so the detectors and the luma, contrast and blank scores
-see the frames the clips hold, not washed-out ones.
+(``curation.video.one_pass``). HDR and wide-gamut frames are converted to SDR BT.709 first
+(``curation.video.colour``), so the detectors and the luma, contrast and blank scores see the frames the clips
+hold, not washed-out ones.
 
 Frames are identified by their presentation timestamp (pts) recorded here, so cuts stay exact for variable frame
 rate sources and for streams whose first timestamp is not 0.

@@ -35,7 +35,6 @@ from curation.video.shots import Break
 
 WINDOW, STRIDE, CONTEXT = 100, 50, 25  # frames per window, frames predicted (the middle ones), CONTEXT each side
 SIZE = (48, 27)  # the network's input, width x height
-RUNTIMES = ("openvino", "torch")  # for a CPU; a GPU runs torch
 
 
 def packaged_weights() -> str:
@@ -192,33 +191,39 @@ class TransNetV2Detector:
             return self.run_start
         return self.queue[0] if self.queue else self.next
 
+    @property
+    def _limit(self) -> int:
+        """The number of frames, or more than any video has while it is not known."""
+        return self.end if self.end is not None else 1 << 62
+
     def _frame(self, index: int) -> np.ndarray:
-        """A frame by its index; beyond the ends of the video, the first or the last (as the reference pads)."""
+        """A frame by its index; beyond the ends of the video (or of what came so far), the first or the last
+        frame, as the reference pads."""
         last = (self.end if self.end is not None else self.seen) - 1
         return self.frames[min(max(index, 0), last) - self.base]
 
     def _test(self, t: int) -> None:
-        last = (self.end if self.end is not None else self.seen) - 1
-        self.blended.append(looks_blended(self._frame(t - SPAN), self._frame(t), self._frame(min(t + SPAN, last))))
+        self.blended.append(looks_blended(self._frame(t - SPAN), self._frame(t), self._frame(t + SPAN)))
 
     def _needed(self, t: int) -> bool | None:
         """Whether frame t is predicted; None while that is not known yet."""
         if not self.gated:
             return True
-        if len(self.blended) <= min(t + MARGIN, (self.end or 1 << 62) - 1):
+        if len(self.blended) <= min(t + MARGIN, self._limit - 1):
             return None
         return any(self.blended[max(0, t - MARGIN) : t + MARGIN + 1])
 
     def _advance(self) -> list[Break]:
         out: list[Break] = []
-        end = self.end if self.end is not None else 1 << 62
-        while self.next < end:
+        while self.next < self._limit:
             needed = self._needed(self.next)
             if needed is None:
                 break
-            if not needed:
+            if not needed:  # below the threshold: it ends an open run
                 out += self._flush()
-                out += self._below(self.next, self.next + 1)
+                if self.run_start is not None:
+                    out.append(self._break(self.next))
+                    self.run_start = None
                 self.next += 1
                 continue
             if self.end is None and self.seen < self.next + STRIDE + CONTEXT:
@@ -227,7 +232,7 @@ class TransNetV2Detector:
             self.next += STRIDE
             if len(self.queue) == self.windows:
                 out += self._flush()
-        if self.next >= end:
+        if self.next >= self._limit:
             out += self._flush()
         self._forget()
         return out
@@ -240,12 +245,9 @@ class TransNetV2Detector:
         probs = self.model(windows)
         out = []
         for s, p in zip(self.queue, probs):
-            out += self._runs(s, p[: min(STRIDE, (self.end or 1 << 62) - s)])
+            out += self._runs(s, p[: min(STRIDE, self._limit - s)])
         self.queue = []
         return out
-
-    def _below(self, start: int, end: int) -> list[Break]:
-        return self._runs(start, np.zeros(end - start))
 
     def _runs(self, start: int, probs: np.ndarray) -> list[Break]:
         out = []
