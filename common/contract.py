@@ -22,6 +22,8 @@ SHARDS_DIR = "shards"
 MANIFEST_DIR = "manifest"
 ERRORS_DIR = "errors"
 DONE_DIR = "done"
+DEDUP_DIR = "dedup"  # near-duplicate groups (curation.dedup): a record beside the manifest; shards stay as they are
+DEDUP_FILE = "clips.parquet"
 STAGING_DIR = "staging"  # a writer's small last shards wait here until merged: not part of the dataset
 REPORT_FILE = "report.html"
 
@@ -192,7 +194,8 @@ SUBJECT = pa.struct(
 )
 
 # Manifest columns added after datasets were written with the contract: a part without them reads them as null.
-LATER_COLUMNS = frozenset({"stream_index", "video_streams", "color_primaries", "color_transfer", "bit_depth"})
+LATER_COLUMNS = frozenset({"stream_index", "video_streams", "color_primaries", "color_transfer", "bit_depth",
+                           "text_area", "text_frames", "fingerprint", "embedding"})
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -219,6 +222,14 @@ MANIFEST_SCHEMA = pa.schema(
         ("color_primaries", pa.string()),  # bt709, bt2020, ..., unspecified
         ("color_transfer", pa.string()),  # bt709, smpte2084 (PQ), arib-std-b67 (HLG), ..., unspecified
         ("bit_depth", pa.int32()),
+        # Burned-in text (curation.stages.text): the share of the frame covered by text boxes, in the frame with the
+        # most, and how many of the frames looked at show any.
+        ("text_area", pa.float32()),
+        ("text_frames", pa.int32()),
+        # Near-duplicate signals (curation.dedup.signals): the hex of 64-bit DCT sign hashes of frames spread over the
+        # clip, and base64 of the mean CLIP image embedding of the frames the aesthetic stage scored (float16, LE).
+        ("fingerprint", pa.string()),
+        ("embedding", pa.string()),
         ("aesthetic", pa.float32()),
         ("caption", pa.string()),
         ("subjects", pa.list_(SUBJECT)),
@@ -237,6 +248,52 @@ ERRORS_SCHEMA = pa.schema(
         ("message", pa.string()),
     ]
 )
+
+
+# One row per clip of the manifest the dedup job read (``DEDUP_DIR``/``DEDUP_FILE``).
+DEDUP_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("group", pa.string()),  # the clip its near-duplicate group keeps; null: no near duplicate found
+        ("kept", pa.bool_()),  # false: a near duplicate of the kept clip, left out of training by default
+        # Per signal: the most similar clip it was compared with, and that similarity (null: the clip has no such
+        # signal, or met no other clip).
+        ("fingerprint_nearest", pa.string()),
+        ("fingerprint_similarity", pa.float32()),
+        ("embedding_nearest", pa.string()),
+        ("embedding_similarity", pa.float32()),
+    ]
+)
+
+
+def read_dedup(storage: Storage, root: str) -> pa.Table | None:
+    """The near-duplicate record of a dataset root, or None when the dedup job has not run on it; ValueError
+    naming the file when it is not of ``DEDUP_SCHEMA``."""
+    import pyarrow.parquet as pq
+
+    uri = storage.join(root, DEDUP_DIR, DEDUP_FILE)
+    try:
+        with storage.open(uri) as f:
+            data = pa.BufferReader(f.read())
+    except FileNotFoundError:
+        return None
+    try:
+        table = pq.read_table(data)
+        if not table.schema.equals(DEDUP_SCHEMA):
+            raise ValueError(f"columns {table.schema.names}, not those of the dataset contract")
+    except (pa.ArrowException, ValueError) as e:
+        raise ValueError(f"{uri}: not a near-duplicate record of this contract ({e}); run `python -m curation "
+                         "dedup` on the dataset again") from None
+    return table
+
+
+def removed_clips(storage: Storage, root: str) -> frozenset[str]:
+    """The clip ids the dedup record of a root removes (none when it has no record)."""
+    table = read_dedup(storage, root)
+    if table is None:
+        return frozenset()
+    kept = table.column("kept").to_pylist()
+    return frozenset(c for c, k in zip(table.column("clip_id").to_pylist(), kept) if not k)
 
 
 def manifest_row(meta: dict, shard: str) -> dict:

@@ -199,6 +199,14 @@ class Storage:
         except FileNotFoundError:
             pass
 
+    def remove_tree(self, prefix: str) -> None:
+        """Everything under ``prefix``; nothing when it does not exist."""
+        fs, path = self.fs(prefix)
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
     def list_temporaries(self, prefix: str) -> list[str]:
         """Left-over temporary files of ``write_atomic`` under ``prefix`` (from a killed run)."""
         fs, path = self.fs(prefix)

@@ -120,8 +120,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(cls: type[T], path: str | Path | None, overrides: list[str] = (), extra: dict | None = None) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None), then ``extra`` values, then overrides."""
+def load(cls: type[T], path: str | Path | None, overrides: list[str] = (), extra: dict | None = None,
+         sections: tuple[str, ...] | None = None) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None), then ``extra`` values, then overrides.
+    ``sections``: only those top-level keys of the file are read (a command that shares a job's file)."""
     data: dict = {}
     if path is not None:
         try:
@@ -134,6 +136,8 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] = (), extra
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+        if sections is not None:
+            data = {k: v for k, v in data.items() if k in sections}
     for k, v in (extra or {}).items():
         _set(data, k, v)
     apply_overrides(data, list(overrides))

@@ -1,6 +1,7 @@
 """python -m curation run JOB.yaml [--input URI] [--output URI] [--set key=value ...]
 python -m curation plan JOB.yaml --clips N [--hours H | --nodes N] [--bench DIR] [--out plan.json]
-python -m curation stats OUTPUT [--json] | validate OUTPUT | show OUTPUT CLIP_ID [--out PNG]  (an existing dataset)"""
+python -m curation stats OUTPUT [--json] | validate OUTPUT | show OUTPUT CLIP_ID [--out PNG]  (an existing dataset)
+python -m curation dedup OUTPUT [--job JOB.yaml] [--set dedup.key=value ...]  (near-duplicate groups of a dataset)"""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--bench", default="out/bench", help="folder of the bench JSON files")
     pl.add_argument("--out", default="out/plan.json", help="where to write the plan as JSON")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    d = sub.add_parser("dedup", help="find near-duplicate clips of a dataset and record which ones training leaves out")
+    d.add_argument("output", help="the dataset: a local folder or s3://bucket/prefix")
+    d.add_argument("--job", help="a curation job file: its storage, ray and dedup sections are used")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     on_dataset = {"stats": "clips, hours, per source, filter scores, subjects per clip of a dataset",
                   "validate": "check that manifest and shards match, and that shards are readable and safe",
                   "show": "one clip's frames, subject crops and metadata as a PNG"}
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "dedup":
+        return _dedup(args)
     if args.command in on_dataset:
         return _inspect(args)
     # This job's own log at INFO; libraries (botocore, Ray, transformers) only when they warn.
@@ -149,6 +156,31 @@ def _inspect(args: argparse.Namespace) -> int:
     except (LookupError, OSError, ShardCorrupt, ValueError) as e:  # ValueError: a manifest part of another schema
         print(f"{args.command}: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from common.lease import LeaseHeld
+
+    from curation.config import load_dedup_job
+    from curation.dedup.job import dedup, format_result
+
+    try:
+        job = load_dedup_job(args.job, args.output, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        print(format_result(dedup(job)))
+    except LeaseHeld as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 4
+    except ValueError as e:  # no clip, or a manifest part of another schema
+        print(f"dedup: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"storage error: {e} (the tasks done so far are kept: run the same command again)", file=sys.stderr)
+        return 3
     return 0
 
 

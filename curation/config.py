@@ -134,6 +134,9 @@ class FiltersConfig:
     # Clips with more frames the decoder reported damaged are dropped (None keeps them: the manifest's
     # damaged_frames column flags them).
     max_damaged_frames: int | None = 0
+    # Burned-in text (curation.stages.text; its scores text_area and text_frames are stored for every clip): a clip
+    # whose frames show more text than this share of the frame area is dropped (None keeps every clip).
+    max_text_area: float | None = 0.01
 
     def validate(self) -> None:
         if not 0 <= self.max_blank_frac <= 1:
@@ -144,6 +147,60 @@ class FiltersConfig:
             raise ConfigError("filters.max_motion must be >= min_motion (or null for no limit)")
         if self.max_damaged_frames is not None and self.max_damaged_frames < 0:
             raise ConfigError("filters.max_damaged_frames must be >= 0 (or null to keep damaged clips)")
+        if self.max_text_area is not None and not 0 <= self.max_text_area <= 1:
+            raise ConfigError("filters.max_text_area must be within 0..1 (or null to keep clips with text)")
+
+
+@dataclass
+class TextConfig:
+    """Burned-in text (subtitles, captions, watermarks, channel logos): a text detector on a few frames of each
+    clip's training window, on CPU workers (``curation.stages.text``); filters.max_text_area decides what is kept."""
+
+    enabled: bool = True
+    # A DB text detector exported to ONNX (PaddleOCR's det format); empty: PP-OCRv4's detector, which ships inside
+    # the rapidocr-onnxruntime package.
+    model: str = ""
+    num_frames: int = 3  # spread evenly over the training window
+    # The detector's input: frames scaled down so their longer side is at most this (never up), sides multiples of 32.
+    size: int = 640
+    threshold: float = 0.3  # text probability above which a map pixel is text (PaddleOCR's det_db_thresh)
+    box_threshold: float = 0.6  # a region is a text box when its mean probability reaches this (det_db_box_thresh)
+    unclip_ratio: float = 1.5  # boxes grow back by area * ratio / perimeter: DB is trained on shrunk text regions
+
+    def validate(self) -> None:
+        if self.num_frames < 1:
+            raise ConfigError("text.num_frames must be >= 1")
+        if self.size < 32:
+            raise ConfigError("text.size must be >= 32")
+        if not 0 < self.threshold < 1 or not 0 < self.box_threshold < 1:
+            raise ConfigError("text: need 0 < threshold < 1 and 0 < box_threshold < 1")
+        if self.unclip_ratio < 0:
+            raise ConfigError("text.unclip_ratio must be >= 0")
+
+
+@dataclass
+class DedupConfig:
+    """Near-duplicate removal over a committed dataset (``python -m curation dedup OUTPUT``): two clips are near
+    duplicates when any signal's similarity reaches its threshold (null turns a signal off); each group keeps one
+    clip: the highest aesthetic score, then the longest, then the smallest clip id."""
+
+    # 1 - (Hamming distance / bits) of the clips' frame hashes (the mirrored copy's too), every clip has them.
+    fingerprint_similarity: float | None = 0.85
+    # Cosine similarity of the clips' CLIP embeddings (clips the aesthetic stage scored).
+    embedding_similarity: float | None = 0.95
+    cluster_size: int = 5000  # clips per k-means cluster on average: pairs are compared inside clusters
+    probes: int = 2  # each clip joins its nearest this many clusters, so a pair on a border still meets
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("fingerprint_similarity", "embedding_similarity"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"dedup.{name} must be within (0, 1] (or null to turn it off)")
+        if self.fingerprint_similarity is None and self.embedding_similarity is None:
+            raise ConfigError("dedup: fingerprint_similarity and embedding_similarity are both off")
+        if self.cluster_size < 2 or self.probes < 1:
+            raise ConfigError("dedup: need cluster_size >= 2 and probes >= 1")
 
 
 @dataclass
@@ -319,12 +376,14 @@ class JobConfig:
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)  # for `python -m curation dedup` on the output
 
     def validate(self) -> None:
         if not self.input:
@@ -337,6 +396,25 @@ class JobConfig:
             raise ConfigError(f"max_error_rate must be within 0..1, not {self.max_error_rate}")
         if self.max_source_pixels < 1:
             raise ConfigError(f"max_source_pixels must be >= 1, not {self.max_source_pixels}")
+
+
+@dataclass
+class DedupJob:
+    """``python -m curation dedup``: a dataset and how to reach it, from a curation job's file or the defaults."""
+
+    output: str = ""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ConfigError("output: no dataset given")
+
+
+def load_dedup_job(path: str | None, output: str, overrides: list[str] = ()) -> DedupJob:
+    """The dedup job from a curation job's file (its storage, ray and dedup sections), OUTPUT and overrides."""
+    return load(DedupJob, path, overrides, {"output": output}, sections=("storage", "ray", "dedup"))
 
 
 def load_job(path: str | None, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobConfig:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from common import contract as C
+from curation.dedup.signals import embedding_array
 from curation.models.aesthetic import AestheticHead, AestheticScorer
 from curation.pipeline.row import Row
 from curation.stages import enabled_model_stages
@@ -45,10 +46,14 @@ def test_head_from_safetensors_or_pth_scores_as_computed_by_hand(tiny_paths, tmp
     flipped = np.ascontiguousarray(frame[:, ::-1])
     for head in (tiny_paths["aesthetic_head"], pth):
         score = scorer(tiny_paths, f"aesthetic.head={head}")
-        one, two = score([frame[None], np.stack([frame, flipped])])
+        (one, e1), (two, e2) = score([frame[None], np.stack([frame, flipped])])
         assert one == pytest.approx(x.item(), abs=1e-5)
-        # a clip scores the mean of its frames
-        assert two == pytest.approx((one + score([flipped[None]])[0]) / 2, abs=1e-6)
+        # a clip scores the mean of its frames; its embedding is the normalised mean of its frames' embeddings
+        (flip, ef), = score([flipped[None]])
+        assert two == pytest.approx((one + flip) / 2, abs=1e-6)
+        assert e1 == pytest.approx((embed / embed.norm()).detach().numpy(), abs=1e-5)
+        mean = e1 + ef
+        assert e2 == pytest.approx(mean / np.linalg.norm(mean), abs=1e-5)
 
 
 class WritesAFile:
@@ -103,7 +108,10 @@ def test_every_clip_gets_a_score_from_one_forward_pass_equal_to_scoring_it_alone
     assert scores == pytest.approx([stage([row])[0].meta["aesthetic"] for row in prepped], abs=1e-6)
     # the 3 scored frames are spread over the 4: the first, the third and the last
     first = [decode_image(prepped[0].frames[i]) for i in (0, 2, 3)]
-    assert scores[0] == pytest.approx(stage.score([np.stack(first)])[0], abs=1e-6)
+    (score, embedding), = stage.score([np.stack(first)])
+    assert scores[0] == pytest.approx(score, abs=1e-6)
+    # the embedding travels as float16 for near-duplicate removal
+    assert embedding_array([out[0].meta["embedding"]])[0] == pytest.approx(embedding, abs=2e-3)
     for row, prep in zip(out, prepped):  # captioning runs next: the frames stay for it
         assert row.frames is prep.frames and row.mp4 is prep.mp4
     pa.Table.from_pylist([C.manifest_row(r.meta, "part-000000") for r in out], schema=C.MANIFEST_SCHEMA)

@@ -9,6 +9,7 @@ import pytest
 from common import contract as C
 from common.storage import Storage
 from curation.tools.card import CARD_FILE, write_card
+from curation.tools.inspection import dataset_stats
 
 from .data_fixtures import Clip, write_dataset
 
@@ -23,7 +24,7 @@ def carded(tmp_path_factory):
     clips = [Clip(f"plain-{i}", 32, 32, caption=f"plain {i}") for i in range(3)]
     clips += [Clip(f"subj-{i}", 48, 32, num_subjects=i, caption=f"with {i}") for i in range(4)]
     write_dataset(out, clips, clips_per_shard=3)
-    write_card(str(out), Storage(), len(clips), 0.001)
+    write_card(str(out), Storage(), dataset_stats(str(out), Storage()))
     return out, {c.clip_id: c for c in clips}
 
 

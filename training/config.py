@@ -50,6 +50,9 @@ class DataConfig:
     # The largest shard member read (a clip, a caption, a crop, a features file); a larger one is skipped with its
     # sample, counted (members_rejected). Bounds what a hostile shard makes a loader worker allocate.
     max_member_mb: float = 256.0
+    # Clips the dataset's dedup record (python -m curation dedup) marks as near duplicates of a kept clip: "drop"
+    # leaves them out of training and validation; "keep" trains on every clip.
+    near_duplicates: Literal["drop", "keep"] = "drop"
 
     def validate(self) -> None:
         if not self.urls:

@@ -246,8 +246,8 @@ def _features(job: TrainJob) -> FeatureSet:
 
 
 # The loader counters summed over ranks each step, and those that are a sample or shard the run could not use.
-DATA_COUNTERS = ("samples_yielded", "samples_held_out", "samples_too_short", "samples_corrupt", "members_rejected",
-                 "shards_corrupt", "shards_failed", "read_retries")
+DATA_COUNTERS = ("samples_yielded", "samples_held_out", "samples_near_duplicate", "samples_too_short",
+                 "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed", "read_retries")
 SKIP_REASONS = ("samples_too_short", "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed")
 
 
@@ -260,8 +260,10 @@ def _counters(loader: ShardLoader) -> list[int]:
 def _data_summary(epochs: int, data: dict[str, int]) -> dict:
     """What the run has made of its data so far (every rank's counts, from the start of the run): written when an
     epoch ends and at the last step. ``too_short``: clips shorter than the shortest window (data.frames at
-    data.target_fps); ``held_out``: samples of validation sources."""
+    data.target_fps); ``held_out``: samples of validation sources; ``near_duplicate``: samples the dataset's dedup
+    record removes."""
     return {"epochs": epochs, "trained": data["samples_yielded"], "held_out": data["samples_held_out"],
+            "near_duplicate": data["samples_near_duplicate"],
             **{k.removeprefix("samples_"): data[k] for k in SKIP_REASONS}}
 
 

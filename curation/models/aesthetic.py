@@ -69,11 +69,15 @@ class AestheticScorer:
         head = load_head(cfg.head, clip.config.projection_dim).to(device)  # float32: 1 MB, scores keep their precision
         return cls(CLIPImageProcessor.from_pretrained(cfg.clip_model), clip, head, device)
 
-    def __call__(self, videos: list[np.ndarray]) -> list[float]:
-        """``videos``: one (T, H, W, 3) uint8 RGB array per clip."""
+    def __call__(self, videos: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """``videos``: one (T, H, W, 3) uint8 RGB array per clip. Each clip's score, and its embedding: the mean
+        of its frames' normalised embeddings, normalised (float32), which near-duplicate removal compares."""
         # CLIP's own preprocessing (short side resized, centre crop): what the head's training embeddings saw.
         inputs = self.processor(images=[f for v in videos for f in v], return_tensors="pt", device=self.device)
         with torch.inference_mode():
             embeds = self.clip(pixel_values=inputs["pixel_values"].to(self.device, self.clip.dtype)).image_embeds
-            scores = self.head(nn.functional.normalize(embeds.float(), dim=-1)).squeeze(-1)
-            return torch.stack([s.mean() for s in scores.split([len(v) for v in videos])]).tolist()
+            embeds = nn.functional.normalize(embeds.float(), dim=-1)
+            scores = self.head(embeds).squeeze(-1)
+            sizes = [len(v) for v in videos]
+            means = [nn.functional.normalize(e.mean(0), dim=0) for e in embeds.split(sizes)]
+            return [(float(s.mean()), m.cpu().numpy()) for s, m in zip(scores.split(sizes), means)]

@@ -20,6 +20,7 @@ from common.contract import make_clip_id
 from common.storage import Storage
 
 from curation.config import JobConfig
+from curation.dedup.signals import clip_frames, fingerprint
 from curation.models.runtime import device_for
 from curation.pipeline.row import Row
 from curation.pipeline.stage import Resources, Stage
@@ -131,6 +132,7 @@ class SceneStage(Stage):
                 "height": info.height,
                 "num_frames": end - start,
                 **p.scores,
+                "fingerprint": fingerprint([int(a.hashes[i]) for i in clip_frames(start, end)]),
                 # How to find the frames again: timestamps of the first frame, the end frame, the stream start.
                 "start_pts": int(a.pts[start]),
                 "end_pts": int(a.pts[end]) if end < a.num_frames else None,

@@ -41,7 +41,14 @@ def features() -> list[dict]:
     ]
 
 
-def card_text(clips: int, hours: float) -> str:
+def card_text(stats: dict) -> str:
+    """The card of a dataset from its ``curation.tools.inspection.dataset_stats``."""
+    clips, hours, nd = stats["clips"], stats["hours"], stats["near_duplicates"]
+    near = "" if nd is None else (
+        f"\n{nd['removed']} of the clips are near duplicates of another clip (`{C.DEDUP_DIR}/{C.DEDUP_FILE}`: `kept` is "
+        "false, `group` names the clip kept in their place). The project's trainer leaves them out; the shards still "
+        f"hold them, so a loader that reads the shards directly should filter by that file ({nd['clips_kept']} clips, "
+        f"{nd['hours_kept']:.3f} h remain).\n")
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{C.SHARDS_DIR}/*.tar"}]}],
         "dataset_info": {"features": features()},
@@ -60,7 +67,7 @@ def card_text(clips: int, hours: float) -> str:
 {clips} clips ({hours:.3f} h) in WebDataset shards under `{C.SHARDS_DIR}/`, one sample per clip; the same rows as
 Parquet under `{C.MANIFEST_DIR}/`, per-source errors under `{C.ERRORS_DIR}/`. Made by `python -m curation`
 (pipeline {C.PIPELINE_VERSION}).
-
+{near}
 | member | content |
 |---|---|
 {members}
@@ -76,7 +83,7 @@ ds = datasets.load_dataset("webdataset", data_files="path/to/shards/*.tar", feat
 """
 
 
-def write_card(output: str, storage: Storage, clips: int, hours: float) -> str:
+def write_card(output: str, storage: Storage, stats: dict) -> str:
     uri = storage.join(output, CARD_FILE)
-    storage.write_atomic(uri, card_text(clips, hours).encode())
+    storage.write_atomic(uri, card_text(stats).encode())
     return uri

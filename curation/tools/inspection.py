@@ -76,6 +76,7 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
             without.append({"uri": m["uri"], "candidate_clips": m["clips"], "reason": why})
     errors = C.read_errors(storage, output).to_pylist()
     seconds = sum(s["seconds"] for s in per_source.values())
+    dedup = C.read_dedup(storage, output)
     subjects = Counter(len(r["subjects"]) for r in rows)
     window = C.TRAINING_WINDOW
     frames = Counter(window.frames_for(r["fps"], r["num_frames"]) for r in rows)
@@ -94,7 +95,19 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
         "training_window": {"fps": window.fps, "frames": {str(k): frames[k] for k in sorted(filter(None, frames))},
                             "too_short": frames[None]},
         "errors": dict(Counter(f"{e['stage']}/{e['error_type']}" for e in errors)),
+        "near_duplicates": None if dedup is None else near_duplicate_stats(rows, dedup.to_pylist()),
     }
+
+
+def near_duplicate_stats(rows: list[dict], record: list[dict]) -> dict:
+    """What the dedup record says of the manifest ``rows``: groups, clips removed, what training keeps, and the
+    clips committed since the record was made (which it does not judge: run dedup again)."""
+    removed = {r["clip_id"] for r in record if not r["kept"]}
+    judged = {r["clip_id"] for r in record}
+    kept_s = sum(r["end_s"] - r["start_s"] for r in rows if r["clip_id"] not in removed)
+    return {"groups": len({r["group"] for r in record if r["group"] is not None}), "removed": len(removed),
+            "clips_kept": sum(r["clip_id"] not in removed for r in rows), "hours_kept": round(kept_s / 3600, 6),
+            "not_in_record": sum(r["clip_id"] not in judged for r in rows)}
 
 
 def format_stats(s: dict) -> str:
@@ -115,6 +128,11 @@ def format_stats(s: dict) -> str:
     for name, q in s["scores"].items():
         lines.append(f"  {name:<10} " + ("no values" if q is None else
                                          f"{q['count']:>6} " + " ".join(f"{q[k]:>9.3f}" for k in ("min", "p10", "median", "p90", "max"))))
+    nd = s["near_duplicates"]
+    lines.append("near duplicates: " + ("no dedup record (python -m curation dedup)" if nd is None else
+                 f"{nd['removed']} clips removed in {nd['groups']} groups; training keeps {nd['clips_kept']} clips, "
+                 f"{nd['hours_kept']:.3f} h" + (f"; {nd['not_in_record']} clips committed since the record: run "
+                                                 "dedup again" if nd["not_in_record"] else "")))
     lines.append("errors: " + (", ".join(f"{k}: {n}" for k, n in s["errors"].items()) or "none"))
     lines.append("per source (clips, seconds):")
     lines += [f"  {v['clips']:>6} {v['seconds']:>9.1f}  {u}" for u, v in s["per_source"].items()]
@@ -144,6 +162,7 @@ def validate(output: str, storage: Storage) -> list[str]:
         problems += _check_shard(storage, uri, shard, expected, found)
     if not rows and not shards:
         problems.append(f"{output}: no manifest part and no shard: not a dataset, or an empty one")
+    problems += _check_dedup(storage, output, {r["clip_id"] for r in rows})
     for (shard, clip_id), members in expected.items():
         missing = members - found.get((shard, clip_id), set())
         if shard not in shards:
@@ -154,6 +173,26 @@ def validate(output: str, storage: Storage) -> list[str]:
         extra = members - expected.get((shard, clip_id), set())
         if extra:
             problems.append(f"{shard}.tar: member(s) with no manifest row: {', '.join(f'{clip_id}.{m}' for m in sorted(extra))}")
+    return problems
+
+
+def _check_dedup(storage: Storage, output: str, clips: set[str]) -> list[str]:
+    """The dedup record judges clips of this manifest only, and each group names a clip it keeps."""
+    where = f"{C.DEDUP_DIR}/{C.DEDUP_FILE}"
+    try:
+        table = C.read_dedup(storage, output)
+    except ValueError as e:
+        return [str(e)]
+    if table is None:
+        return []
+    record = table.to_pylist()
+    problems = [f"{where}: clip {r['clip_id']!r} is not in the manifest (run `python -m curation dedup` again)"
+                for r in record if r["clip_id"] not in clips]
+    kept = {r["clip_id"] for r in record if r["kept"]}
+    problems += [f"{where}: clip {r['clip_id']!r} is in group {r['group']!r}, which is not a kept clip"
+                 for r in record if r["group"] is not None and r["group"] not in kept]
+    problems += [f"{where}: clip {r['clip_id']!r} is removed but in no group" for r in record
+                 if not r["kept"] and r["group"] is None]
     return problems
 
 

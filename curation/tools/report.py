@@ -23,6 +23,8 @@ from curation.stages import pipeline
 from curation.tools.card import write_card
 from curation.tools.inspection import clip_frames, clip_members, dataset_stats
 
+DEDUP_PAGE = "report.html"  # under common.contract.DEDUP_DIR: the dedup job's page of groups
+
 
 def summary_text(stats: RunStats, seconds: float, sources_total: int, sources_skipped: int, cpus: int) -> str:
     s = stats
@@ -173,6 +175,12 @@ def _filters(cfg: JobConfig) -> dict[str, tuple[str, str | None]]:
     if cfg.encode.hdr == "drop":
         rules["hdr"] = ("an HDR source (color_transfer smpte2084 = PQ, or arib-std-b67 = HLG) and encode.hdr = drop: "
                         "the whole source, undecoded", None)
+    if cfg.text.enabled:
+        rules["text"] = ((f"text_area &gt; filters.max_text_area = {f.max_text_area:g} (the share of the frame covered by "
+                          f"text boxes, in the most covered of {cfg.text.num_frames} frame(s) of the training window)"
+                          if f.max_text_area is not None else
+                          "filters.max_text_area not set: keeps every clip (text_area and text_frames in the manifest)"),
+                         "text_area")
     if cfg.aesthetic.enabled:
         rules["aesthetic"] = ((f"aesthetic &lt; aesthetic.min_score = {cfg.aesthetic.min_score:g}"
                                if cfg.aesthetic.min_score is not None else "aesthetic.min_score not set: keeps every clip"),
@@ -219,6 +227,9 @@ def _histograms(cfg: JobConfig, stats: RunStats, rows: list[dict]) -> str:
     if rows:
         plots.append(_histogram([r["blank_frac"] for r in rows], "blank frames (kept)", "blank_frac",
                                 [(f.max_blank_frac, "filters.max_blank_frac")]))
+    if any(r.get("text_area") is not None for r in rows):
+        lines = [(f.max_text_area, "filters.max_text_area")] if f.max_text_area is not None else []
+        plots.append(_histogram([r.get("text_area") for r in rows], "burned-in text (kept)", "text_area", lines))
     if any(r["aesthetic"] is not None for r in rows):
         lines = [(cfg.aesthetic.min_score, "aesthetic.min_score")] if cfg.aesthetic.min_score is not None else []
         plots.append(_histogram([r["aesthetic"] for r in rows], "aesthetic (kept)", "score", lines))
@@ -275,6 +286,57 @@ def _sample_card(clip_id: str, frames: list[Image.Image], pngs: list[bytes], row
             f"<div class='caption'>{_e(row['caption'] or '(no caption)')}</div><div class='row'>{''.join(crops)}</div></div>")
 
 
+def near_duplicate_section(storage: Storage, output: str, rows: list[dict], nd: dict | None, groups: int,
+                           link: bool = True) -> str:
+    """Counts from ``nd`` (``inspection.near_duplicate_stats``) and the largest ``groups`` groups: the kept clip
+    first, then up to 3 removed ones, each with its middle frame and its similarity to its nearest clip;
+    ``link``: to the dedup job's page of more groups."""
+    if nd is None:
+        return ("<h2>Near duplicates</h2><p>No dedup record yet: <code>python -m curation dedup OUTPUT</code> finds "
+                "them and training then leaves them out.</p>")
+    head = (f"<h2>Near duplicates</h2><p>{nd['removed']} clips removed in {nd['groups']} groups; training keeps "
+            f"{nd['clips_kept']} clips, {nd['hours_kept']:.3f} h (<code>{C.DEDUP_DIR}/{C.DEDUP_FILE}</code>"
+            + (f"; <a href='{C.DEDUP_DIR}/{DEDUP_PAGE}'>more groups</a>" if link else "") + ").</p>")
+    if nd["not_in_record"]:
+        head += f"<p><b>{nd['not_in_record']} clips were committed after the record was made: run dedup again.</b></p>"
+    record = C.read_dedup(storage, output).to_pylist()
+    by_id = {r["clip_id"]: r for r in rows}
+    members: dict[str, list[dict]] = defaultdict(list)
+    for r in record:
+        if r["group"] is not None and r["group"] in by_id and r["clip_id"] in by_id:
+            members[r["group"]].append(r)
+    largest = sorted(members.items(), key=lambda g: (-len(g[1]), g[0]))[:groups]
+    table = []
+    for kept, rs in largest:
+        shown = sorted(rs, key=lambda r: (not r["kept"], r["clip_id"]))[:4]
+        cells = []
+        for r in shown:
+            m = clip_members(output, storage, by_id[r["clip_id"]])
+            frame = clip_frames(m[C.MP4], 1) if C.MP4 in m else []
+            sims = ", ".join(f"{k} {r[f'{k}_similarity']:.3f}" for k in ("fingerprint", "embedding")
+                             if r[f"{k}_similarity"] is not None)
+            row = by_id[r["clip_id"]]
+            cells.append(f"<div class='ex'>{_jpeg(frame[0], 160, 90) if frame else ''}<br>"
+                         f"{'<b>kept</b>' if r['kept'] else 'removed'} {_e(_name(row['source_uri']))} "
+                         f"{row['start_s']:.2f}-{row['end_s']:.2f} s {row['width']}x{row['height']}<br>{_e(sims)}</div>")
+        table.append([len(rs), "".join(cells)])
+    return head + (_table(["clips", "kept first, then removed (similarity to the nearest clip)"], table) if table else "")
+
+
+def write_dedup_page(storage: Storage, output: str, groups: int = 24) -> str:
+    """The dedup job's page (``DEDUP_DIR``/``DEDUP_PAGE``) and the dataset card, with what the record removes."""
+    rows = C.read_manifest(storage, output).to_pylist()
+    ds = dataset_stats(output, storage, rows)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Near duplicates</title>{_STYLE}</head><body>"
+            f"<p class='dim'>{_e(output)}</p>"
+            + near_duplicate_section(storage, output, rows, ds["near_duplicates"], groups, link=False)
+            + "</body></html>")
+    write_card(output, storage, ds)
+    uri = storage.join(output, C.DEDUP_DIR, DEDUP_PAGE)
+    storage.write_atomic(uri, page.encode())
+    return uri
+
+
 _STYLE = """<style>
 body{font:14px system-ui,sans-serif;margin:20px;color:#222} table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left} th{background:#f2f2f2}
@@ -288,9 +350,11 @@ linear-gradient(45deg,transparent 75%,#bbb 75%),linear-gradient(-45deg,transpare
 
 
 def report_outdated(storage: Storage, output: str) -> bool:
-    """Whether report.html is missing or older than the newest manifest part (its writing failed after a commit)."""
+    """Whether report.html is missing or older than the newest manifest part (its writing failed after a commit)
+    or the dedup record."""
     report = storage.modified(output).get(storage.join(output, C.REPORT_FILE))
-    parts = storage.modified(storage.join(output, C.MANIFEST_DIR), ".parquet").values()
+    parts = [*storage.modified(storage.join(output, C.MANIFEST_DIR), ".parquet").values(),
+             *storage.modified(storage.join(output, C.DEDUP_DIR), C.DEDUP_FILE).values()]
     return report is None or report < max(parts, default=0.0)
 
 
@@ -317,6 +381,7 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
                      "(never cover art; a moving stream before a still; the default one; the longest).</p>" + _table(
                          ["source", "stream read", "video streams"], [[_e(u), i, n] for u, i, n in several]))
     parts += [_filter_section(cfg, storage, stats), _histograms(cfg, stats, rows),
+              near_duplicate_section(storage, output, rows, ds["near_duplicates"], 4),
               _stage_section(cfg, stage_counts, seconds), _error_section(errors)]
     # This run's first clips; a run that wrote none (a rerun rebuilding the report) shows the dataset's first.
     samples = stats.samples or [(r["clip_id"], r["shard"]) for r in rows[: cfg.report.sample_clips]]
@@ -333,7 +398,7 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
         storage.write_atomic(storage.join(output, "contact_sheet.png"), _encode(sheet, "PNG"))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>{_STYLE}</head><body>"
             + "\n".join(parts) + "</body></html>")
-    write_card(output, storage, ds["clips"], ds["hours"])
+    write_card(output, storage, ds)
     uri = storage.join(output, C.REPORT_FILE)
     storage.write_atomic(uri, page.encode())  # last: a report older than the manifest is rebuilt by the rerun
     return uri

@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from curation.dedup.signals import frame_hash
 from curation.video.colour import sdr
 from curation.video.decode import Source, VideoError, i420_planes
 from curation.video.planning import Scores
@@ -35,6 +36,7 @@ class Analysis:
     breaks: list[Break]  # every detector's breaks, in order, not yet merged (``planning.merge_breaks``)
     scores: Scores  # per frame, at analysis size
     timeline: np.ndarray  # pts with every timestamp jump (JUMP_S) closed up to one frame step: what time is
+    hashes: np.ndarray  # uint64 per frame: its DCT sign hash (``curation.dedup.signals``), for clip fingerprints
 
     @property
     def num_frames(self) -> int:
@@ -86,11 +88,12 @@ class FrameSink(Protocol):
 
 def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink: FrameSink | None = None) -> Analysis:
     """Decode every frame of ``source`` once at reduced size, from its first (``decode.open_source``): feed the shot
-    detectors and score each frame (motion, luma, contrast, damaged). ``sink`` gets each full-size frame as well, so
+    detectors, score each frame (motion, luma, contrast, damaged) and hash it. ``sink`` gets each full-size frame as well, so
     clips can be encoded in this same pass, and the breaks in order of their start: a break is released once every
     detector has settled past its start."""
     pts: list[int] = []
     scores: list[tuple[float, ...]] = []
+    hashes: list[int] = []
     pending: list[Break] = []
     released: list[Break] = []
     prev = None
@@ -111,6 +114,7 @@ def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink
             mean, std = cv2.meanStdDev(gray)
             motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
             scores.append((motion, float(mean[0, 0]), float(std[0, 0]), float(damaged)))
+            hashes.append(frame_hash(gray))
             prev = gray
             pending += [b for d in detectors for b in d.process(i, small)]
             settled = min((d.settled() for d in detectors), default=i + 1)
@@ -137,4 +141,5 @@ def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink
         breaks=sorted(released + last),
         scores=Scores.of(scores),
         timeline=_closed_up(pts_array, int(jump)),
+        hashes=np.asarray(hashes, dtype=np.uint64),
     )

@@ -23,6 +23,7 @@ class DatasetFit:
     frames: Counter = field(default_factory=Counter)  # window frame count -> those clips (none: captions only)
     too_short: int = 0  # clips of training sources shorter than the shortest window
     held_out: int = 0  # clips of validation sources
+    near_duplicates: int = 0  # clips the dataset's dedup record removes (data.near_duplicates: drop)
     validation: list[tuple[str, str]] = field(default_factory=list)  # (shard URL, clip id) the loss is measured on
 
     def summary(self, cfg: DataConfig) -> str:
@@ -30,7 +31,7 @@ class DatasetFit:
         return (f"dataset: {self.clips} clips; {self.trainable} train (clips per frame count: {frames}), "
                 f"{self.too_short} too short for the shortest window ({cfg.frames[0]} frames at "
                 f"{cfg.target_fps or 'every'} fps), {self.held_out} held out for validation "
-                f"({len(self.validation)} measured)")
+                f"({len(self.validation)} measured), {self.near_duplicates} near duplicates left out")
 
 
 def dataset_fit(cfg: DataConfig, media: bool, holdout: float, max_validation: int) -> DatasetFit | None:
@@ -45,10 +46,14 @@ def dataset_fit(cfg: DataConfig, media: bool, holdout: float, max_validation: in
         root = root.rstrip("/")
         try:
             rows = C.read_manifest(storage, root, ["clip_id", "source_sha1", "fps", "num_frames", "shard"]).to_pylist()
-        except ValueError as e:  # a manifest part of another schema, named
+            dropped = C.removed_clips(storage, root) if cfg.near_duplicates == "drop" else frozenset()
+        except ValueError as e:  # a manifest part or dedup record of another schema, named
             raise JobError(str(e)) from None
         for r in rows:
             fit.clips += 1
+            if r["clip_id"] in dropped:
+                fit.near_duplicates += 1
+                continue
             frames = cfg.window.frames_for(r["fps"], r["num_frames"]) if media else None
             usable = frames is not None or not media
             if held_out_source(r["source_sha1"], holdout):

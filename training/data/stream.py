@@ -31,6 +31,7 @@ from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
 from .features import FIELDS as FEATURE_FIELDS
 from .features import FeatureSample, collate_features, decode_features
+from .near_duplicates import removed
 from .split import held_out
 
 log = logging.getLogger("training.data")
@@ -39,6 +40,7 @@ log = logging.getLogger("training.data")
 MAX_FAILURES_IN_ROW = 1000
 
 COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "samples_held_out",
+            "samples_near_duplicate",
             "members_rejected", "shards_corrupt", "shards_failed", "read_retries", "epochs")
 
 
@@ -78,9 +80,11 @@ class ShardStream(IterableDataset):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
         another number of slots, in slot order (module docstring); ``features=True``: ``shards`` are the
         features tars of the run's shards (``training.data.features``), read in their place, nothing decoded;
-        ``holdout``: the share of sources held out for validation (``split.held_out``), never yielded."""
+        ``holdout``: the share of sources held out for validation (``split.held_out``), never yielded; near
+        duplicates (``near_duplicates.removed``) are never yielded either."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
         self.features, self.holdout = features, holdout
+        self.removed = removed(cfg, shards)
         self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()
@@ -246,6 +250,9 @@ class ShardStream(IterableDataset):
         whether the shard was read to its end: ``shards_failed`` and ``shards_corrupt`` do not grow then)."""
         for raw, _, _ in self._read_shard(shard, 0, 0, 1, 0):
             self.counters["samples_read"] += 1
+            if raw.key in self.removed:
+                self.counters["samples_near_duplicate"] += 1
+                continue
             yield raw
 
     def raw_samples(self) -> Iterator[RawSample]:
@@ -264,6 +271,10 @@ class ShardStream(IterableDataset):
                     if self.history and self._read_before(shard, raw.index):
                         continue
                     self.counters["samples_read"] += 1
+                    if raw.key in self.removed:
+                        self.counters["samples_near_duplicate"] += 1
+                        held = True  # like a held-out sample: this slot read its share of the shard
+                        continue
                     if held_out(raw, self.holdout):
                         self.counters["samples_held_out"] += 1
                         held = True
@@ -273,8 +284,8 @@ class ShardStream(IterableDataset):
                 idle = set() if given else idle | {shard} if held else idle  # unread shards say nothing
                 if len(idle) == len(self.shards):
                     raise JobError(f"rank {self.rank}, slot {slot}: every sample of its share of every shard is of a "
-                                   "source held out for validation: lower validation.fraction, or train with fewer "
-                                   "ranks or loader workers than this dataset has shards")
+                                   "source held out for validation or a near duplicate: lower validation.fraction, "
+                                   "or train with fewer ranks or loader workers than this dataset has shards")
                 self.plan_pos, self.offset, self.index = self.plan_pos + 1, 0, 0
             if self.read_in_epoch == 0:
                 urls = [self.shards[s] for s, _, _ in plan]
