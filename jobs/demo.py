@@ -2,7 +2,7 @@
 
 1. builds the tiny models (curation's captioner, detector and SAM; the CINEMA model's frozen parts) offline;
 2. starts an S3-compatible server on loopback and curates the sample videos into s3://cinema/dataset with every
-   stage (scenes, clips, captions, subjects);
+   stage (scenes, clips, burned-in text, captions, subjects), then finds its near duplicates;
 3. trains the tiny CINEMA model with 2 FSDP2 ranks (gloo) streaming those shards from the bucket, in the paper's
    two stages (the AlignerNet on captions, then AlignerNet + DiT), with a validation split held out by source;
 4. generates a video from a prompt and two subject crops taken out of the dataset;
@@ -47,6 +47,15 @@ def curate(endpoint: str, paths: dict) -> int:
     sets = [f"storage.endpoint_url={endpoint}", *tiny_overrides(paths, fixed_answer=True)]
     return curation_main(["run", str(ROOT / "jobs" / "demo_curation.yaml"), "--input", str(VIDEOS),
                           "--output", "s3://cinema/dataset", *[a for s in sets for a in ("--set", s)]])
+
+
+def dedup(endpoint: str) -> int:
+    """Near duplicates by fingerprint: the tiny CLIP's random weights give every clip about the same embedding, so
+    its signal is off here (a real CLIP's is on by default)."""
+    from curation.__main__ import main as curation_main
+
+    return curation_main(["dedup", "s3://cinema/dataset", "--job", str(ROOT / "jobs" / "demo_curation.yaml"),
+                          "--set", f"storage.endpoint_url={endpoint}", "--set", "dedup.embedding_similarity=null"])
 
 
 def train(endpoint: str) -> None:
@@ -102,7 +111,7 @@ def main() -> int:
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cinema")
         step(f"2/4 curating {VIDEOS} into s3://cinema/dataset on {endpoint}")
-        rc = curate(endpoint, paths)
+        rc = curate(endpoint, paths) or dedup(endpoint)
         if rc:
             return rc
         from common.storage import Storage, StorageConfig
@@ -121,6 +130,7 @@ def main() -> int:
     print("\ndone:")
     print(f"  curated dataset:        {DATASET}  (a copy of s3://cinema/dataset)")
     print(f"  curation report:        {DATASET / 'report.html'}")
+    print(f"  near duplicates:        {DATASET / 'dedup' / 'report.html'}")
     print(f"  clips contact sheet:    {DATASET / 'contact_sheet.png'}")
     print(f"  loss curve:             {OUT / 'train' / 'loss_curve.png'}")
     print(f"  validation samples:     {OUT / 'train' / 'validation'}  (a held-out clip's caption and subjects)")

@@ -5,12 +5,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import webdataset as wds
 import yaml
 
 from common import contract as C
+from curation.dedup import signals as S
 from curation.run.runner import run
 
 from .conftest import BAD, GOOD, VIDEOS
@@ -63,6 +65,10 @@ def test_output_meets_the_dataset_contract(curated):
     for r in rows.values():
         assert r["end_frame"] - r["start_frame"] == r["num_frames"] and r["motion"] is not None
         assert len(r["source_sha1"]) == 40 and r["pipeline_version"] == C.PIPELINE_VERSION
+    # the near-duplicate signals: frame hashes from the scene pass, the aesthetic stage's CLIP embedding
+    assert len(S.fingerprint_array([r["fingerprint"] for r in rows.values()])) == len(rows)
+    embeddings = S.embedding_array([r["embedding"] for r in rows.values()])
+    assert embeddings.shape[1] > 1 and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-3)
 
 
 def test_shards_are_readable_by_tar_webdataset_and_ray(curated):

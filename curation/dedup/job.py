@@ -41,6 +41,7 @@ WORK_DIR = "work"
 SAMPLE_PER_CLUSTER = 40  # k-means is fit on this many clips per cluster (at most all of them)
 CLUSTERS_PER_TASK = 4
 BLOCK = 2048  # rows of one similarity matrix product: bounds a task's memory
+CHUNK = 65536  # rows converted at a time in the driver: bounds its float32 copies
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,12 @@ class Signal:
 
 
 def _bits(texts: list[str]) -> np.ndarray:
-    return S.fingerprint_bits(S.fingerprint_array(texts)).astype(np.int8)
+    """(N, FRAMES * BITS) int8 in {-1, 1}, made a chunk at a time (the uint64 intermediate is 32x larger)."""
+    hashes = S.fingerprint_array(texts)
+    out = np.empty((len(hashes), S.FRAMES * S.BITS), dtype=np.int8)
+    for lo in range(0, len(hashes), CHUNK):
+        out[lo : lo + CHUNK] = S.fingerprint_bits(hashes[lo : lo + CHUNK])
+    return out
 
 
 SIGNALS = (
@@ -101,15 +107,14 @@ def _clusters(signal: Signal, vectors: np.ndarray, cfg: DedupConfig) -> list[np.
         return [np.arange(n)]
     from sklearn.cluster import KMeans
 
-    space = signal.space(vectors)
-    sample = np.random.default_rng(cfg.seed).permutation(n)[: min(n, k * SAMPLE_PER_CLUSTER)]
-    centres = KMeans(n_clusters=k, n_init=1, random_state=cfg.seed).fit(space[np.sort(sample)]).cluster_centers_
+    sample = np.sort(np.random.default_rng(cfg.seed).permutation(n)[: min(n, k * SAMPLE_PER_CLUSTER)])
+    centres = KMeans(n_clusters=k, n_init=1, random_state=cfg.seed).fit(signal.space(vectors[sample])).cluster_centers_
     probes = min(cfg.probes, k)
     nearest = np.empty((n, probes), dtype=np.int64)
     c2 = (centres**2).sum(1)
-    for lo in range(0, n, 65536):
-        d = c2[None, :] - 2 * space[lo : lo + 65536] @ centres.T  # + |x|^2, the same for every centre
-        nearest[lo : lo + 65536] = np.argpartition(d, probes - 1, axis=1)[:, :probes] if probes < k else np.argsort(d, 1)
+    for lo in range(0, n, CHUNK):
+        d = c2[None, :] - 2 * signal.space(vectors[lo : lo + CHUNK]) @ centres.T  # + |x|^2, alike for every centre
+        nearest[lo : lo + CHUNK] = np.argpartition(d, probes - 1, axis=1)[:, :probes] if probes < k else np.argsort(d, 1)
     rows = np.repeat(np.arange(n), probes)
     order = np.lexsort((rows, nearest.ravel()))
     cuts = np.searchsorted(nearest.ravel()[order], np.arange(k + 1))
@@ -171,20 +176,26 @@ def _run_signal(signal: Signal, threshold: float, vectors: np.ndarray, index: np
     uris = [storage.join(work, f"{signal.name}-{i:05d}.parquet") for i in range(len(batches))]
     have = set(storage.list(work, ".parquet"))
     todo = [i for i, u in enumerate(uris) if u not in have]
+    tasks_run = len(todo)
     remote = ray.remote(num_cpus=1)(compare)
-    running = {remote.remote(signal.name, threshold, [(index[c], vectors[c]) for c in batches[i]]): i for i in todo}
+    # Tasks are sent a few per CPU at a time: their vectors wait in the object store only while they run.
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    running: dict = {}
     t0, done = time.time(), 0
-    while running:
+    while todo or running:
+        while todo and len(running) < window:
+            i = todo.pop(0)
+            running[remote.remote(signal.name, threshold, [(index[c], vectors[c]) for c in batches[i]])] = i
         ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
         for ref in ready:
             i = running.pop(ref)
             check()
             storage.write_atomic(uris[i], _parquet(ray.get(ref)))
             done += 1
-        _progress(signal.name, done, len(todo), t0)
+        _progress(signal.name, done, done + len(todo) + len(running), t0)
     tables = [pq.read_table(pa.BufferReader(storage.read_bytes(u))) for u in uris]
     table = pa.concat_tables(tables) if tables else compare(signal.name, threshold, [])
-    stats = {"clips": len(index), "clusters": len(clusters), "tasks": len(batches), "tasks_run": len(todo),
+    stats = {"clips": len(index), "clusters": len(clusters), "tasks": len(batches), "tasks_run": tasks_run,
              "pairs": int(pc.sum(table.column("pair")).as_py() or 0)}
     return table, stats
 
