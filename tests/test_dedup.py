@@ -134,7 +134,6 @@ def test_killed_run_resumes_to_the_same_record_and_new_sources_update_it(deduped
                 raise OSError(5, "Input/output error", uri)
         return real(self, uri, *args, **kwargs)
 
-    monkeypatch.setattr(job_module, "CLUSTERS_PER_TASK", 1)  # a task per cluster: several tasks to resume from
     monkeypatch.setattr(Storage, "write_atomic", dies_after_one_task)
     with pytest.raises(OSError):
         run_dedup(root)

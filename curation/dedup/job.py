@@ -3,7 +3,7 @@
 Per signal (``signals``: the fingerprint every clip has, the CLIP embedding of clips the aesthetic stage scored),
 the clips' vectors are clustered by k-means (fit on a sample chosen by clip id, about ``cluster_size`` clips per
 cluster), each clip joins its ``probes`` nearest clusters (a pair on a cluster border still meets), and every pair
-inside a cluster is compared exactly, by matrix products, in Ray tasks of a few clusters each. Pairs at or above a
+inside a cluster is compared exactly, by matrix products, in a Ray task per cluster. Pairs at or above a
 signal's threshold join groups (connected components over both signals); each group keeps one clip
 (``DedupConfig``). The cost is about clips x cluster_size x probes similarities, spread over the cluster's CPUs;
 the driver holds the vectors (fingerprints: 252 bytes a clip; embeddings: 2 bytes a dimension) and the pairs found.
@@ -39,8 +39,7 @@ from curation.dedup import signals as S
 
 WORK_DIR = "work"
 SAMPLE_PER_CLUSTER = 40  # k-means is fit on this many clips per cluster (at most all of them)
-CLUSTERS_PER_TASK = 4
-BLOCK = 2048  # rows of one similarity matrix product: bounds a task's memory
+BLOCK = 512  # rows of one similarity matrix product: bounds a task's memory
 CHUNK = 65536  # rows converted at a time in the driver: bounds its float32 copies
 
 
@@ -172,7 +171,7 @@ def _run_signal(signal: Signal, threshold: float, vectors: np.ndarray, index: np
     import ray
 
     clusters = _clusters(signal, vectors, cfg)
-    batches = [clusters[i : i + CLUSTERS_PER_TASK] for i in range(0, len(clusters), CLUSTERS_PER_TASK)]
+    batches = [[c] for c in clusters]  # a task per cluster: as many tasks as clusters, for a cluster's CPUs
     uris = [storage.join(work, f"{signal.name}-{i:05d}.parquet") for i in range(len(batches))]
     have = set(storage.list(work, ".parquet"))
     todo = [i for i, u in enumerate(uris) if u not in have]

@@ -14,6 +14,7 @@ Both travel as text (hex, base64), as every value of a clip's JSON member does.
 from __future__ import annotations
 
 import base64
+import re
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 FRAMES = 4  # frames hashed per clip, at the middles of its quarters
 BITS = 63  # AC coefficients of the 8x8 lowest frequencies
 _WEIGHTS = np.left_shift(np.uint64(1), np.arange(BITS, dtype=np.uint64))
+_HEX = re.compile(f"[0-9a-fA-F]{{{16 * FRAMES}}}")
 MIRROR = int(sum(1 << (u * 8 + v - 1) for u in range(8) for v in range(8) if (u or v) and v % 2))
 
 
@@ -44,12 +46,10 @@ def fingerprint(hashes: list[int]) -> str:
 
 def fingerprint_array(texts: list[str]) -> np.ndarray:
     """(N, FRAMES) uint64 from fingerprints; ValueError naming the first that is not one."""
-    out = np.zeros((len(texts), FRAMES), dtype=np.uint64)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or len(t) != 16 * FRAMES:
+    for t in texts:
+        if not isinstance(t, str) or not _HEX.fullmatch(t):
             raise ValueError(f"fingerprint {t!r} is not {FRAMES} hashes of 16 hex digits")
-        out[i] = [int(t[k : k + 16], 16) for k in range(0, len(t), 16)]
-    return out
+    return np.frombuffer(bytes.fromhex("".join(texts)), ">u8").astype(np.uint64).reshape(len(texts), FRAMES)
 
 
 def fingerprint_bits(hashes: np.ndarray) -> np.ndarray:

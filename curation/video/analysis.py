@@ -100,6 +100,7 @@ def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink
     time_base = Fraction(source.video.stream.time_base)
     jump = JUMP_S / float(time_base)
     size = None
+    turns = -source.info.rotation // 90  # np.rot90 turns counter-clockwise; the rotation is clockwise
     try:
         for i, (frame, damaged) in enumerate(source.frames):
             frame = sdr(frame)  # scores, cuts and held clips see what the clips will show
@@ -114,7 +115,7 @@ def analyse(source: Source, detectors: list[Detector], analysis_width: int, sink
             mean, std = cv2.meanStdDev(gray)
             motion = 0.0 if prev is None else float(cv2.absdiff(gray, prev).mean())
             scores.append((motion, float(mean[0, 0]), float(std[0, 0]), float(damaged)))
-            hashes.append(frame_hash(gray))
+            hashes.append(frame_hash(np.rot90(gray, turns)))  # upright, as the clip shows it
             prev = gray
             pending += [b for d in detectors for b in d.process(i, small)]
             settled = min((d.settled() for d in detectors), default=i + 1)
