@@ -135,8 +135,10 @@ class FiltersConfig:
     # damaged_frames column flags them).
     max_damaged_frames: int | None = 0
     # Burned-in text (curation.stages.text; its scores text_area and text_frames are stored for every clip): a clip
-    # whose frames show more text than this share of the frame area is dropped (None keeps every clip).
-    max_text_area: float | None = 0.01
+    # whose frames show more text than this share of the frame area is dropped (None keeps every clip). 0.02 drops
+    # every subtitle and title of the benchmark's real footage of 240 lines or more, and fewest clips without text
+    # (docs/curation.md: Burned-in text); small corner logos (0.002-0.007) are kept, their text_area stored.
+    max_text_area: float | None = 0.02
 
     def validate(self) -> None:
         if not 0 <= self.max_blank_frac <= 1:
@@ -184,12 +186,16 @@ class DedupConfig:
     duplicates when any signal's similarity reaches its threshold (null turns a signal off); each group keeps one
     clip: the highest aesthetic score, then the longest, then the smallest clip id."""
 
-    # 1 - (Hamming distance / bits) of the clips' frame hashes (the mirrored copy's too), every clip has them.
-    fingerprint_similarity: float | None = 0.85
-    # Cosine similarity of the clips' CLIP embeddings (clips the aesthetic stage scored).
-    embedding_similarity: float | None = 0.95
+    # 1 - (Hamming distance / bits) of the clips' frame hashes (the mirrored copy's too), every clip has them. On
+    # real footage (benchmarks/dedup_bench.py) no two different clips reached 0.71; unrelated clips score ~0.52.
+    fingerprint_similarity: float | None = 0.8
+    # Cosine similarity of the clips' CLIP embeddings (clips the aesthetic stage scored): the strict end of
+    # SemDeDup's range (0.93-0.97 on LAION's CLIP embeddings), for near duplicates rather than similar content.
+    embedding_similarity: float | None = 0.97
     cluster_size: int = 5000  # clips per k-means cluster on average: pairs are compared inside clusters
-    probes: int = 2  # each clip joins its nearest this many clusters, so a pair on a border still meets
+    # Each clip joins its nearest this many clusters, so a pair on a border still meets: at a million clips 8 find
+    # 99.95% of planted pairs, 2 only 80% (benchmarks/dedup_bench.py), for about 3 CPU-hours at 1.46M clips.
+    probes: int = 8
     seed: int = 0
 
     def validate(self) -> None:
