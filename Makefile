@@ -29,6 +29,8 @@ bench: setup
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.curation_bench
 	$(BIN)/python -m benchmarks.clean_clips
+	$(BIN)/python -m benchmarks.dedup_bench
+	$(BIN)/python -m benchmarks.text_bench
 	$(BIN)/python -m benchmarks.loader_bench
 	$(BIN)/python -m benchmarks.fsdp_bench
 	$(BIN)/python -m benchmarks.model_bench

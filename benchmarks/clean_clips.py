@@ -61,7 +61,7 @@ def kept_clips(path: Path, overrides: list[str]) -> tuple[list[tuple[int, int]],
     def add_busy(stage: str, consumed: int, made: int, errors: int, seconds: float) -> None:
         busy[stage] = busy.get(stage, 0.0) + seconds
 
-    with Chain(cfg, [s for s in CPU_STAGES if s.name != "encode"], add_busy) as chain:
+    with Chain(cfg, [s for s in CPU_STAGES if s.name not in ("encode", "text")], add_busy) as chain:
         rows = list(chain([Row("source", str(path), {})]))
     seconds = busy.get("scenes", 0.0)
     frames = next((r.meta["num_frames"] for r in rows if r.kind == "summary"), 0)

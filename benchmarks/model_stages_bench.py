@@ -99,9 +99,9 @@ def labelled(rows: list[dict]) -> list[dict]:
 # -- CPU --------------------------------------------------------------------------------------------------------
 def real_clips(cfg) -> list[dict]:
     from curation.run.executor import Chain
-    from curation.stages import CPU_STAGES
+    from curation.stages import enabled_cpu_stages
 
-    with Chain(cfg, CPU_STAGES) as chain:
+    with Chain(cfg, enabled_cpu_stages(cfg)) as chain:
         rows = list(chain(Row("source", str(p), {}) for p in sorted(VIDEOS.glob("*.mp4"))))
     return [r for r in rows if r.kind == "clip"]
 

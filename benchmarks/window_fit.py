@@ -99,7 +99,7 @@ def before(videos: list[Path], overrides: list[str]) -> dict:
     for path in videos:
         cfg = load_job(str(ROOT / "jobs" / "cluster_curation.yaml"), ["encode.hold_mb=0", *OLD_LIMITS, *overrides],
                        input=str(path), output="unused")
-        with Chain(cfg, [s for s in CPU_STAGES if s.name != "encode"]) as chain:
+        with Chain(cfg, [s for s in CPU_STAGES if s.name not in ("encode", "text")]) as chain:
             rows = list(chain([Row("source", str(path), {})]))
         for r in (r for r in rows if r.kind == "clip"):
             n, fps = r.meta["num_frames"], r.meta["fps"]

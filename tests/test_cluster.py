@@ -102,7 +102,8 @@ def submit(env, endpoint: str, job: str = "jobs/cluster_curation.yaml", output: 
            f"--output s3://cluster-datasets/{output} --set storage.endpoint_url={endpoint} "
            "--set 'scenes.detectors=[{kind: adaptive}]' --set filters.min_height=0 --set filters.min_motion=0 "
            "--set encode.preset=ultrafast --set encode.max_short_side=144 "
-           "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1" + extra)
+           "--set scenes.min_clip_s=0.5 --set shards.target_size_mb=0.3 --set ray.progress_interval_s=1 "
+           "--set filters.max_text_area=null" + extra)  # the inputs show text: scored, kept
     deadline = time.time() + 120
     while True:  # the head's job agent may still be starting (as on any freshly started cluster): try again
         done = subprocess.run([RAY, "job", "submit", "--no-wait", "--", "bash", "-c", run], env=env,

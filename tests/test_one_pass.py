@@ -20,7 +20,8 @@ from .test_video import decode
 
 def curate(path, *overrides):
     """The CPU stages on one source, in process: (rows after the scene stage, final clip rows by id)."""
-    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", *overrides], input="x", output="/tmp/unused")
+    cfg = load_job(None, ["caption.enabled=false", "aesthetic.enabled=false", "text.enabled=false", *overrides],
+                   input="x", output="/tmp/unused")
     split = [cls.name for cls in CPU_STAGES].index("scenes") + 1
     after_scenes = run_local(cfg, CPU_STAGES[:split], [str(path)])
     rows = run_local(cfg, CPU_STAGES[split:], rows=after_scenes)

@@ -135,3 +135,18 @@ def test_clips_carry_captions_and_subject_crops(curated):
                     assert image.mode == "RGBA" and image.size == (round(x1 - x0), round(y1 - y0))
                     crops += 1
     assert crops == sum(len(r["subjects"]) for r in rows)
+
+
+def test_every_clip_is_scored_for_burned_in_text_on_ray(curated):
+    # The text stage ran in the CPU workers (PP-OCRv4's real detector); the job keeps every clip
+    # (filters.max_text_area=null) with its scores. testvideo.mp4 carries a burned-in copyright line on every frame,
+    # counter.mp4 its frame number; bikes.mp4 shows no text on its first shot's frames.
+    cfg, result, _ = curated
+    assert result.stage_counts["text"][0] > 0 and result.stage_counts["text"][2] == 0  # clips in, no errors
+    rows = manifest(cfg.output).to_pylist()
+    assert all(r["text_area"] is not None and 0 <= r["text_frames"] <= cfg.text.num_frames for r in rows)
+    by_name = {}
+    for r in rows:
+        by_name.setdefault(r["source_uri"].rsplit("/", 1)[-1], []).append(r)
+    assert min(r["text_area"] for r in by_name["testvideo.mp4"] + by_name["counter.mp4"]) > 0.02
+    assert min(r["text_area"] for r in by_name["bikes.mp4"]) == 0

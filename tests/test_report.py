@@ -27,7 +27,7 @@ def test_report_of_the_small_job(curated):
     # Time and throughput per stage, in pipeline order.
     section = page[page.index("<h2>Stages"):page.index("<h2>Errors")]
     stages = re.findall(r"<tr><td>(\w+)</td><td>\d+</td>", section)
-    assert stages == ["scenes", "encode", "caption_prep", "aesthetic", "caption", "subjects"]
+    assert stages == ["scenes", "encode", "text", "caption_prep", "aesthetic", "caption", "subjects"]
     # Errors grouped by stage and type with counts and the first messages.
     assert re.search(r"<td>scenes</td><td>VideoError</td><td>\d+</td>", page) and "file not found" in page
     assert "1.000 bytes read from storage per source byte" in page  # the summary's

@@ -19,7 +19,7 @@ ARGS = ["--set", "scenes.min_clip_s=0.5", "--set", "shards.target_size_mb=0.05",
         "--set", "aesthetic.enabled=false",  # the CPU half: what a kill tests
         # The cheapest detector and encoding: which cuts it sees and how the clips look do not matter here.
         "--set", "scenes.detectors=[{kind: adaptive}]", "--set", "encode.preset=ultrafast",
-        "--set", "encode.max_short_side=144"]
+        "--set", "encode.max_short_side=144", "--set", "filters.max_text_area=null"]
 
 
 def start(listing, out):

@@ -22,6 +22,7 @@ def test_curation_from_and_to_object_storage(ray_local, s3_server, tmp_path):
         s3.upload_file(str(VIDEOS / name), "raw", f"videos/{name}")
     s3.put_object(Bucket="raw", Key="videos/broken.mp4", Body=b"\x00" * 1000)
     cfg = load_job(None, [f"storage.endpoint_url={s3_server}", "scenes.min_clip_s=0.5", "ray.num_cpus=2",
+                          "filters.max_text_area=null",
                           "caption.enabled=false", "aesthetic.enabled=false",
                           "scenes.detectors=[{kind: adaptive}]"],  # storage is under test, not the detectors
                    input="s3://raw/videos/", output="s3://data/curated")

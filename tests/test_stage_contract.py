@@ -57,7 +57,7 @@ def test_workers_are_sized_from_the_config_without_building_a_stage():
                    input="x", output="y")
     groups = chains(pipeline(cfg), cfg)
     assert [[s.name for s in g] for g in groups] == [
-        ["scenes", "encode", "caption_prep"], ["aesthetic", "caption"], ["subjects"]]
+        ["scenes", "encode", "text", "caption_prep"], ["aesthetic", "caption"], ["subjects"]]
     cpu, gpu, half = (chain_resources(g, cfg) for g in groups)
     assert (cpu.gpus, cpu.memory_mb) == (0, 256)  # the scene pass may hold encode.hold_mb of frames
     assert (gpu.gpus, half.gpus) == (1, 0.5)

@@ -25,6 +25,10 @@ def check_job(cfg: JobConfig) -> None:
     for i, d in enumerate(cfg.scenes.detectors):
         _check_detector(f"scenes.detectors[{i}]", d)
     _warn_untrainable(cfg.scenes.min_clip_s)
+    if cfg.text.enabled:
+        from curation.models.text_detection import model_path
+
+        model_path(cfg.text.model)  # ConfigError naming the file when it is missing
     for field, ref, kind in _model_files(cfg):
         if kind == "file" and not Path(ref).is_file():
             raise ConfigError(f"{field}: no such file: {ref}")

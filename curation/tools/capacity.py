@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from curation.config import JobConfig
-from curation.stages import CPU_STAGES as _CPU_STAGE_CLASSES
+from curation.stages import CPU_STAGES as _CPU_STAGE_CLASSES, enabled_cpu_stages
 
 CPU_STAGES = tuple(s.name for s in _CPU_STAGE_CLASSES)
 OVERHEAD = "cpu overhead"  # a line of the plan, never its bottleneck stage
@@ -141,14 +141,18 @@ def load_bench(folder: str | Path, job: JobConfig) -> Bench:
     if clips < 1:
         raise PlanError(f"{path}: the bench wrote no clips, so it gives no per-clip cost: rerun {CURATION_CMD}")
     where = f"curation.json, {clips} clips, detectors {measured}, {cores} cores of this machine"
+    stages = [cls.name for cls in enabled_cpu_stages(job)]
+    # A CPU stage added after the bench file was written (the text filter): unmeasured, said in a note.
+    newer = [s for s in stages if s not in busy and s not in ("scenes", "encode")]
+    notes += [f"{s} not measured ({path.name} predates it): rerun {CURATION_CMD}" for s in newer]
     rates = [StageRate(s, "cpu", _need(busy, s, path, CURATION_CMD) / clips, f"stage_busy_s.{s} / clips ({where})")
-             for s in CPU_STAGES]
+             for s in stages if s not in newer]
     # What the stages' busy time leaves out: Ray scheduling, the shard sink, the driver's commits, idle tails.
-    overhead = (wall - cur.get("ray_start_s", 0.0)) * cores - sum(busy[s] for s in CPU_STAGES)
+    overhead = (wall - cur.get("ray_start_s", 0.0)) * cores - sum(busy.get(s, 0.0) for s in CPU_STAGES)
     if overhead > 0:
         rates.append(StageRate(OVERHEAD, "cpu", overhead / clips,
                                f"(ours_s - ray_start_s) x cores - busy, / clips ({where})"))
-    bench = Bench(clips, video_s, cores, cur.get("bytes_written"), rates, notes=notes)
+    bench = Bench(clips, video_s, cores, cur.get("bytes_written"), rates, unmeasured=newer, notes=notes)
     if job.aesthetic.enabled or job.caption.enabled:
         _model_rates(Path(folder) / "model_stages.json", job, bench)
     return bench
