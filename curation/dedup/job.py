@@ -120,6 +120,14 @@ def _clusters(signal: Signal, vectors: np.ndarray, cfg: DedupConfig) -> list[np.
     return [rows[order[a:b]] for a, b in zip(cuts[:-1], cuts[1:]) if b - a > 1]
 
 
+def _keep_nearest(best: dict, a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> dict:
+    """``best`` (clip -> (nearest clip, similarity)) updated with the candidates ``b[k]`` of ``a[k]``."""
+    for x, y, s in zip(a.tolist(), b.tolist(), sim.tolist()):
+        if s > best.get(x, (None, -np.inf))[1]:
+            best[x] = (y, s)
+    return best
+
+
 def compare(signal_name: str, threshold: float, clusters: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
     """One task: every pair inside each cluster ((indices, vectors) each). Rows: ``a``, ``b`` (indices), the
     ``similarity``, ``pair`` (true: at or above the threshold, a < b; false: ``b`` is the nearest clip ``a`` met in
@@ -132,10 +140,7 @@ def compare(signal_name: str, threshold: float, clusters: list[tuple[np.ndarray,
             rows = np.arange(lo, min(lo + BLOCK, len(idx)))
             sim[rows - lo, rows] = -np.inf  # not itself
             j = sim.argmax(1)
-            for r, jj, s in zip(rows, j, sim[rows - lo, j]):
-                a = int(idx[r])
-                if s > best.get(a, (None, -np.inf))[1]:
-                    best[a] = (int(idx[jj]), float(s))
+            _keep_nearest(best, idx[rows], idx[j], sim[rows - lo, j])
             r, c = np.nonzero(sim >= threshold)
             keep = idx[rows[r]] < idx[c]
             pairs.append((idx[rows[r]][keep], idx[c][keep], sim[r, c][keep]))
@@ -266,11 +271,7 @@ def _dedup(storage: Storage, cfg: DedupConfig, out: str, job: DedupJob, check: C
             a, b = table.column("a").to_numpy(), table.column("b").to_numpy()
             sim = table.column("similarity").to_numpy()
             found.append((a[is_pair], b[is_pair]))
-            best = {}
-            for x, y, s in zip(a[~is_pair], b[~is_pair], sim[~is_pair]):
-                if s > best.get(x, (0, -np.inf))[1]:
-                    best[x] = (y, s)
-            nearest[signal.name] = best
+            nearest[signal.name] = _keep_nearest({}, a[~is_pair], b[~is_pair], sim[~is_pair])
     labels = _groups(len(ids), found)
     kept = _kept(labels, rows)
     sizes = np.bincount(labels)

@@ -31,7 +31,7 @@ from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
 from .features import FIELDS as FEATURE_FIELDS
 from .features import FeatureSample, collate_features, decode_features
-from .near_duplicates import removed
+from .near_duplicates import removed as near_duplicates
 from .split import held_out
 
 log = logging.getLogger("training.data")
@@ -76,15 +76,17 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int, media: bool = True,
-                 handover: list[dict] | None = None, features: bool = False, holdout: float = 0.0):
+                 handover: list[dict] | None = None, features: bool = False, holdout: float = 0.0,
+                 removed: frozenset[str] | None = None):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
         another number of slots, in slot order (module docstring); ``features=True``: ``shards`` are the
         features tars of the run's shards (``training.data.features``), read in their place, nothing decoded;
         ``holdout``: the share of sources held out for validation (``split.held_out``), never yielded; near
-        duplicates (``near_duplicates.removed``) are never yielded either."""
+        duplicates (``near_duplicates.removed``; given, or read from the shards' dataset roots) are never yielded
+        either."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
         self.features, self.holdout = features, holdout
-        self.removed = removed(cfg, shards)
+        self.removed = near_duplicates(cfg, shards) if removed is None else removed
         self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()

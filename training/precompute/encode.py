@@ -27,6 +27,7 @@ from ..batch import model_batch
 from ..config import TrainJob
 from ..data import features as F
 from ..data.decode import collate
+from ..data.near_duplicates import removed as near_duplicates
 from ..data.stream import ShardStream
 
 
@@ -47,6 +48,7 @@ class FeatureEncoder:
         self.t5 = None if mllm else T5TextEncoder.load(self.cfg.t5, self.dtype).to(self.device)
         self.vae = VideoVae.load(self.cfg.vae, self.dtype).to(self.device)
         self.storage = Storage(job.data.storage)
+        self.removed: dict[str, frozenset[str]] = {}  # dataset root -> clip ids its dedup record removes
         self.made_with = F.made_with(self.cfg, job.data)
 
     def write_uncond(self, root: str) -> None:
@@ -63,7 +65,10 @@ class FeatureEncoder:
     def shard(self, shard_url: str, check_lease: Callable[[], None] = lambda: None) -> dict:
         """Write the shard's features, then its commit marker, each after ``check_lease`` (the driver still holds
         the output); returns the marker."""
-        stream = ShardStream(self.job.data, [shard_url], 0, 1, media=True)
+        root = F.dataset_root(shard_url)
+        if root not in self.removed:  # read once per dataset root, not once per shard
+            self.removed[root] = near_duplicates(self.job.data, [shard_url])
+        stream = ShardStream(self.job.data, [shard_url], 0, 1, media=True, removed=self.removed[root])
         samples = 0
         with tempfile.TemporaryFile() as tmp:
             with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
