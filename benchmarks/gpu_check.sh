@@ -11,10 +11,11 @@
 #              DiT bf16 + CogVideoX VAE; 2 subjects, batched CFG): fixed cost, seconds per step, the 50-step
 #              total, peak memory (benchmarks/generate_bench.py)
 # 3. stages:   the curation model stages' GPU throughput with real-size models (benchmarks/model_stages_bench.py
-#              --gpu; on --smoke its CPU mode with the tiny models)
+#              --gpu; on --smoke its CPU mode with the tiny models); the caption stage on both engines, with the
+#              GPU's busy share, where .venv-vllm holds a GPU build of vLLM (without one: transformers only)
 # 4. transnet: TransNetV2's predicted frames/s on the GPU (64 windows a batch: scenes.num_gpus) beside the CPU's
 #              runtimes on one core (benchmarks/clean_clips.py --network-only)
-# Each piece has its own time limit (150 + 270 + 200 + 60 s); one that fails or runs out is recorded as such and
+# Each piece has its own time limit (150 + 270 + 200 (360 with vLLM) + 60 s); one that fails or runs out is recorded as such and
 # the others still run.
 # Writes out/bench/gpu_check.json (and each piece's own out/bench/*.json); prints it at the end.
 set -uo pipefail
@@ -60,7 +61,12 @@ else
   piece model 150 "$PY" -m benchmarks.model_bench --gpu-only --frames 17 33 --out "$OUT/model.json"
   piece generate 270 "$PY" -m benchmarks.generate_bench --checkpoints "$CKPT" --out "$OUT/generate.json"
   # 32 clips, caption batches of 8 and 16: the stages' numbers in three minutes (their defaults take longer).
-  piece stages 200 "$PY" -m benchmarks.model_stages_bench --gpu --clips 32 --batch-sizes 8 16
+  # With a GPU build of vLLM in .venv-vllm (caption.vllm.python), the same weights and clips on the vLLM engine
+  # too: saving the 7B weights, the engine's start and its run add about two and a half minutes.
+  VLLM=()
+  .venv-vllm/bin/python -c "import vllm, torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+    && VLLM=(--vllm)
+  piece stages $((200 + ${#VLLM[@]} * 160)) "$PY" -m benchmarks.model_stages_bench --gpu --clips 32 --batch-sizes 8 16 "${VLLM[@]}"
   STAGES_JSON=out/bench/model_stages.json
   piece transnet 60 "$PY" -m benchmarks.clean_clips --network-only --out "$OUT/transnet.json"
 fi

@@ -2,6 +2,7 @@
 
     python -m benchmarks.model_stages_bench          # CPU, tiny models, clips cut from the real sample videos
     python -m benchmarks.model_stages_bench --gpu    # one GPU: real-size model classes with random weights
+    python -m benchmarks.model_stages_bench --gpu --vllm  # and the caption stage on vLLM (caption_vllm)
 
 --gpu builds Qwen2-VL-7B (its published config) in bf16 straight on the GPU, a YOLO-World-L and SAM vit_h, and
 takes openai/clip-vit-large-patch14 from the local HF cache (else its published architecture, random) in fp16 with
@@ -218,12 +219,70 @@ def random_l14_head(folder: Path) -> str:
     return str(path)
 
 
+class GpuBusy:
+    """The GPU's busy share while the block runs: nvidia-smi's utilization.gpu sampled every 0.2 s (device-wide,
+    so it counts a vLLM server process as well as this one)."""
+
+    def __enter__(self):
+        import subprocess
+        import threading
+
+        self.samples, self.stop = [], threading.Event()
+
+        def poll():
+            while not self.stop.wait(0.2):
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-i", "0"], capture_output=True, text=True)
+                if out.returncode == 0 and out.stdout.strip().isdigit():
+                    self.samples.append(int(out.stdout.strip()))
+
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def share(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def vllm_caption(cfg, path: Path, prepped: list, max_new_tokens: int) -> dict:
+    """The same random Qwen2-VL-7B weights (saved at ``path``) served by vLLM (caption.engine vllm, .venv-vllm with
+    GPU vLLM), every clip in flight, the answer fixed at max_new_tokens (free text: a schema would end random
+    answers early)."""
+    import copy
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()  # the transformers engine's copy leaves the GPU to vLLM
+    vcfg = copy.deepcopy(cfg)
+    vcfg.caption.engine, vcfg.caption.model = "vllm", str(path)
+    vcfg.caption.vllm.structured_output, vcfg.caption.vllm.max_num_seqs = False, len(prepped)
+    stage = CaptionStage(vcfg)
+    t = time.perf_counter()
+    stage.setup()
+    start_s = time.perf_counter() - t
+    request = stage.generate.request
+    stage.generate.request = lambda f, sample: {**request(f, sample), "min_tokens": max_new_tokens, "ignore_eos": True}
+    try:
+        with GpuBusy() as busy:
+            result, _ = measure(stage, prepped, None, len(prepped))
+    finally:
+        stage.teardown()
+    return {**result, "engine_start_s": round(start_s, 1), "gpu_busy_share": busy.share}
+
+
 def cycled(rows: list[dict], n: int) -> list[dict]:
     return [rows[i % len(rows)] for i in range(n)]
 
 
 def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: list[int], max_new_tokens: int,
-              aesthetic_head: str | None) -> dict:
+              aesthetic_head: str | None, vllm: bool) -> dict:
     import torch
 
     from curation.models.captioning import Captioner
@@ -267,11 +326,21 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: lis
     for b in aesthetic_batch_sizes:  # cheap per clip: the prepped clips, repeated up to two batches
         stages[f"aesthetic_batch_{b}"], _ = measure(aesthetic, cycled(prepped, 2 * b), aes_clock, b)
     for b in batch_sizes:
-        stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock, b)
+        with GpuBusy() as busy:
+            stages[f"caption_batch_{b}"], _ = measure(caption, prepped[: 2 * b], cap_clock, b)
+        stages[f"caption_batch_{b}"]["gpu_busy_share"] = busy.share
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
     best = {name: max(stages[f"{name}_batch_{b}"]["clips_per_s"] for b in sizes)
             for name, sizes in (("aesthetic", aesthetic_batch_sizes), ("caption", batch_sizes))}
     per_gpu = {**best, "subjects": stages["subjects"]["clips_per_s"]}
+    if vllm:  # last: the transformers copy of the MLLM leaves the GPU first
+        path = folder / "qwen2vl_7b"
+        if not (path / "config.json").exists():
+            model.save_pretrained(path)
+            processor.save_pretrained(path)
+        caption.generate = model = None
+        stages["caption_vllm"] = vllm_caption(cfg, path, prepped, max_new_tokens)
+        per_gpu["caption_vllm"] = stages["caption_vllm"]["clips_per_s"]
     hours = {name: TARGET_CLIPS / rate / 3600 for name, rate in per_gpu.items()}
     return {
         "mode": "gpu, real-size models, random weights",
@@ -283,7 +352,11 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: lis
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "stages": stages,
         "clips_per_s_per_gpu": per_gpu,
-        "gpu_hours_for_1.46M_clips": {k: round(v) for k, v in hours.items()} | {"total": round(sum(hours.values()))},
+        # total: with the transformers engine's caption rate; total_vllm: with vLLM's, where measured
+        "gpu_hours_for_1.46M_clips": {k: round(v) for k, v in hours.items()} | {
+            f"total{suffix}": round(sum(h for k, h in hours.items() if k not in ("caption", "caption_vllm"))
+                                    + hours[caption])
+            for suffix, caption in (("", "caption"), ("_vllm", "caption_vllm")) if caption in hours},
     }
 
 
@@ -296,10 +369,12 @@ def main() -> None:
                         help="--gpu: aesthetic batch sizes")
     parser.add_argument("--aesthetic-head", help="--gpu: the LAION head file (default: a random one of its shape)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="--gpu: caption length in tokens")
+    parser.add_argument("--vllm", action="store_true",
+                        help="--gpu: also the vLLM engine (caption.engine vllm) on the same weights and clips")
     args = parser.parse_args()
     go_offline()
     result = (gpu_bench(args.clips, args.batch_sizes, args.aesthetic_batch_sizes, args.max_new_tokens,
-                        args.aesthetic_head) if args.gpu else cpu_bench())
+                        args.aesthetic_head, args.vllm) if args.gpu else cpu_bench())
     write_result("model_stages", result)
     print(json.dumps(result, indent=2))
 

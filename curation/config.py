@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -255,22 +256,58 @@ DEFAULT_CAPTION_PROMPT = (
 
 
 @dataclass
+class VllmConfig:
+    """The vLLM engine behind ``caption.engine: vllm``: a ``vllm serve`` process per captioning actor, on loopback,
+    started from its own Python environment (vLLM pins its own torch and transformers). Defaults suit Qwen2-VL-7B
+    on one 80 GB GPU beside the aesthetic and subject models of the same actor."""
+
+    # The interpreter of the environment vLLM is installed in (``make setup`` builds .venv-vllm with vLLM's CPU
+    # build; a GPU node installs ``vllm`` there instead). A relative path is from the directory the job starts in.
+    python: str = ".venv-vllm/bin/python"
+    gpu_memory_utilization: float = 0.80  # vLLM's share of the GPU; CLIP, YOLO-World and SAM use part of the rest
+    max_model_len: int = 4096  # 8 frames of 640x360 are about 1,200 video tokens, plus prompt and answer
+    max_num_seqs: int = 64  # sequences the engine batches at once; also the clips the stage keeps in flight
+    tensor_parallel_size: int = 1  # GPUs one engine spans; caption.num_gpus must give it that many
+    structured_output: bool = True  # answers constrained to CAPTION_SCHEMA (JSON, no free whitespace)
+    enforce_eager: bool = False  # true skips CUDA graph capture: a faster start, slower decoding
+    cpu_kv_cache_gb: int = 4  # KV cache size on a CPU-only machine (VLLM_CPU_KVCACHE_SPACE)
+    startup_timeout_s: float = 900.0  # loading 7B weights from a network volume takes minutes
+    extra_args: list[str] = field(default_factory=list)  # passed to ``vllm serve`` as they are
+
+    def validate(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("caption.vllm.gpu_memory_utilization must be within (0, 1]")
+        if min(self.max_model_len, self.max_num_seqs, self.tensor_parallel_size, self.cpu_kv_cache_gb) < 1:
+            raise ConfigError("caption.vllm: max_model_len, max_num_seqs, tensor_parallel_size and cpu_kv_cache_gb "
+                              "must be >= 1")
+        if self.startup_timeout_s <= 0:
+            raise ConfigError("caption.vllm.startup_timeout_s must be > 0")
+
+
+@dataclass
 class CaptionConfig:
     """The MLLM that captions each clip and lists its subjects in one call (Qwen2-VL / Qwen2.5-VL family)."""
 
     enabled: bool = True
+    # transformers: generate() on batches of batch_size clips in the actor. vllm: a vLLM engine serves the actor,
+    # every clip of a batch in flight at once (continuous batching, prefix caching, structured output).
+    engine: Literal["transformers", "vllm"] = "transformers"
     model: str = "Qwen/Qwen2-VL-7B-Instruct"  # hub id (from the local HF cache) or a local folder
     prompt: str = DEFAULT_CAPTION_PROMPT  # {max_subjects} is filled in
     num_frames: int = 8  # sampled evenly over the clip and passed to the model as one video
     max_pixels: int = 640 * 360  # per frame, after the CPU resize (sides become multiples of 28)
     max_new_tokens: int = 256
-    batch_size: int = 8  # clips per generate() call
+    batch_size: int = 8  # clips per generate() call; with vllm, clips per stage call, all in flight at once
     num_gpus: float = 1.0  # per captioning actor
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # on GPU; CPU always runs float32
     retries: int = 1  # a clip whose output does not parse is generated again this many times, then recorded as an error
-    jpeg_quality: int = 90  # the sampled frames travel between stages as JPEG
+    jpeg_quality: int = 90  # the sampled frames travel between stages as JPEG (and so to the vLLM engine)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def validate(self) -> None:
+        if self.engine == "vllm" and self.num_gpus >= 1 and self.vllm.tensor_parallel_size > self.num_gpus:
+            raise ConfigError(f"caption.vllm.tensor_parallel_size={self.vllm.tensor_parallel_size} needs "
+                              f"caption.num_gpus >= {self.vllm.tensor_parallel_size}, not {self.num_gpus:g}")
         if self.num_frames < 1 or self.batch_size < 1 or self.max_new_tokens < 1 or self.retries < 0:
             raise ConfigError("caption: num_frames, batch_size, max_new_tokens must be >= 1 and retries >= 0")
         if self.max_pixels < 28 * 28:
@@ -425,4 +462,8 @@ def load_dedup_job(path: str | None, output: str, overrides: list[str] = ()) -> 
 
 def load_job(path: str | None, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobConfig:
     extra = {k: v for k, v in (("input", input), ("output", output)) if v is not None}
-    return load(JobConfig, path, overrides, extra)
+    cfg = load(JobConfig, path, overrides, extra)
+    # Fixed where the job is started (the repository root in the README's commands, /app in the KubeRay image):
+    # a worker's own directory may be another.
+    cfg.caption.vllm.python = os.path.abspath(cfg.caption.vllm.python)
+    return cfg

@@ -32,6 +32,9 @@ def test_gpu_cluster_job_runs_the_real_models_on_gpus():
     cfg = load_job(str(JOBS / "gpu_cluster_curation.yaml"))
     assert cfg.ray.address == "auto" and cfg.output.startswith("s3://")
     assert cfg.caption.enabled and cfg.caption.model == "Qwen/Qwen2-VL-7B-Instruct" and cfg.caption.num_gpus == 1
+    # Served by vLLM, from the environment make setup builds, on one GPU per engine.
+    assert cfg.caption.engine == "vllm" and cfg.caption.vllm.python.endswith("/.venv-vllm/bin/python")
+    assert cfg.caption.vllm.tensor_parallel_size == 1 and cfg.caption.vllm.structured_output
     s = cfg.subjects
     assert s.enabled and s.detector == "yolo_world" and s.sam_model_type == "vit_h"
     a = cfg.aesthetic

@@ -21,7 +21,8 @@ GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
               "stages": {"caption_prep": {"clips_per_s": 2.0}, "aesthetic_batch_32": {"clips_per_s": 20.0},
                          "aesthetic_batch_128": {"clips_per_s": 40.0}, "caption_batch_8": {"clips_per_s": 0.5},
                          "caption_batch_32": {"clips_per_s": 1.0}, "subjects": {"clips_per_s": 4.0}},
-              "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0}}
+              # caption_vllm: the vLLM engine (jobs/gpu_cluster_curation.yaml's), here as fast as batches of 32
+              "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0, "caption_vllm": 1.0}}
 CPU_STAGES = {"mode": "cpu, tiny models", "stages": {"caption_prep": {"clips_per_s": 2.0},
                                                      "aesthetic": {"clips_per_s": 9.0}, "caption": {"clips_per_s": 3.0},
                                                      "subjects": {"clips_per_s": 3.0}}}
@@ -116,6 +117,19 @@ def test_gpu_bench_from_before_the_aesthetic_stage_leaves_it_unmeasured(tmp_path
     p = make_plan(load_bench(bench_dir(tmp_path, model=old), cfg), cfg, 720_000, 10.0, Cluster())
     assert p.unmeasured == ["aesthetic"] and {"caption", "subjects"} <= {s.stage for s in p.stages}
     assert any("aesthetic not measured" in n and "model_stages_bench --gpu" in n for n in p.notes)
+
+
+def test_a_job_captioning_on_vllm_takes_the_engines_measured_rate(tmp_path):
+    cfg = job("caption.engine=vllm")
+    served = {**GPU_STAGES, "clips_per_s_per_gpu": {**GPU_STAGES["clips_per_s_per_gpu"], "caption_vllm": 4.0}}
+    assert GPU_STAGES["clips_per_s_per_gpu"]["caption_vllm"] != 4.0
+    rates = {r.stage: r for r in load_bench(bench_dir(tmp_path, model=served), cfg).rates}
+    assert rates["caption"].seconds_per_clip == pytest.approx(0.25) and "caption_vllm" in rates["caption"].source
+    # A bench file without the engine's run: the caption stage is unmeasured, not priced at the other engine's rate.
+    older = {**GPU_STAGES, "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0}}
+    bench = load_bench(bench_dir(tmp_path, model=older), cfg)
+    assert bench.unmeasured == ["caption"] and "caption" not in {r.stage for r in bench.rates}
+    assert any("caption on vLLM not measured" in n and "--gpu --vllm`" in n for n in bench.notes)
 
 
 def test_the_scene_pass_costs_what_the_jobs_detectors_cost(tmp_path):

@@ -97,7 +97,9 @@ def test_openvino_and_torch_give_the_same_probabilities(model):
     frames = small_frames(VIDEOS / "testvideo.mp4", 190, 290)  # a fade in from black
     window = np.stack([cv2.cvtColor(cv2.resize(f, SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB) for f in frames])[None]
     on_torch = TransNetV2Model.load({"runtime": "torch"}, "cpu")(window)
-    assert on_torch.max() > 0.5 and np.abs(model(window) - on_torch).max() < 1e-4
+    # A CPU with native bfloat16 runs both in bfloat16, each its own way: within 0.01 then (curation.video.transnet).
+    tolerance = 1e-2 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1e-4
+    assert on_torch.max() > 0.5 and np.abs(model(window) - on_torch).max() < tolerance
 
 
 def test_transnetv2_sees_the_labelled_cuts_and_transitions_of_testvideo(model):

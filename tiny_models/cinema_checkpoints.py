@@ -89,7 +89,7 @@ def save_tiny_qwen2vl(path: str | Path, hidden_size: int = 64, seed: int = 0) ->
         tokenizer=tokenizer,
         chat_template=QWEN2VL_CHAT_TEMPLATE,
     )
-    heads = 4
+    heads = 2  # head_dim 32: the smallest head size vLLM's CPU attention kernels take
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -97,7 +97,7 @@ def save_tiny_qwen2vl(path: str | Path, hidden_size: int = 64, seed: int = 0) ->
             intermediate_size=hidden_size * 2,
             num_hidden_layers=2,
             num_attention_heads=heads,
-            num_key_value_heads=2,
+            num_key_value_heads=1,
             max_position_embeddings=4096,
             # mrope splits each head's rotary half into temporal/height/width sections.
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,

@@ -139,7 +139,8 @@ def _save_sam(path: Path) -> Path:
     return path
 
 
-FIXED_ANSWER = '{"caption": "A person walks past a parked car.", "subjects": ["person", "car"]}'
+# Compact JSON: the vLLM engine's structured output admits no whitespace outside strings.
+FIXED_ANSWER = '{"caption":"A person walks past a parked car.","subjects":["person","car"]}'
 
 
 def _save_fixed_answer_mllm(random_mllm: Path, path: Path) -> Path:

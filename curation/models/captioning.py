@@ -17,6 +17,7 @@ import numpy as np
 from common.contract import MAX_SUBJECTS
 
 from curation.config import CaptionConfig
+from curation.video.frames import decode_image
 
 
 class CaptionFormatError(ValueError):
@@ -29,14 +30,33 @@ class Caption:
     subjects: list[str]
 
 
-# generate(videos, sample) -> one decoded answer per video; sample=False is greedy, True draws (for retries).
-Generate = Callable[[list[np.ndarray], bool], list[str]]
+# generate(videos, sample) -> one decoded answer (or the exception that clip's request met) per video, in the
+# engine's own video form; sample=False is greedy, True draws (for retries).
+Generate = Callable[[list, bool], list[str | Exception]]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
+# What structured output holds the answer to (caption.engine: vllm); parse_caption reads the same shape leniently.
+CAPTION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string", "minLength": 1},
+        "subjects": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_SUBJECTS},
+    },
+    "required": ["caption", "subjects"],
+    "additionalProperties": False,
+}
+
+
 def prompt_text(cfg: CaptionConfig) -> str:
     return cfg.prompt.format(max_subjects=MAX_SUBJECTS)
+
+
+def prompt_content(cfg: CaptionConfig, video: dict) -> list[dict]:
+    """The user turn, the same for both engines: instruction first, so that every clip's prompt starts with the
+    same tokens and a serving engine's prefix cache holds them once; ``video`` is the engine's video part."""
+    return [{"type": "text", "text": prompt_text(cfg)}, video]
 
 
 def _first_object(text: str) -> dict | None:
@@ -83,15 +103,19 @@ def parse_caption(text: str) -> Caption:
     return Caption(caption.strip(), _labels(obj.get("subjects")))
 
 
-def caption_videos(generate: Generate, videos: list[np.ndarray], retries: int) -> list[Caption | CaptionFormatError]:
+def caption_videos(generate: Generate, videos: list, retries: int) -> list[Caption | Exception]:
     """One generate() call for the batch, then up to ``retries`` sampled calls for the answers that did not parse.
-    A clip still unparsable gets its CaptionFormatError; the others are unaffected."""
-    results: list[Caption | CaptionFormatError] = [CaptionFormatError("not generated")] * len(videos)
+    A clip still unparsable gets its CaptionFormatError; an answer that is an exception (an engine that rejected
+    that clip's input) is that clip's result as it is. The others are unaffected."""
+    results: list[Caption | Exception] = [CaptionFormatError("not generated")] * len(videos)
     todo = list(range(len(videos)))
     for attempt in range(retries + 1):
         answers = generate([videos[i] for i in todo], attempt > 0)
         failed = []
         for i, answer in zip(todo, answers):
+            if isinstance(answer, Exception):
+                results[i] = answer
+                continue
             try:
                 results[i] = parse_caption(answer)
             except CaptionFormatError as e:
@@ -104,12 +128,13 @@ def caption_videos(generate: Generate, videos: list[np.ndarray], retries: int) -
 
 
 class Captioner:
-    """A Qwen2-VL / Qwen2.5-VL model and its processor behind a batched ``generate(videos, sample)``."""
+    """caption.engine transformers: a Qwen2-VL / Qwen2.5-VL model and its processor behind a batched
+    ``generate(videos, sample)``, each video one (T, H, W, 3) uint8 RGB array."""
 
     def __init__(self, processor, model, cfg: CaptionConfig):
         self.processor, self.model, self.cfg = processor, model, cfg
         self.processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt_text(cfg)}]}]
+        messages = [{"role": "user", "content": prompt_content(cfg, {"type": "video"})}]
         self.prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @classmethod
@@ -121,6 +146,10 @@ class Captioner:
         dtype = getattr(torch, cfg.dtype) if device.startswith("cuda") else torch.float32
         model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype).to(device).eval()
         return cls(AutoProcessor.from_pretrained(cfg.model), model, cfg)
+
+    @staticmethod
+    def video(jpegs: list[bytes]) -> np.ndarray:
+        return np.stack([decode_image(f) for f in jpegs])
 
     def __call__(self, videos: list[np.ndarray], sample: bool) -> list[str]:
         """``videos``: one (T, H, W, 3) uint8 RGB array per clip."""

@@ -29,6 +29,10 @@ def check_job(cfg: JobConfig) -> None:
         from curation.models.text_detection import model_path
 
         model_path(cfg.text.model)  # ConfigError naming the file when it is missing
+    if cfg.caption.enabled and cfg.caption.engine == "vllm":
+        from curation.models.vllm_engine import check_engine
+
+        check_engine(cfg.caption)  # ConfigError when the engine's environment is missing or lacks vLLM
     for field, ref, kind in _model_files(cfg):
         if kind == "file" and not Path(ref).is_file():
             raise ConfigError(f"{field}: no such file: {ref}")

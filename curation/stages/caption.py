@@ -11,16 +11,16 @@ takes, so the caption and the subject crops describe what the model is trained t
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
 from common.contract import window_frames
 
 from curation.config import JobConfig
 from curation.models.captioning import Captioner, caption_videos
 from curation.models.runtime import device_for, go_offline
+from curation.models.vllm_engine import VllmCaptioner
 from curation.pipeline.row import Row
 from curation.pipeline.stage import BatchedStage, Stage
-from curation.video.frames import decode_frames, decode_image, encode_image, fit_pixels, sample_indices
+from curation.video.frames import decode_frames, encode_image, fit_pixels, sample_indices
 
 
 class CaptionPrepStage(Stage):
@@ -56,24 +56,30 @@ class CaptionPrepStage(Stage):
 
 
 class CaptionStage(BatchedStage):
-    """One generate() call per batch of clips; a clip whose answer does not parse is retried, then becomes an
-    error row, and a failing batch call is retried clip by clip, so one bad clip never costs the others."""
+    """One generate() call per batch of clips, on the engine caption.engine names (transformers in the actor, or a
+    vLLM server beside it); a clip whose answer does not parse is retried, then becomes an error row, and a failing
+    batch call is retried clip by clip, so one bad clip never costs the others."""
 
     name = "caption"
     section = "caption"
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
+        self.engine = VllmCaptioner if cfg.caption.engine == "vllm" else Captioner
         self.generate = None
 
     def setup(self) -> None:
         go_offline()
-        self.generate = Captioner.load(self.cfg.caption, device_for(self.cfg.caption.num_gpus))
+        self.generate = self.engine.load(self.cfg.caption, device_for(self.cfg.caption.num_gpus))
 
-    def inputs(self, row: Row) -> np.ndarray:
-        return np.stack([decode_image(f) for f in row.frames])
+    def teardown(self) -> None:
+        if hasattr(self.generate, "close"):  # the vLLM engine's server process
+            self.generate.close()
 
-    def predict(self, videos: list[np.ndarray]) -> list:
+    def inputs(self, row: Row):
+        return self.engine.video(row.frames)  # the engine's own form of the clip's frames
+
+    def predict(self, videos: list) -> list:
         return caption_videos(self.generate, videos, self.cfg.caption.retries)
 
     def finish(self, row: Row, result) -> Row:

@@ -28,6 +28,7 @@ OVERHEAD = "cpu overhead"  # a line of the plan, never its bottleneck stage
 CURATION_CMD = "`make bench`"
 MODEL_CMD = "`python -m benchmarks.model_stages_bench` (CPU) or `... --gpu` (on a GPU machine)"
 GPU_MODEL_CMD = "`python -m benchmarks.model_stages_bench --gpu` on a GPU machine"
+GPU_VLLM_CMD = "`python -m benchmarks.model_stages_bench --gpu --vllm` on a GPU machine with vLLM in .venv-vllm"
 
 # Manifest estimate (an upper bound: every caption at max_new_tokens, every clip with max_subjects subjects).
 ROW_FIXED_BYTES = 300  # ids, uri, sha1, numbers, shard name
@@ -165,29 +166,34 @@ def _model_rates(path: Path, job: JobConfig, bench: Bench) -> None:
     # Caption prep is decode + resize, no model: its CPU rate holds whatever mode the bench ran in.
     bench.rates.append(StageRate("caption_prep", "cpu", 1 / prep["clips_per_s"],
                                  f"model_stages.json stages.caption_prep.clips_per_s, one process ({data['mode']})"))
-    # The GPU stages in pipeline order, with the batch size of those benchmarked at several.
-    gpu = [(name, batch) for name, batch, on in (
-        ("aesthetic", job.aesthetic.batch_size, job.aesthetic.enabled),
-        ("caption", job.caption.batch_size, job.caption.enabled),
-        ("subjects", None, job.caption.enabled and job.subjects.enabled),
+    # The GPU stages in pipeline order: (stage, its measurement's key, the batch size of those benchmarked at
+    # several). The caption stage's rate is the engine's the job names: vLLM keeps every clip in flight.
+    vllm = job.caption.engine == "vllm"
+    gpu = [(name, key, batch) for name, key, batch, on in (
+        ("aesthetic", "aesthetic", job.aesthetic.batch_size, job.aesthetic.enabled),
+        ("caption", "caption_vllm" if vllm else "caption", None if vllm else job.caption.batch_size,
+         job.caption.enabled),
+        ("subjects", "subjects", None, job.caption.enabled and job.subjects.enabled),
     ) if on]
     per_gpu = data.get("clips_per_s_per_gpu")
     if per_gpu is None:
-        bench.unmeasured += [name for name, _ in gpu]
+        bench.unmeasured += [name for name, _, _ in gpu]
         bench.notes.append(f"GPU stages not measured ({path.name} holds '{data['mode']}' results): "
-                           f"run {GPU_MODEL_CMD} for their GPU-hours")
+                           f"run {GPU_VLLM_CMD if vllm else GPU_MODEL_CMD} for their GPU-hours")
         return
     device = data.get("device", "GPU")
-    for name, batch in gpu:
-        measured = stages.get(f"{name}_batch_{batch}") if batch is not None else None
+    for name, key, batch in gpu:
+        measured = stages.get(f"{key}_batch_{batch}") if batch is not None else None
         if measured:
-            rate, src = measured["clips_per_s"], f"stages.{name}_batch_{batch}"
-        elif name not in per_gpu:
+            rate, src = measured["clips_per_s"], f"stages.{key}_batch_{batch}"
+        elif key not in per_gpu:
             bench.unmeasured.append(name)
-            bench.notes.append(f"{name} not measured ({path.name} comes from an older bench): rerun {GPU_MODEL_CMD}")
+            rerun = GPU_VLLM_CMD if key == "caption_vllm" else GPU_MODEL_CMD
+            on = " on vLLM" if key == "caption_vllm" else ""
+            bench.notes.append(f"{name}{on} not measured ({path.name} comes from an older bench): rerun {rerun}")
             continue
         else:
-            rate, src = per_gpu[name], f"clips_per_s_per_gpu.{name}"
+            rate, src = per_gpu[key], f"clips_per_s_per_gpu.{key}"
             if batch is not None:
                 src += " (best batch size)"
                 bench.notes.append(f"{name}.batch_size={batch} was not benchmarked: "
