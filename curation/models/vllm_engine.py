@@ -171,7 +171,8 @@ class VllmCaptioner:
     def __init__(self, server: VllmServer, cfg: CaptionConfig):
         self.server, self.cfg = server, cfg
         self.pool = ThreadPoolExecutor(max_workers=cfg.vllm.max_num_seqs, thread_name_prefix="vllm-client")
-        self.usage = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0}
+        # Counted over the engine's life; truncated: answers cut at max_new_tokens.
+        self.usage = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "truncated": 0}
         self._lock = threading.Lock()  # the pool's threads add to usage
 
     @classmethod
@@ -217,6 +218,7 @@ class VllmCaptioner:
             self.usage["prompt_tokens"] += usage.get("prompt_tokens", 0)
             self.usage["completion_tokens"] += usage.get("completion_tokens", 0)
             self.usage["cached_tokens"] += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            self.usage["truncated"] += answer["choices"][0].get("finish_reason") == "length"
         return answer["choices"][0]["message"]["content"] or ""
 
     def _down(self, what: str) -> EngineError:
