@@ -76,6 +76,19 @@ def test_bad_answer_is_retried_once_with_sampling_then_only_that_clip_fails():
     assert model.calls == [([0, 1, 2], False), ([1, 2], True)]
 
 
+def test_an_answer_the_engine_could_not_give_is_that_clips_result_and_not_retried():
+    refused = ValueError("the vLLM engine refused the clip (HTTP 400)")
+    calls = []
+
+    def model(batch, sample):
+        calls.append((len(batch), sample))
+        return ['{"caption": "ok", "subjects": []}'] if sample else [refused, "garbage"]
+
+    results = caption_videos(model, videos(2), retries=1)
+    assert results[0] is refused and results[1] == Caption("ok", [])
+    assert calls == [(2, False), (1, True)]  # only the unparsable answer is drawn again
+
+
 def test_no_retries_means_one_call():
     model = ScriptedModel({})
     assert isinstance(caption_videos(model, videos(2), retries=0)[1], CaptionFormatError)
