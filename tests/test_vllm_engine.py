@@ -141,12 +141,13 @@ def test_the_engine_environment_is_built_by_setup(tiny_paths):
 
 @pytest.mark.slow
 def test_a_curation_run_on_the_engine_writes_each_clip_once_and_resumes(tiny_paths, taught_mllm, tmp_path, ray_local):
-    """Two sources captioned by the engine inside a Ray worker; every clip written once; a rerun skips both."""
+    """A source captioned by the engine inside a Ray worker (one task: one engine); every clip written once; a
+    rerun skips it."""
     from curation.config import load_job
     from curation.run.runner import run as run_job
     from tiny_models.curation_models import tiny_overrides
 
-    sources = [VIDEOS / "testvideo.mp4", VIDEOS / "counter.mp4"]
+    sources = [VIDEOS / "testvideo.mp4"]
     listing = tmp_path / "inputs.txt"
     listing.write_text("\n".join(map(str, sources)) + "\n")
     settings = [*tiny_overrides(tiny_paths, fixed_answer=True), *ENGINE, "subjects.enabled=false",
