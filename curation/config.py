@@ -305,6 +305,10 @@ class CaptionConfig:
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def validate(self) -> None:
+        if self.engine == "vllm" and self.max_new_tokens >= self.vllm.max_model_len:
+            # the engine would refuse every clip, which would read as the clips' fault
+            raise ConfigError(f"caption.max_new_tokens={self.max_new_tokens} leaves no room for the prompt and the "
+                              f"video in caption.vllm.max_model_len={self.vllm.max_model_len}")
         if self.engine == "vllm" and self.num_gpus >= 1 and self.vllm.tensor_parallel_size > self.num_gpus:
             raise ConfigError(f"caption.vllm.tensor_parallel_size={self.vllm.tensor_parallel_size} needs "
                               f"caption.num_gpus >= {self.vllm.tensor_parallel_size}, not {self.num_gpus:g}")

@@ -130,6 +130,11 @@ def test_a_missing_engine_environment_is_one_config_error(tiny_paths, tmp_path):
         check_engine(job(tiny_paths, *ENGINE, f"caption.vllm.python={sys.executable}").caption)
     with pytest.raises(ConfigError, match="caption.model"):
         check_job(job(tiny_paths, *ENGINE, f"caption.model={tmp_path / 'no-model'}"))
+    # Settings the engine would refuse for every clip (which would read as the clips' fault), or cannot place.
+    with pytest.raises(ConfigError, match="caption.max_new_tokens=1024 leaves no room"):
+        job(tiny_paths, *ENGINE, "caption.max_new_tokens=1024")
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs caption.num_gpus >= 2"):
+        job(tiny_paths, *ENGINE, "caption.num_gpus=1", "caption.vllm.tensor_parallel_size=2")
 
 
 def test_the_engine_environment_is_built_by_setup(tiny_paths):
