@@ -231,8 +231,11 @@ class GpuBusy:
 
         def poll():
             while not self.stop.wait(0.2):
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True)
+                try:
+                    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-i", "0"], capture_output=True, text=True)
+                except OSError:  # no nvidia-smi: no share to give
+                    return
                 if out.returncode == 0 and out.stdout.strip().isdigit():
                     self.samples.append(int(out.stdout.strip()))
 
@@ -263,6 +266,7 @@ def vllm_caption(cfg, path: Path, prepped: list, max_new_tokens: int) -> dict:
     vcfg = copy.deepcopy(cfg)
     vcfg.caption.engine, vcfg.caption.model = "vllm", str(path)
     vcfg.caption.vllm.structured_output, vcfg.caption.vllm.max_num_seqs = False, len(prepped)
+    vcfg.caption.num_gpus = 1.0  # the stage then starts the engine on the GPU, in caption.dtype
     stage = CaptionStage(vcfg)
     t = time.perf_counter()
     stage.setup()
@@ -271,10 +275,12 @@ def vllm_caption(cfg, path: Path, prepped: list, max_new_tokens: int) -> dict:
     stage.generate.request = lambda f, sample: {**request(f, sample), "min_tokens": max_new_tokens, "ignore_eos": True}
     try:
         with GpuBusy() as busy:
-            result, _ = measure(stage, prepped, None, len(prepped))
+            result, out = measure(stage, prepped, None, len(prepped))
     finally:
         stage.teardown()
-    return {**result, "engine_start_s": round(start_s, 1), "gpu_busy_share": busy.share}
+    errors = [r.meta["message"] for r in out if r.kind == "error"]
+    return {**result, "engine_start_s": round(start_s, 1), "gpu_busy_share": busy.share,
+            **({"first_error": errors[0]} if errors else {})}
 
 
 def cycled(rows: list[dict], n: int) -> list[dict]:
