@@ -96,7 +96,9 @@ class VllmServer:
         self.cfg, self.device = cfg, device
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="vllm-caption-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix="vllm-caption-", suffix=".log")
+        os.close(fd)  # start() opens it by name
+        self.log = Path(log)
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
