@@ -17,6 +17,7 @@ from .storage import Storage
 
 PIPELINE_VERSION = "0.3.0"
 MAX_SUBJECTS = 6
+MAX_REFERENCES = 4  # reference crops per subject a sample may hold, besides its same-clip crop
 
 SHARDS_DIR = "shards"
 MANIFEST_DIR = "manifest"
@@ -24,6 +25,8 @@ ERRORS_DIR = "errors"
 DONE_DIR = "done"
 DEDUP_DIR = "dedup"  # near-duplicate groups (curation.dedup): a record beside the manifest; shards stay as they are
 DEDUP_FILE = "clips.parquet"
+IDENTITY_DIR = "identities"  # subjects matched across the clips of a source (curation.identities): a record beside
+IDENTITY_FILE = "subjects.parquet"  # the manifest, like the dedup record
 STAGING_DIR = "staging"  # a writer's small last shards wait here until merged: not part of the dataset
 REPORT_FILE = "report.html"
 
@@ -81,10 +84,26 @@ def window_frames(clip_fps: float, num_frames: int) -> int:
 
 
 def subject_member(k: int) -> str:
+    """Subject ``k``'s crop from the clip's keyframe, inside the training window (the ``same_clip`` reference)."""
     return f"subject_{k}.png"
 
 
-FIELDS = (MP4, JSON, CAPTION, *(subject_member(k) for k in range(MAX_SUBJECTS)))  # every member a sample may hold
+def reference_member(k: int, r: int) -> str:
+    """Subject ``k``'s ``r``-th reference crop: from another frame of the clip, chosen for quality, outside the
+    training window where one is good enough (the ``other_frames`` reference)."""
+    return f"subject_{k}_ref{r}.png"
+
+
+def png_members(meta: dict) -> list[str]:
+    """The member names of a clip's subject crops, in the order the subjects stage makes them: each subject's
+    keyframe crop, then every reference of every subject."""
+    names = [subject_member(k) for k in range(len(meta.get("subjects") or []))]
+    return names + [r["member"] for t in meta.get("subject_tracks") or [] for r in t["references"]]
+
+
+# Every member a sample may hold.
+FIELDS = (MP4, JSON, CAPTION, *(subject_member(k) for k in range(MAX_SUBJECTS)),
+          *(reference_member(k, r) for k in range(MAX_SUBJECTS) for r in range(MAX_REFERENCES)))
 
 
 def is_field(field: str) -> bool:
@@ -193,9 +212,45 @@ SUBJECT = pa.struct(
     ]
 )
 
+# Subject ``k`` of a clip followed through the frames the subjects stage looked at (curation.models.tracking): one
+# point per frame it was found in, with what its reference crops are chosen by.
+TRACK_POINT = pa.struct(
+    [
+        ("frame", pa.int32()),  # clip frame index
+        ("bbox", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in clip pixels
+        ("area", pa.int64()),  # mask pixels
+        ("border_cut", pa.float32()),  # share of the mask's outline that lies on the frame border (cut off by it)
+        ("sharpness", pa.float32()),  # variance of the Laplacian of the gray levels inside the mask
+        ("occluded", pa.float32()),  # share of its box covered by other subjects' masks in that frame
+        ("score", pa.float32()),  # detector score
+    ]
+)
+REFERENCE = pa.struct(
+    [
+        ("frame", pa.int32()),  # clip frame index (its scores: the track point of that frame)
+        ("member", pa.string()),  # the sample's member holding the RGBA crop (reference_member)
+        ("quality", pa.float32()),  # 0..1, what it was chosen by (curation.models.references)
+        ("in_window", pa.bool_()),  # inside the frames the default trainer's window takes
+    ]
+)
+# Index-aligned with ``subjects``.
+SUBJECT_TRACK = pa.struct(
+    [
+        ("track", pa.list_(TRACK_POINT)),
+        ("references", pa.list_(REFERENCE)),
+        ("embedding", pa.string()),  # base64 of the mean image embedding of its reference crops (float16, LE)
+    ]
+)
+# Every subject label the caption named: "grounded" (subject ``subject``, with a reference), "not_found" (no
+# detection passed the rules), or "dropped:<reason>" (found, then dropped: no_reference, cap).
+LABEL = pa.struct([("label", pa.string()), ("status", pa.string()), ("subject", pa.int32())])
+# Where each subject crop lies in the clip's shard (data bytes of its tar member), for reading one crop by range.
+MEMBER_OFFSET = pa.struct([("member", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+
 # Manifest columns added after datasets were written with the contract: a part without them reads them as null.
 LATER_COLUMNS = frozenset({"stream_index", "video_streams", "color_primaries", "color_transfer", "bit_depth",
-                           "text_area", "text_frames", "fingerprint", "embedding"})
+                           "text_area", "text_frames", "fingerprint", "embedding", "subject_tracks",
+                           "subject_grounding", "member_offsets"})
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -234,7 +289,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("subjects", pa.list_(SUBJECT)),
         ("num_subjects_dropped", pa.int32()),
+        ("subject_tracks", pa.list_(SUBJECT_TRACK)),
+        ("subject_grounding", pa.list_(LABEL)),
         ("shard", pa.string()),
+        ("member_offsets", pa.list_(MEMBER_OFFSET)),  # set when the shard is written: not in the sample's JSON
         ("pipeline_version", pa.string()),
     ]
 )
@@ -266,12 +324,32 @@ DEDUP_SCHEMA = pa.schema(
 )
 
 
-def read_dedup(storage: Storage, root: str) -> pa.Table | None:
-    """The near-duplicate record of a dataset root, or None when the dedup job has not run on it; ValueError
-    naming the file when it is not of ``DEDUP_SCHEMA``."""
+# One row per subject of a clip that the identities job matched with subjects of other clips of its source.
+OTHER_REFERENCE = pa.struct(
+    [
+        ("clip_id", pa.string()),
+        ("subject", pa.int32()),  # index in that clip's ``subjects``
+        ("member", pa.string()),  # its crop: reference_member, or subject_member when it has no other reference
+        ("shard", pa.string()),  # that clip's shard name, and the member's data bytes in it
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("similarity", pa.float32()),  # cosine of the two subjects' embeddings
+    ]
+)
+IDENTITY_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("subject", pa.int32()),
+        ("identity", pa.string()),  # shared by every subject matched to it, directly or through others
+        ("others", pa.list_(OTHER_REFERENCE)),  # its references from other clips of the source, most similar first
+    ]
+)
+
+
+def _read_record(storage: Storage, root: str, folder: str, name: str, schema: pa.Schema, job: str) -> pa.Table | None:
     import pyarrow.parquet as pq
 
-    uri = storage.join(root, DEDUP_DIR, DEDUP_FILE)
+    uri = storage.join(root, folder, name)
     try:
         with storage.open(uri) as f:
             data = pa.BufferReader(f.read())
@@ -279,12 +357,24 @@ def read_dedup(storage: Storage, root: str) -> pa.Table | None:
         return None
     try:
         table = pq.read_table(data)
-        if not table.schema.equals(DEDUP_SCHEMA):
+        if not table.schema.equals(schema):
             raise ValueError(f"columns {table.schema.names}, not those of the dataset contract")
     except (pa.ArrowException, ValueError) as e:
-        raise ValueError(f"{uri}: not a near-duplicate record of this contract ({e}); run `python -m curation "
-                         "dedup` on the dataset again") from None
+        raise ValueError(f"{uri}: not a {job} record of this contract ({e}); run `python -m curation {job}` on the "
+                         "dataset again") from None
     return table
+
+
+def read_dedup(storage: Storage, root: str) -> pa.Table | None:
+    """The near-duplicate record of a dataset root, or None when the dedup job has not run on it; ValueError
+    naming the file when it is not of ``DEDUP_SCHEMA``."""
+    return _read_record(storage, root, DEDUP_DIR, DEDUP_FILE, DEDUP_SCHEMA, "dedup")
+
+
+def read_identities(storage: Storage, root: str) -> pa.Table | None:
+    """The subject identity record of a dataset root (``IDENTITY_SCHEMA``), or None when the identities job has not
+    run on it; ValueError naming the file when it is not of this contract."""
+    return _read_record(storage, root, IDENTITY_DIR, IDENTITY_FILE, IDENTITY_SCHEMA, "identities")
 
 
 def removed_clips(storage: Storage, root: str) -> frozenset[str]:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.contract import MAX_SUBJECTS, TRAINING_WINDOW
+from common.contract import MAX_REFERENCES, MAX_SUBJECTS, TRAINING_WINDOW
 from common.storage import StorageConfig
 from common.typed_config import ConfigError, coerce, load
 
@@ -211,6 +211,23 @@ class DedupConfig:
 
 
 @dataclass
+class IdentitiesConfig:
+    """Subjects matched across the clips of one source (``python -m curation identities OUTPUT``) by the cosine of
+    their reference crops' image embeddings; matched subjects share an identity, and each gets the others' crops
+    as references from other clips."""
+
+    similarity: float = 0.85  # cosine of two subjects' embeddings at which they are one identity
+    same_label: bool = False  # also require the caption labels to be equal ("man" and "person" are often one)
+    max_others: int = 4  # references from other clips recorded per subject, most similar first
+
+    def validate(self) -> None:
+        if not 0 < self.similarity <= 1:
+            raise ConfigError("identities.similarity must be within (0, 1]")
+        if self.max_others < 1:
+            raise ConfigError("identities.max_others must be >= 1")
+
+
+@dataclass
 class ShardsConfig:
     target_size_mb: float = 500.0  # a worker closes a shard once it reaches this size
     max_clips: int = 10_000  # ... or this many clips
@@ -372,8 +389,10 @@ class SamArch:
 
 @dataclass
 class SubjectsConfig:
-    """Open-vocabulary detection of the caption's subjects on the middle frame of the clip's training window (the
-    frames the trainer takes), SAM masks, clean-up."""
+    """Open-vocabulary detection of the caption's subjects on ``track_frames`` frames of the clip, SAM masks,
+    clean-up; each subject followed through those frames, its reference crops chosen by quality, preferring frames
+    outside the training window; its identity embedding for matching across the clips of a source
+    (``python -m curation identities``)."""
 
     enabled: bool = True  # runs only when captioning runs too: the labels come from the caption
     detector: Literal["yolo_world", "grounding_dino"] = "yolo_world"
@@ -393,10 +412,27 @@ class SubjectsConfig:
     face_iou: float = 0.25  # an object whose mask overlaps a face/person mask above this IoU is dropped
     dedupe_iou: float = 0.7  # masks of different labels overlapping above this IoU are one subject
     max_subjects: int = 6
+    # Frames detected and segmented per clip (the keyframe, inside the training window, and others spread over
+    # the whole clip): the stage's model work grows with it.
+    track_frames: int = 5
+    max_shift: float = 0.35  # association: a subject's box centre moves at most this share of the frame diagonal
+    references: int = 2  # reference crops kept per subject (besides the keyframe's crop), 0..4
+    min_reference_quality: float = 0.25  # 0..1 (curation.models.references): below it a frame gives no reference
+    max_border_cut: float = 0.25  # a frame where more of the subject's outline lies on the border gives none
+    # Image embeddings of the reference crops, compared across clips: a CLIP vision tower with projection (a hub id,
+    # local cache only, or a folder); empty: aesthetic.clip_model.
+    identity_model: str = ""
     batch_size: int = 4
     num_gpus: float = 1.0
 
     def validate(self) -> None:
+        if not 1 <= self.track_frames <= 64:
+            raise ConfigError("subjects.track_frames must be within 1..64")
+        if not 0 <= self.references <= MAX_REFERENCES:
+            raise ConfigError(f"subjects.references must be within 0..{MAX_REFERENCES} (the dataset contract)")
+        for name in ("max_shift", "min_reference_quality", "max_border_cut"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"subjects.{name} must be within 0..1")
         for name in ("box_threshold", "min_area_frac", "face_iou", "dedupe_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"subjects.{name} must be within 0..1")

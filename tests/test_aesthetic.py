@@ -97,8 +97,8 @@ def test_every_clip_gets_a_score_from_one_forward_pass_equal_to_scoring_it_alone
     prepped = run([CaptionPrepStage], cfg, clip_rows)
     stage = loaded(cfg)
     frames_seen = []
-    forward = stage.score.clip.forward
-    stage.score.clip.forward = lambda **kw: frames_seen.append(len(kw["pixel_values"])) or forward(**kw)
+    forward = stage.score.embed.clip.forward
+    stage.score.embed.clip.forward = lambda **kw: frames_seen.append(len(kw["pixel_values"])) or forward(**kw)
     out = stage(prepped)
     # every frame of every clip in one forward pass: 3 (aesthetic.num_frames) of the 4 caption frames per clip
     assert frames_seen == [3 * len(prepped)]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from curation.config import AestheticConfig
+from curation.models.embedding import ImageEmbedder
 from curation.models.runtime import load_state_dict
 
 
@@ -53,30 +54,23 @@ def load_head(path: str, width: int) -> AestheticHead:
 
 
 class AestheticScorer:
-    """A CLIP vision tower with its projection, and a head: ``scorer(videos)`` gives each clip the mean score of
-    its frames, with every frame of every clip in one forward pass."""
+    """A CLIP image embedder and a head: ``scorer(videos)`` gives each clip the mean score of its frames, with
+    every frame of every clip in one forward pass."""
 
-    def __init__(self, processor, clip, head: AestheticHead, device: str):
-        self.processor, self.clip, self.head, self.device = processor, clip, head, device
+    def __init__(self, embed: ImageEmbedder, head: AestheticHead):
+        self.embed, self.head = embed, head
 
     @classmethod
     def load(cls, cfg: AestheticConfig, device: str) -> "AestheticScorer":
         """From ``cfg.clip_model`` (a hub id, local cache only, or a folder) and ``cfg.head`` (a file)."""
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        dtype = getattr(torch, cfg.dtype) if device.startswith("cuda") else torch.float32
-        clip = CLIPVisionModelWithProjection.from_pretrained(cfg.clip_model, dtype=dtype).to(device).eval()
-        head = load_head(cfg.head, clip.config.projection_dim).to(device)  # float32: 1 MB, scores keep their precision
-        return cls(CLIPImageProcessor.from_pretrained(cfg.clip_model), clip, head, device)
+        embed = ImageEmbedder.load(cfg.clip_model, cfg.dtype, device)
+        return cls(embed, load_head(cfg.head, embed.width).to(device))  # float32: 1 MB, scores keep their precision
 
     def __call__(self, videos: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
         """``videos``: one (T, H, W, 3) uint8 RGB array per clip. Each clip's score, and its embedding: the mean
         of its frames' normalised embeddings, normalised (float32), which near-duplicate removal compares."""
-        # CLIP's own preprocessing (short side resized, centre crop): what the head's training embeddings saw.
-        inputs = self.processor(images=[f for v in videos for f in v], return_tensors="pt", device=self.device)
+        embeds = self.embed([f for v in videos for f in v])
         with torch.inference_mode():
-            embeds = self.clip(pixel_values=inputs["pixel_values"].to(self.device, self.clip.dtype)).image_embeds
-            embeds = nn.functional.normalize(embeds.float(), dim=-1)
             scores = self.head(embeds).squeeze(-1)
             sizes = [len(v) for v in videos]
             means = [nn.functional.normalize(e.mean(0), dim=0) for e in embeds.split(sizes)]

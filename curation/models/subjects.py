@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from curation.config import SubjectsConfig
-from curation.models.masks import bbox, clean_mask, iou, rgba_crop, rle_encode
+from curation.models.masks import bbox, clean_mask, iou, rle_encode
 
 # Labels that name a person or a face: other objects overlapping their masks are parts of a person (a shirt,
 # a hat, a hand), not subjects of their own.
@@ -78,15 +78,15 @@ def rank_and_cap(subjects: list[Subject], max_subjects: int) -> tuple[list[Subje
     return ranked[:max_subjects], max(0, len(ranked) - max_subjects)
 
 
-def extract_subjects(
-    image_rgb: np.ndarray, labels: list[str], detect: Detect, segment: Segment, cfg: SubjectsConfig
-) -> tuple[list[Subject], int]:
-    """Detect the labels, segment each box, clean the masks and apply the selection rules."""
+def frame_subjects(image_rgb: np.ndarray, labels: list[str], detect: Detect, segment: Segment,
+                   cfg: SubjectsConfig) -> list[Subject]:
+    """Detect the labels on one frame, segment each box, clean the masks and apply the selection rules (all of
+    them but the cap, which ranks a clip's subjects once they are followed through its frames)."""
     if not labels:
-        return [], 0
+        return []
     detections = top_per_label(detect(image_rgb, labels), cfg.box_threshold, cfg.max_boxes_per_label)
     if not detections:
-        return [], 0
+        return []
     masks = segment(image_rgb, np.array([d.box for d in detections], dtype=np.float32))
     h, w = image_rgb.shape[:2]
     min_area = max(1, int(cfg.min_area_frac * h * w))
@@ -95,13 +95,19 @@ def extract_subjects(
         cleaned = clean_mask(m, cfg.morph_kernel, min_area, cfg.max_components)
         if cleaned is not None:
             subjects.append(Subject(d.label, d.score, cleaned))
-    subjects = merge_duplicates(drop_parts_of_people(subjects, cfg.face_iou), cfg.dedupe_iou)
-    return rank_and_cap(subjects, cfg.max_subjects)
+    return merge_duplicates(drop_parts_of_people(subjects, cfg.face_iou), cfg.dedupe_iou)
 
 
-def to_record(subject: Subject, image_rgb: np.ndarray, frame: int) -> tuple[dict, bytes]:
-    """The manifest entry (fields of ``contract.SUBJECT``) and the RGBA crop PNG of one subject."""
-    record = {
+def extract_subjects(
+    image_rgb: np.ndarray, labels: list[str], detect: Detect, segment: Segment, cfg: SubjectsConfig
+) -> tuple[list[Subject], int]:
+    """The subjects of one frame, capped: the kept ones best first, and how many the cap cut."""
+    return rank_and_cap(frame_subjects(image_rgb, labels, detect, segment, cfg), cfg.max_subjects)
+
+
+def to_record(subject: Subject, frame: int) -> dict:
+    """The manifest entry of one subject (fields of ``contract.SUBJECT``), seen in clip frame ``frame``."""
+    return {
         "label": subject.label,
         "score": float(subject.score),
         "bbox": [float(v) for v in bbox(subject.mask)],
@@ -109,4 +115,3 @@ def to_record(subject: Subject, image_rgb: np.ndarray, frame: int) -> tuple[dict
         "mask_rle": rle_encode(subject.mask),
         "area": subject.area,
     }
-    return record, rgba_crop(image_rgb, subject.mask)

@@ -36,7 +36,11 @@ class _Sample:
     members: list[tuple[str, int, int]]  # (field, offset, size) in the spill file
 
 
-def _write_tar(f: IO[bytes], samples: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> None:
+def _write_tar(f: IO[bytes], samples: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> dict[str, list[dict]]:
+    """Writes the samples; returns where each sample's crops lie in the tar (``contract.MEMBER_OFFSET``), so one
+    crop can be read by range without the rest of the shard."""
+    offsets: dict[str, list[dict]] = {}
+    at = 0
     # Fixed mtime and mode: the same clips make the same bytes, whichever task packs them.
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
@@ -44,6 +48,16 @@ def _write_tar(f: IO[bytes], samples: Iterable[tuple[str, list[tuple[str, bytes]
                 info = tarfile.TarInfo(f"{key}.{field}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o444
                 tar.addfile(info, io.BytesIO(data))
+                at += tarfile.BLOCKSIZE  # USTAR: one header block (names are short), then the data, padded
+                if field.endswith(".png"):
+                    offsets.setdefault(key, []).append({"member": field, "offset": at, "size": len(data)})
+                at += -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return offsets
+
+
+def _with_offsets(records: list[dict], offsets: dict[str, list[dict]]) -> None:
+    for r in records:
+        r["member_offsets"] = offsets.get(r["clip_id"], [])
 
 
 def _members(record: dict, payload: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -83,7 +97,10 @@ class ShardSink:
 
     @staticmethod
     def _hold(spill: IO[bytes], row: Row) -> _Sample:
-        payload = [(C.MP4, row.mp4)] + [(C.subject_member(k), png) for k, png in enumerate(row.pngs or [])]
+        names = C.png_members(row.meta)
+        if len(names) != len(row.pngs or []):
+            raise ValueError(f"clip {row.meta['clip_id']}: {len(row.pngs or [])} crops for {len(names)} subject members")
+        payload = [(C.MP4, row.mp4), *zip(names, row.pngs or [])]
         spill.seek(0, 2)
         members = []
         for field, data in payload:
@@ -103,8 +120,10 @@ class ShardSink:
             return out
 
         uri = self.storage.join(self.output, folder, f"{name}.tar")
-        self.storage.write_atomic(uri, write=lambda f: _write_tar(
-            f, ((s.key, _members(r, payload(s))) for s, r in zip(samples, records))))
+        offsets: dict[str, list[dict]] = {}
+        self.storage.write_atomic(uri, write=lambda f: offsets.update(_write_tar(
+            f, ((s.key, _members(r, payload(s))) for s, r in zip(samples, records)))))
+        _with_offsets(records, offsets)
         return Row("shard", "", {"name": name, "staged": folder == C.STAGING_DIR, "bytes": size,
                                  "records": records})
 
@@ -132,7 +151,10 @@ def repack(output: str, storage: Storage, pieces: list[str], keep: list[tuple[st
                     size += sum(len(d) for _, d in payload)
                     yield sample.key, _members(record, payload)
 
-    storage.write_atomic(storage.join(output, C.SHARDS_DIR, f"{name}.tar"), write=lambda f: _write_tar(f, samples()))
+    offsets: dict[str, list[dict]] = {}
+    storage.write_atomic(storage.join(output, C.SHARDS_DIR, f"{name}.tar"),
+                         write=lambda f: offsets.update(_write_tar(f, samples())))
+    _with_offsets(records, offsets)
     missing = wanted - {r["clip_id"] for r in records}
     if missing:
         raise ValueError(f"repack into {name}: clip(s) not found in {pieces}: {sorted(missing)[:3]}")

@@ -1,17 +1,23 @@
-"""Subjects: detect the caption's subject labels on the keyframe, segment them, keep up to six clean ones.
+"""Subjects: the caption's subject labels detected on ``subjects.track_frames`` frames of the clip (its keyframe, the
+middle of the training window, and others spread over the whole clip), segmented, followed from frame to frame,
+kept up to six; for each, the keyframe's crop and reference crops chosen from its other frames
+(``curation.models.references``), and an image embedding of them for matching across clips.
 
-Reads ``keyframe`` (PNG) and meta ``subject_labels`` / ``keyframe``; writes meta ``subjects`` (fields of
-``contract.SUBJECT``, masks as RLE) and ``num_subjects_dropped``, and ``pngs`` (the RGBA crops, best first).
+Reads ``mp4`` and meta ``subject_labels``; writes meta ``keyframe``, ``subjects`` (fields of ``contract.SUBJECT``,
+masks as RLE), ``subject_tracks``, ``subject_grounding`` (each label's status) and ``num_subjects_dropped``, and
+``pngs`` (the RGBA crops, in member order: ``contract.png_members``).
 """
 
 from __future__ import annotations
 
+from common.contract import window_frames
+
 from curation.config import JobConfig
+from curation.models.references import clip_subjects, track_frames
 from curation.models.runtime import device_for, go_offline
-from curation.models.subjects import extract_subjects, to_record
 from curation.pipeline.row import Row
 from curation.pipeline.stage import Stage
-from curation.video.frames import decode_image
+from curation.video.frames import decode_frames
 
 
 class SubjectStage(Stage):
@@ -20,20 +26,28 @@ class SubjectStage(Stage):
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
-        self.detect = self.segment = None
+        self.detect = self.segment = self.embed = None
 
     def setup(self) -> None:
         go_offline()
         from curation.models.detection import SamSegmenter, load_detector
+        from curation.models.embedding import ImageEmbedder
 
-        device = device_for(self.cfg.subjects.num_gpus)
-        self.detect = load_detector(self.cfg.subjects, device)
-        self.segment = SamSegmenter(self.cfg.subjects, device)
+        cfg, device = self.cfg.subjects, device_for(self.cfg.subjects.num_gpus)
+        self.detect = load_detector(cfg, device)
+        self.segment = SamSegmenter(cfg, device)
+        embedder = ImageEmbedder.load(cfg.identity_model or self.cfg.aesthetic.clip_model, self.cfg.aesthetic.dtype,
+                                      device)
+        self.embed = lambda images: embedder(images).cpu().numpy()
 
     def process(self, row: Row) -> list[Row]:
         meta = row.meta
-        image = decode_image(row.keyframe)
-        subjects, dropped = extract_subjects(image, meta["subject_labels"], self.detect, self.segment, self.cfg.subjects)
-        records = [to_record(s, image, meta["keyframe"]) for s in subjects]
-        meta = {**meta, "subjects": [r for r, _ in records], "num_subjects_dropped": dropped}
-        return [row.replace(meta=meta, keyframe=None, pngs=[png for _, png in records])]
+        window = window_frames(meta["fps"], meta["num_frames"])
+        key = window // 2
+        picks = track_frames(meta["num_frames"], key, self.cfg.subjects.track_frames)
+        labels = meta["subject_labels"]
+        frames = decode_frames(row.mp4, set(picks)) if labels else {}
+        found = clip_subjects(frames, labels, key, window, self.detect, self.segment, self.embed, self.cfg.subjects)
+        meta = {**meta, "keyframe": key, "subjects": found.subjects, "subject_tracks": found.tracks,
+                "subject_grounding": found.labels, "num_subjects_dropped": found.dropped}
+        return [row.replace(meta=meta, pngs=found.pngs)]

@@ -1,0 +1,124 @@
+"""Subjects followed through the frames of a clip: detections of one frame associated with those of the frames
+before it, and what each sighting is worth as a reference (size, how much the frame border cuts, sharpness,
+occlusion by the other subjects, detector score).
+
+Detection + association rather than a video segmenter's propagation (SAM 2): the frames looked at are seconds
+apart, where a propagated mask drifts, and every frame is detected anyway to find subjects the keyframe misses;
+each association is a label match plus box overlap and centre distance, solved per frame as an assignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from curation.models.masks import bbox
+from curation.models.subjects import Subject
+
+
+@dataclass
+class Sighting:
+    """One subject in one frame."""
+
+    frame: int  # clip frame index
+    subject: Subject
+    box: tuple[int, int, int, int]
+    border_cut: float
+    sharpness: float
+    occluded: float = 0.0
+
+    @property
+    def area(self) -> int:
+        return self.subject.area
+
+    @property
+    def score(self) -> float:
+        return self.subject.score
+
+
+@dataclass
+class Track:
+    label: str
+    sightings: list[Sighting] = field(default_factory=list)
+
+    @property
+    def last(self) -> Sighting:
+        return self.sightings[-1]
+
+    def at(self, frame: int) -> Sighting | None:
+        return next((s for s in self.sightings if s.frame == frame), None)
+
+
+def border_cut(mask: np.ndarray) -> float:
+    """The share of the mask's outline lying on the frame border: 0 for a subject wholly inside the frame, about
+    the share of its outline the border cuts off otherwise."""
+    m = mask.astype(np.uint8)
+    inner = cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    outline = np.count_nonzero(m) - np.count_nonzero(inner)  # pixels on the frame border count as outline
+    if not outline:
+        return 0.0
+    on_border = (np.count_nonzero(mask[0]) + np.count_nonzero(mask[-1]) + np.count_nonzero(mask[1:-1, 0])
+                 + np.count_nonzero(mask[1:-1, -1]))
+    return on_border / outline
+
+
+def sharpness(gray: np.ndarray, mask: np.ndarray) -> float:
+    """Variance of the Laplacian inside the mask, away from its edge (where the cut-out edge itself would count)."""
+    lap = cv2.Laplacian(gray, cv2.CV_32F)
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    values = lap[inner] if np.count_nonzero(inner) >= 16 else lap[mask]
+    return float(values.var()) if values.size else 0.0
+
+
+def sight(frame: int, image_rgb: np.ndarray, subjects: list[Subject]) -> list[Sighting]:
+    """The sightings of one frame's subjects, each with its occlusion by the others' masks."""
+    gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+    out = [Sighting(frame, s, bbox(s.mask), border_cut(s.mask), sharpness(gray, s.mask)) for s in subjects]
+    for i, a in enumerate(out):
+        x0, y0, x1, y1 = a.box
+        others = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        for j, b in enumerate(out):
+            if j != i:
+                others |= b.subject.mask[y0:y1, x0:x1] & ~a.subject.mask[y0:y1, x0:x1]
+        a.occluded = float(others.mean()) if others.size else 0.0
+    return out
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def _centre_shift(a, b, diagonal: float) -> float:
+    return float(np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)) / diagonal
+
+
+def associate(frames: list[list[Sighting]], height: int, width: int, max_shift: float) -> list[Track]:
+    """Tracks from the sightings of each frame, frames in time order: a sighting joins the track of its label
+    whose latest sighting is nearest (1 - box IoU + centre shift), if that shift is at most ``max_shift`` of the
+    frame diagonal; each track takes at most one sighting a frame; the rest start tracks of their own."""
+    diagonal = float(np.hypot(height, width))
+    tracks: list[Track] = []
+    for sightings in frames:
+        cost = np.full((len(sightings), len(tracks)), np.inf)
+        for i, s in enumerate(sightings):
+            for j, t in enumerate(tracks):
+                if t.label == s.subject.label and t.last.frame != s.frame:
+                    shift = _centre_shift(s.box, t.last.box, diagonal)
+                    if shift <= max_shift:
+                        cost[i, j] = 1 - _box_iou(s.box, t.last.box) + shift
+        matched: set[int] = set()
+        if cost.size and np.isfinite(cost).any():
+            rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
+            for i, j in zip(rows, cols):
+                if np.isfinite(cost[i, j]):
+                    tracks[j].sightings.append(sightings[i])
+                    matched.add(i)
+        tracks += [Track(s.subject.label, [s]) for i, s in enumerate(sightings) if i not in matched]
+    return tracks
