@@ -95,7 +95,8 @@ def write_shards(out: Path) -> list[bytes]:
             height, width = middle.shape[:2]
             meta = {"clip_id": clip_id, "source_uri": str(VIDEOS / name), "start_s": start, "end_s": start + CLIP_S,
                     "fps": fps, "width": width, "height": height, "num_frames": round(CLIP_S * fps), "motion": 1.0,
-                    "caption": f"a clip of {name}"}
+                    "caption": f"a clip of {name}", "subjects": [{"label": "thing", "score": 0.5, "bbox": [0.0] * 4,
+                                                               "frame": 0, "mask_rle": "{}", "area": 1}] * 2}
             rows.append(Row("clip", meta["source_uri"], meta, mp4=mp4, pngs=[subject_crop(middle, k) for k in range(2)]))
             clips.append(mp4)
         rows.append(Row("summary", str(VIDEOS / name), {"num_clips": len(starts), "duration_s": 0.0}))

@@ -1,7 +1,8 @@
 """python -m curation run JOB.yaml [--input URI] [--output URI] [--set key=value ...]
 python -m curation plan JOB.yaml --clips N [--hours H | --nodes N] [--bench DIR] [--out plan.json]
 python -m curation stats OUTPUT [--json] | validate OUTPUT | show OUTPUT CLIP_ID [--out PNG]  (an existing dataset)
-python -m curation dedup OUTPUT [--job JOB.yaml] [--set dedup.key=value ...]  (near-duplicate groups of a dataset)"""
+python -m curation dedup OUTPUT [--job JOB.yaml] [--set dedup.key=value ...]  (near-duplicate groups of a dataset)
+python -m curation identities OUTPUT [--job JOB.yaml] [--set identities.key=value ...]  (subjects across clips)"""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("output", help="the dataset: a local folder or s3://bucket/prefix")
     d.add_argument("--job", help="a curation job file: its storage, ray and dedup sections are used")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    i = sub.add_parser("identities", help="match subjects across the clips of each source: identities and references "
+                       "from other clips, recorded beside the manifest")
+    i.add_argument("output", help="the dataset: a local folder or s3://bucket/prefix")
+    i.add_argument("--job", help="a curation job file: its storage and identities sections are used")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     on_dataset = {"stats": "clips, hours, per source, filter scores, subjects per clip of a dataset",
                   "validate": "check that manifest and shards match, and that shards are readable and safe",
                   "show": "one clip's frames, subject crops and metadata as a PNG"}
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(args)
     if args.command == "dedup":
         return _dedup(args)
+    if args.command == "identities":
+        return _identities(args)
     if args.command in on_dataset:
         return _inspect(args)
     # This job's own log at INFO; libraries (botocore, Ray, transformers) only when they warn.
@@ -180,6 +188,31 @@ def _dedup(args: argparse.Namespace) -> int:
         return 2
     except OSError as e:
         print(f"storage error: {e} (the tasks done so far are kept: run the same command again)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _identities(args: argparse.Namespace) -> int:
+    from common.lease import LeaseHeld
+
+    from curation.config import load_identities_job
+    from curation.identities import format_result, identities
+
+    try:
+        job = load_identities_job(args.job, args.output, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        print(format_result(identities(job)))
+    except LeaseHeld as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 4
+    except ValueError as e:  # a manifest part of another schema, an embedding of another model
+        print(f"identities: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"storage error: {e} (nothing was written: run the same command again)", file=sys.stderr)
         return 3
     return 0
 

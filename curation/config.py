@@ -418,7 +418,9 @@ class SubjectsConfig:
     max_shift: float = 0.35  # association: a subject's box centre moves at most this share of the frame diagonal
     references: int = 2  # reference crops kept per subject (besides the keyframe's crop), 0..4
     min_reference_quality: float = 0.25  # 0..1 (curation.models.references): below it a frame gives no reference
-    max_border_cut: float = 0.25  # a frame where more of the subject's outline lies on the border gives none
+    # A frame where more of the subject's outline lies on the border gives none: 0.5 keeps a medium shot's person,
+    # cut by the bottom edge in every frame, and refuses one mostly out of frame.
+    max_border_cut: float = 0.5
     # Image embeddings of the reference crops, compared across clips: a CLIP vision tower with projection (a hub id,
     # local cache only, or a folder); empty: aesthetic.clip_model.
     identity_model: str = ""
@@ -467,6 +469,7 @@ class JobConfig:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     subjects: SubjectsConfig = field(default_factory=SubjectsConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)  # for `python -m curation dedup` on the output
+    identities: IdentitiesConfig = field(default_factory=IdentitiesConfig)  # for `python -m curation identities`
 
     def validate(self) -> None:
         if not self.input:
@@ -493,6 +496,24 @@ class DedupJob:
     def validate(self) -> None:
         if not self.output:
             raise ConfigError("output: no dataset given")
+
+
+@dataclass
+class IdentitiesJob:
+    """``python -m curation identities``: a dataset and how to reach it, from a curation job's file or the defaults."""
+
+    output: str = ""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    identities: IdentitiesConfig = field(default_factory=IdentitiesConfig)
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ConfigError("output: no dataset given")
+
+
+def load_identities_job(path: str | None, output: str, overrides: list[str] = ()) -> IdentitiesJob:
+    """The identities job from a curation job's file (its storage and identities sections), OUTPUT and overrides."""
+    return load(IdentitiesJob, path, overrides, {"output": output}, sections=("storage", "identities"))
 
 
 def load_dedup_job(path: str | None, output: str, overrides: list[str] = ()) -> DedupJob:

@@ -15,7 +15,6 @@ embedding dimension per subject).
 from __future__ import annotations
 
 import io
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -25,12 +24,12 @@ import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 
 from common import contract as C
+from common.lease import Lease
 from common.storage import Storage
 
-from curation.config import IdentitiesConfig
+from curation.config import IdentitiesConfig, IdentitiesJob
 from curation.dedup.signals import embedding_array
 
-log = logging.getLogger("curation")
 COLUMNS = ["clip_id", "source_sha1", "shard", "subjects", "subject_tracks", "member_offsets"]
 
 
@@ -112,7 +111,18 @@ def source_record(rows: list[dict], cfg: IdentitiesConfig) -> list[dict]:
     return out
 
 
-def identities(output: str, storage: Storage, cfg: IdentitiesConfig) -> dict:
+def identities(job: IdentitiesJob) -> dict:
+    """Run the job under the output's lease (``common.lease``: no curation run writes the manifest meanwhile)."""
+    storage, out = Storage(job.storage), job.output.rstrip("/")
+    lease = Lease(storage, out)
+    lease.acquire()
+    try:
+        return write_identities(out, storage, job.identities, lease.check)
+    finally:
+        lease.release()
+
+
+def write_identities(output: str, storage: Storage, cfg: IdentitiesConfig, check_lease=lambda: None) -> dict:
     """Write the identity record of the dataset at ``output``; returns counts for the summary."""
     manifest = C.read_manifest(storage, output, COLUMNS).to_pylist()
     by_source: dict[str, list[dict]] = defaultdict(list)
@@ -124,6 +134,7 @@ def identities(output: str, storage: Storage, cfg: IdentitiesConfig) -> dict:
     table = pa.Table.from_pylist(record, schema=C.IDENTITY_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
+    check_lease()
     storage.write_atomic(storage.join(output, C.IDENTITY_DIR, C.IDENTITY_FILE), buf.getvalue())
     sizes = defaultdict(int)
     for r in record:
@@ -131,3 +142,9 @@ def identities(output: str, storage: Storage, cfg: IdentitiesConfig) -> dict:
     return {"clips": len(manifest), "sources": len(by_source), "subjects": len(record),
             "identities": len(sizes), "across_clips": sum(1 for n in sizes.values() if n > 1),
             "subjects_with_other_clip_references": sum(1 for r in record if r["others"])}
+
+
+def format_result(r: dict) -> str:
+    return (f"{r['clips']} clips of {r['sources']} source(s): {r['subjects']} subjects, {r['identities']} identities, "
+            f"{r['across_clips']} of them seen in more than one clip; {r['subjects_with_other_clip_references']} "
+            "subjects have references from other clips")

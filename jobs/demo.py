@@ -58,6 +58,16 @@ def dedup(endpoint: str) -> int:
                           "--set", f"storage.endpoint_url={endpoint}", "--set", "dedup.embedding_similarity=null"])
 
 
+def identities(endpoint: str) -> int:
+    """Subjects matched across the clips of each source, which the trainer's default reference mode (other_clip)
+    reads. The tiny CLIP's random weights make unrelated crops look alike, so the demo's matches show the plumbing,
+    not real identities."""
+    from curation.__main__ import main as curation_main
+
+    return curation_main(["identities", "s3://cinema/dataset", "--job", str(ROOT / "jobs" / "demo_curation.yaml"),
+                          "--set", f"storage.endpoint_url={endpoint}"])
+
+
 def train(endpoint: str) -> None:
     """The paper's recipe: the AlignerNet pre-trained on the captions, then the cinema stage starting from it."""
     aligner_dir, run_dir = OUT / "aligner", OUT / "train"
@@ -111,7 +121,7 @@ def main() -> int:
 
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cinema")
         step(f"2/4 curating {VIDEOS} into s3://cinema/dataset on {endpoint}")
-        rc = curate(endpoint, paths) or dedup(endpoint)
+        rc = curate(endpoint, paths) or dedup(endpoint) or identities(endpoint)
         if rc:
             return rc
         from common.storage import Storage, StorageConfig

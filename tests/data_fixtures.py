@@ -13,6 +13,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from common import contract as C
 from common.storage import Storage
 from common.typed_config import ConfigError, apply_overrides, from_dict
 from curation.pipeline.row import Row
@@ -50,12 +51,12 @@ def tiny_clip(width: int, height: int, num_frames: int, fps: float = 8.0) -> byt
     return encode_clip(frames, fps)
 
 
-def subject_png(width: int, height: int) -> bytes:
-    """An opaque red disc on a transparent background."""
+def subject_png(width: int, height: int, colour: tuple[int, int, int] = (220, 20, 20)) -> bytes:
+    """An opaque disc (red by default) on a transparent background."""
     yy, xx = np.mgrid[:height, :width]
     inside = (yy - height / 2) ** 2 / (height / 2) ** 2 + (xx - width / 2) ** 2 / (width / 2) ** 2 <= 1
     rgba = np.zeros((height, width, 4), np.uint8)
-    rgba[inside] = (220, 20, 20, 255)
+    rgba[inside] = (*colour, 255)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
     return buf.getvalue()
@@ -72,6 +73,9 @@ class Clip:
     mp4: bytes | None = None  # None: a tiny clip of the sizes above
     fps: float = 8.0
     extra: dict = field(default_factory=dict)  # more metadata
+    # Reference crops from other frames per subject (subject_tracks), index-aligned with the subjects; () none.
+    references: tuple[int, ...] = ()
+    colour: tuple[int, int, int] = (220, 20, 20)  # of its subject crops' discs
 
 
 def clip_row(c: Clip) -> Row:
@@ -85,7 +89,12 @@ def clip_row(c: Clip) -> Row:
         **c.extra,
     }
     mp4 = c.mp4 if c.mp4 is not None else tiny_clip(c.width, c.height, c.num_frames, c.fps)
-    pngs = [subject_png(8 + 4 * k, 12) for k in range(c.num_subjects)]
+    pngs = [subject_png(8 + 4 * k, 12, c.colour) for k in range(c.num_subjects)]
+    if c.references:  # subject k's reference r is (8 + 4k) x (16 + 4r): each crop of a clip its own shape
+        meta["subject_tracks"] = [{"track": [], "embedding": None, "references": [
+            {"frame": 1 + r, "member": C.reference_member(k, r), "quality": 0.5, "in_window": False}
+            for r in range(n)]} for k, n in enumerate(c.references)]
+        pngs += [subject_png(8 + 4 * k, 16 + 4 * r, c.colour) for k, n in enumerate(c.references) for r in range(n)]
     return Row("clip", uri, meta, mp4=mp4, pngs=pngs)
 
 

@@ -126,8 +126,8 @@ def test_a_clip_that_breaks_the_batched_call_loses_only_itself(tiny_paths, clip_
         assert r.meta["caption"] == "fine" and r.meta["subject_labels"] == ["car"] and r.frames is None
 
 
-def test_prep_samples_the_training_window_resizes_and_keeps_a_full_size_keyframe(tiny_paths, clip_rows):
-    """The caption frames and the subjects' keyframe come from the frames the default trainer takes."""
+def test_prep_samples_the_training_window_and_resizes(tiny_paths, clip_rows):
+    """The caption frames come from the frames the default trainer takes."""
     from common.contract import TRAINING_WINDOW, window_frames
 
     out = prepared(tiny_paths, clip_rows, "caption.num_frames=5", "caption.max_pixels=20000")
@@ -141,8 +141,6 @@ def test_prep_samples_the_training_window_resizes_and_keeps_a_full_size_keyframe
         h, w, _ = decode_image(row.frames[0]).shape
         assert h % PATCH == 0 and w % PATCH == 0 and h * w <= 20000
         assert abs(w / h - m["width"] / m["height"]) < 0.25  # aspect kept up to the 28-px rounding
-        key = decode_image(row.keyframe)
-        assert key.shape == (m["height"], m["width"], 3) and m["keyframe"] == n // 2
         assert row.mp4 is clip.mp4
 
 

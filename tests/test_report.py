@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from common import contract as C
 from common.storage import Storage
 from curation.config import ShardsConfig, load_job
 from curation.pipeline.row import Row
@@ -33,8 +34,12 @@ def test_report_of_the_small_job(curated):
     assert "1.000 bytes read from storage per source byte" in page  # the summary's
     # One card per sample clip: frames, scores, caption, crops on a checkerboard with their labels.
     assert page.count("class='card'") == len(s.samples) > 0
-    crops = sum(len(result_rows[clip_id]["subjects"]) for clip_id, _ in s.samples)
-    assert page.count('class="alpha"') == crops > 0
+    # each subject's keyframe crop, then its references from other frames
+    crops = sum(len(C.png_members(result_rows[clip_id])) for clip_id, _ in s.samples)
+    refs = sum(len(t["references"]) for clip_id, _ in s.samples for t in result_rows[clip_id]["subject_tracks"])
+    assert page.count('class="alpha"') == crops > refs > 0 and page.count("ref: frame") == refs
+    # every caption label: grounded or why not, with examples
+    assert "<h2>Subjects</h2>" in page and "Caption labels: grounded or not" in page
     assert "motion " in page and "A person" in page
     assert page.count("data:image/png;base64") >= 5 + crops  # histograms + crops
     assert (Path(cfg.output) / "contact_sheet.png").stat().st_size > 10_000

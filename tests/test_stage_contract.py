@@ -18,7 +18,7 @@ from curation.stages import pipeline
 
 def test_every_row_field_survives_the_arrow_trip_between_workers():
     rows = [Row("clip", "s3://b/a.mp4", {"clip_id": "x", "subjects": [{"label": "cat"}]}, mp4=b"\x00mp4",
-                frames=[b"j1", b"j2"], keyframe=b"png", pngs=[b"p"]),
+                frames=[b"j1", b"j2"], pngs=[b"p"]),
             Row("summary", "s3://b/a.mp4", {"num_clips": 1})]
     assert from_table(to_table(rows)) == rows
     with pytest.raises(ValueError, match="unknown row kind 'clips'"):

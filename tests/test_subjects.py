@@ -1,6 +1,9 @@
 """Subjects: RLE, mask clean-up and selection rules, RGBA crops, and the tiny detector + SAM on real photos/clips."""
 
+import io
 import json
+
+import av
 
 import cv2
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from common import contract as C
 from curation.config import SubjectsConfig
 from curation.models.detection import SamSegmenter
-from curation.models.masks import bbox, clean_mask, rle_encode
+from curation.models.masks import bbox, clean_mask, rgba_crop, rle_encode
 from curation.models.subjects import (
     Detection,
     Subject,
@@ -24,7 +27,7 @@ from curation.models.subjects import (
 from curation.pipeline.row import Row
 from curation.stages.caption import CaptionPrepStage, CaptionStage
 from curation.stages.subjects import SubjectStage
-from curation.video.frames import encode_image
+from curation.video.frames import decode_frames
 
 from .model_stage_fixtures import ASSETS, clip_rows, job, run, taught_mllm  # noqa: F401
 
@@ -164,16 +167,38 @@ def test_tiny_sam_masks_from_known_boxes_give_aligned_crops(tiny_paths):
         assert masks.shape == (len(boxes), *image.shape[:2]) and masks.dtype == bool
         for i, mask in enumerate(masks):
             assert mask.any()  # random weights still give a mask; its shape is not meaningful
-            record, png = to_record(Subject("bus", 0.5, mask), image, frame=i)
+            record, png = to_record(Subject("bus", 0.5, mask), frame=i), rgba_crop(image, mask)
             assert record["frame"] == i and record["bbox"] == list(map(float, bbox(mask)))
             check_record_matches_crop(record, png, image, mask)
 
 
 # -- the stage ------------------------------------------------------------------------------------------------
-def keyframe_row(name, labels, clip_id):
-    image = photo(name)
-    meta = {"clip_id": clip_id, "subject_labels": labels, "keyframe": 7, "width": image.shape[1], "height": image.shape[0]}
-    return Row("clip", name, meta, mp4=b"", keyframe=encode_image(image, ".png"))
+FPS, FRAMES = 8.0, 24  # the training window takes frames [0, 17): the keyframe is 8, frame 21 lies outside
+
+
+@pytest.fixture(scope="module")
+def still_clips():
+    """Each photo as a still H.264 clip, and its decoded keyframe (what masks and crops are cut from)."""
+    out = {}
+    for name in ("bus.jpg", "zidane.jpg"):
+        image = photo(name)
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as c:
+            st = c.add_stream("libx264", rate=int(FPS))
+            st.width, st.height, st.pix_fmt, st.options = image.shape[1], image.shape[0], "yuv420p", {"crf": "18"}
+            for _ in range(FRAMES):
+                c.mux(st.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            c.mux(st.encode(None))
+        mp4 = buf.getvalue()
+        out[name] = (mp4, decode_frames(mp4, {8})[8])
+    return out
+
+
+def clip_row(still_clips, name, labels, clip_id):
+    mp4, key = still_clips[name]
+    meta = {"clip_id": clip_id, "subject_labels": labels, "fps": FPS, "num_frames": FRAMES,
+            "width": key.shape[1], "height": key.shape[0]}
+    return Row("clip", name, meta, mp4=mp4)
 
 
 def stage(tiny_paths, *overrides):
@@ -184,43 +209,63 @@ def stage(tiny_paths, *overrides):
 
 def check_subject_row(row, image_shape):
     h, w = image_shape[:2]
-    subjects = row.meta["subjects"]
-    assert row.keyframe is None and len(row.pngs) == len(subjects) <= C.MAX_SUBJECTS
+    m = row.meta
+    subjects, tracks = m["subjects"], m["subject_tracks"]
+    assert len(tracks) == len(subjects) <= C.MAX_SUBJECTS and row.pngs is not None
+    assert C.png_members(m)[:len(subjects)] == [C.subject_member(k) for k in range(len(subjects))]
+    assert len(row.pngs) == len(C.png_members(m))
     pa.array(subjects, type=C.SUBJECT)  # exactly the contract's fields and types
+    pa.array(tracks, type=C.SUBJECT_TRACK)
+    pa.array(m["subject_grounding"], type=C.LABEL)
     assert all(set(s) == set(C.SUBJECT.names) for s in subjects)
-    for s in subjects:
+    window = C.window_frames(m["fps"], m["num_frames"])
+    assert m["keyframe"] == window // 2
+    for s, t in zip(subjects, tracks):
         x0, y0, x1, y1 = s["bbox"]
-        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and s["frame"] == row.meta["keyframe"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and s["frame"] < window  # the same-clip crop: in the window
         assert rle_decode(s["mask_rle"]).shape == (h, w)
+        assert s["frame"] in [p["frame"] for p in t["track"]]
+        assert all(r["frame"] != s["frame"] and r["in_window"] == (r["frame"] < window) for r in t["references"])
+    grounded = {g["label"] for g in m["subject_grounding"] if g["status"] == "grounded"}
+    assert grounded == {s["label"] for s in subjects}
+    assert [g["label"] for g in m["subject_grounding"]] == list(dict.fromkeys(m["subject_labels"]))
 
 
 # Clean-up that lets the random models' garbage masks through, so they reach the crops, the cap and the manifest.
 LOOSE = ("subjects.morph_kernel=1", "subjects.max_components=100000", "subjects.min_area_frac=0",
-         "subjects.dedupe_iou=1", "subjects.face_iou=1")
+         "subjects.dedupe_iou=1", "subjects.face_iou=1", "subjects.min_reference_quality=0",
+         "subjects.max_border_cut=1")
 
 
-def test_real_photos_through_tiny_detector_and_sam(tiny_paths):
+def test_real_photos_through_tiny_detector_and_sam(tiny_paths, still_clips):
     s = stage(tiny_paths, *LOOSE, "subjects.max_boxes_per_label=8", "subjects.max_subjects=3")
-    rows = s([keyframe_row("bus.jpg", ["person", "bus", "tie"], "a"), keyframe_row("zidane.jpg", ["man", "tie"], "b")])
+    rows = s([clip_row(still_clips, "bus.jpg", ["person", "bus", "tie"], "a"),
+              clip_row(still_clips, "zidane.jpg", ["man", "tie"], "b")])
     assert [r.kind for r in rows] == ["clip", "clip"]
-    image = photo("bus.jpg")
-    check_subject_row(rows[0], image.shape)
-    check_subject_row(rows[1], photo("zidane.jpg").shape)
-    assert len(rows[0].meta["subjects"]) == 3 and rows[0].meta["num_subjects_dropped"] > 0
-    for record, png in zip(rows[0].meta["subjects"], rows[0].pngs):
-        check_record_matches_crop(record, png, image, rle_decode(record["mask_rle"]))
+    check_subject_row(rows[0], still_clips["bus.jpg"][1].shape)
+    check_subject_row(rows[1], still_clips["zidane.jpg"][1].shape)
+    m = rows[0].meta
+    assert len(m["subjects"]) == 3 and m["num_subjects_dropped"] > 0
+    # a still clip: each subject is seen in every frame looked at, and its references come from them
+    assert all(len(t["track"]) >= 2 and t["references"] for t in m["subject_tracks"])
+    frames = decode_frames(rows[0].mp4, {p["frame"] for t in m["subject_tracks"] for p in t["track"]})
+    for record, png in zip(m["subjects"], rows[0].pngs):
+        check_record_matches_crop(record, png, frames[record["frame"]], rle_decode(record["mask_rle"]))
+    assert all(t["embedding"] for t in m["subject_tracks"])
 
 
-def test_grounding_dino_option_on_a_real_photo(tiny_paths):
+def test_grounding_dino_option_on_a_real_photo(tiny_paths, still_clips):
     s = stage(tiny_paths, *LOOSE, "subjects.detector=grounding_dino",
-              f"subjects.detector_weights={tiny_paths['grounding_dino']}", "subjects.max_boxes_per_label=1")
-    [row] = s([keyframe_row("bus.jpg", ["person", "bus", "red tie"], "a")])
-    check_subject_row(row, photo("bus.jpg").shape)
+              f"subjects.detector_weights={tiny_paths['grounding_dino']}", "subjects.max_boxes_per_label=1",
+              "subjects.track_frames=1")
+    [row] = s([clip_row(still_clips, "bus.jpg", ["person", "bus", "red tie"], "a")])
+    check_subject_row(row, still_clips["bus.jpg"][1].shape)
     # every label is scored on its own tokens: a random model spreads its boxes over all three
     assert {r["label"] for r in row.meta["subjects"]} == {"person", "bus", "red tie"}
+    assert all(not t["references"] for t in row.meta["subject_tracks"])  # one frame looked at: no other frame
 
 
-def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths):
+def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths, still_clips):
     s = stage(tiny_paths)
     real = s.detect
 
@@ -230,12 +275,22 @@ def test_a_clip_failing_in_the_subject_stage_loses_only_that_clip(tiny_paths):
         return real(image, labels)
 
     s.detect = detect
-    bad_png = keyframe_row("bus.jpg", ["bus"], "c").replace(keyframe=b"\x89PNG broken")
-    rows = s([keyframe_row("bus.jpg", ["unicorn"], "a"), keyframe_row("zidane.jpg", ["man"], "b"), bad_png])
+    broken = clip_row(still_clips, "bus.jpg", ["bus"], "c").replace(mp4=b"\x00\x00\x00\x18ftypmp42 broken")
+    rows = s([clip_row(still_clips, "bus.jpg", ["unicorn"], "a"), clip_row(still_clips, "zidane.jpg", ["man"], "b"),
+              broken])
     assert [r.kind for r in rows] == ["error", "clip", "error"]
     assert rows[0].meta["clip_id"] == "a" and "out of memory" in rows[0].meta["message"]
     assert rows[2].meta["clip_id"] == "c" and rows[0].meta["stage"] == "subjects"
-    check_subject_row(rows[1], photo("zidane.jpg").shape)
+    check_subject_row(rows[1], still_clips["zidane.jpg"][1].shape)
+
+
+def test_labels_not_found_are_recorded_as_such(tiny_paths, still_clips):
+    s = stage(tiny_paths)
+    s.detect = lambda image, labels: []  # nothing found
+    [row] = s([clip_row(still_clips, "bus.jpg", ["bus", "tie"], "a")])
+    assert row.meta["subjects"] == [] and row.pngs == []
+    assert row.meta["subject_grounding"] == [{"label": "bus", "status": "not_found", "subject": None},
+                                             {"label": "tie", "status": "not_found", "subject": None}]
 
 
 def test_real_clips_through_both_stages_fit_the_manifest(tiny_paths, taught_mllm, clip_rows):
@@ -248,5 +303,6 @@ def test_real_clips_through_both_stages_fit_the_manifest(tiny_paths, taught_mllm
         assert m["subject_labels"] == ["person", "car"] and row.frames is None
         check_subject_row(row, (m["height"], m["width"]))
         records.append(C.manifest_row(m, "part-000000"))
+    assert any(t["references"] for r in rows for t in r.meta["subject_tracks"])
     pa.Table.from_pylist(records, schema=C.MANIFEST_SCHEMA)  # the writer's manifest accepts every row
     assert sum(len(r.pngs) for r in rows) > 0

@@ -200,9 +200,10 @@ def save_tiny_models(folder: str | Path) -> dict[str, Path]:
 def tiny_overrides(paths: dict[str, Path], fixed_answer: bool = False) -> list[str]:
     """``--set`` overrides that point a job at the tiny models, sized so CPU runs stay fast. With
     ``fixed_answer`` the captioner is the fixed-answer one and the mask clean-up is relaxed (random detector and
-    SAM weights give ragged masks), so every clip gets a caption and subjects: what a demo on tiny models needs."""
+    SAM weights give ragged masks, often over the whole frame), so every clip gets a caption and subjects: what a demo on tiny models needs."""
     relaxed = ["subjects.morph_kernel=1", "subjects.max_components=100000", "subjects.min_area_frac=0",
-               "subjects.dedupe_iou=1", "subjects.face_iou=1", "subjects.box_threshold=0"]
+               "subjects.dedupe_iou=1", "subjects.face_iou=1", "subjects.box_threshold=0",
+               "subjects.max_border_cut=1", "subjects.min_reference_quality=0"]
     return [
         f"caption.model={paths['mllm_fixed' if fixed_answer else 'mllm']}",
         "caption.num_frames=4",

@@ -53,6 +53,12 @@ class DataConfig:
     # Clips the dataset's dedup record (python -m curation dedup) marks as near duplicates of a kept clip: "drop"
     # leaves them out of training and validation; "keep" trains on every clip.
     near_duplicates: Literal["drop", "keep"] = "drop"
+    # The image each subject is conditioned on: "same_clip", its crop from the clip's keyframe, inside the frames
+    # the model is asked to generate (the model can learn to copy it); "other_frames", one of its reference crops
+    # from other frames of the clip; "other_clip", one of its crops from other clips of the source (the dataset's
+    # identity record, python -m curation identities). A subject without one falls back to the next mode, down to
+    # same_clip; the choice among several is drawn per (seed, epoch, clip, subject).
+    subject_references: Literal["same_clip", "other_frames", "other_clip"] = "other_clip"
 
     def validate(self) -> None:
         if not self.urls:

@@ -245,9 +245,13 @@ def _features(job: TrainJob) -> FeatureSet:
     return open_features(list_shards(job.data), cfg, job.data)
 
 
-# The loader counters summed over ranks each step, and those that are a sample or shard the run could not use.
+# The loader counters summed over ranks each step; those that are a sample or shard the run could not use; those
+# that say where the trained samples' subject crops came from (none on precomputed features).
+REFERENCE_COUNTERS = ("references_same_clip", "references_other_frames", "references_other_clip",
+                      "references_unreadable")
 DATA_COUNTERS = ("samples_yielded", "samples_held_out", "samples_near_duplicate", "samples_too_short",
-                 "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed", "read_retries")
+                 "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed", "read_retries",
+                 *REFERENCE_COUNTERS)
 SKIP_REASONS = ("samples_too_short", "samples_corrupt", "members_rejected", "shards_corrupt", "shards_failed")
 
 
@@ -261,10 +265,12 @@ def _data_summary(epochs: int, data: dict[str, int]) -> dict:
     """What the run has made of its data so far (every rank's counts, from the start of the run): written when an
     epoch ends and at the last step. ``too_short``: clips shorter than the shortest window (data.frames at
     data.target_fps); ``held_out``: samples of validation sources; ``near_duplicate``: samples the dataset's dedup
-    record removes."""
+    record removes; ``references_*``: the trained samples' subject crops by where they came from, and the
+    other-clip crops that could not be read (data.subject_references)."""
     return {"epochs": epochs, "trained": data["samples_yielded"], "held_out": data["samples_held_out"],
             "near_duplicate": data["samples_near_duplicate"],
-            **{k.removeprefix("samples_"): data[k] for k in SKIP_REASONS}}
+            **{k.removeprefix("samples_"): data[k] for k in SKIP_REASONS},
+            **{k: data[k] for k in REFERENCE_COUNTERS}}
 
 
 def _validator(job: TrainJob, fit, rank: int, world: int, out: Path, features: FeatureSet | None):

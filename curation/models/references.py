@@ -2,9 +2,9 @@
 gives each (inside the training window: ``same_clip``), and the reference crops chosen from its other sightings
 by quality, preferring frames outside the window the trainer takes (``other_frames``).
 
-A sighting's quality (0..1) is the product of its detector score, the square roots of its size and sharpness
-relative to the subject's best sighting, and the shares of its outline not cut by the border and of its box not
-covered by other subjects. A sighting below ``min_reference_quality``, or cut by the border beyond
+A sighting's quality (0..1) is the product of the square roots of its size and sharpness relative to the subject's
+best sighting, and the shares of its outline not cut by the border and of its box not covered by other subjects
+(the detector's score has passed ``box_threshold`` already, and scores are not comparable across labels). A sighting below ``min_reference_quality``, or cut by the border beyond
 ``max_border_cut``, is not usable; a subject with no usable sighting is dropped (``no_reference``).
 """
 
@@ -43,8 +43,8 @@ def quality(track: Track) -> dict[int, float]:
     def sharp(s: Sighting) -> float:
         return s.sharpness / sharpest if sharpest > 0 else 1.0  # a flat subject is as sharp in every frame
 
-    return {s.frame: float(s.score * (s.area / biggest) ** 0.5 * sharp(s) ** 0.5 * (1 - s.border_cut)
-                           * (1 - s.occluded)) for s in track.sightings}
+    return {s.frame: float((s.area / biggest) ** 0.5 * sharp(s) ** 0.5 * (1 - s.border_cut) * (1 - s.occluded))
+            for s in track.sightings}
 
 
 def choose(tracks: list[Track], keyframe: int, window_end: int, cfg: SubjectsConfig

@@ -10,8 +10,8 @@
   writer knows from it when every clip of the source is accounted for.
 - ``clip``: one clip. ``meta`` holds the manifest fields known so far (``common.contract.MANIFEST_SCHEMA``) and how
   to find its frames again (``start_pts``, ``end_pts``, ``first_pts``, ``rotation``); ``mp4`` its bytes once
-  encoded. The model stages add ``aesthetic``, ``caption``, ``subject_labels``, ``subjects``, and carry images in
-  ``frames``, ``keyframe`` and ``pngs`` (below).
+  encoded. The model stages add ``aesthetic``, ``caption``, ``subject_labels``, ``subjects`` (and the subjects'
+  tracks and grounding), and carry images in ``frames`` and ``pngs`` (below).
 - ``dropped``: a clip a filter rejected, with its scores and ``dropped_by`` (the filter), for the pass rates.
 - ``error``: a source or clip that failed: ``uri``, ``clip_id`` (None: the whole source), ``stage``,
   ``error_type``, ``message``, ``fault`` (``curation.pipeline.faults``: whose fault, which decides whether the
@@ -42,8 +42,7 @@ class Row:
     meta: dict
     mp4: bytes | None = None  # clip: its encoded MP4
     frames: list[bytes] | None = None  # clip: JPEGs of its training window for the MLLM (caption prep -> aesthetic, caption)
-    keyframe: bytes | None = None  # clip: PNG of the window's middle frame (caption prep -> subjects)
-    pngs: list[bytes] | None = None  # clip: its subjects' RGBA crops, best first (subjects -> shard sink)
+    pngs: list[bytes] | None = None  # clip: its subjects' RGBA crops, in contract.png_members order (subjects -> shard sink)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -57,13 +56,13 @@ class Row:
 
     def payload_bytes(self) -> int:
         """The bytes it carries besides ``meta``: what sizes the blocks rows travel in."""
-        blobs = [self.mp4, self.keyframe, *(self.frames or ()), *(self.pngs or ())]
+        blobs = [self.mp4, *(self.frames or ()), *(self.pngs or ())]
         return sum(len(b) for b in blobs if b)
 
 
 ROW_SCHEMA = pa.schema([
     ("kind", pa.string()), ("source_uri", pa.string()), ("meta", pa.string()), ("mp4", pa.binary()),
-    ("frames", pa.list_(pa.binary())), ("keyframe", pa.binary()), ("pngs", pa.list_(pa.binary())),
+    ("frames", pa.list_(pa.binary())), ("pngs", pa.list_(pa.binary())),
 ])
 _FIELDS = [f.name for f in dataclasses.fields(Row)]
 assert ROW_SCHEMA.names == _FIELDS, "ROW_SCHEMA must list Row's fields in order"

@@ -1,11 +1,9 @@
 """Captioning: CPU frame preparation (for the aesthetic stage too), then batched MLLM generation on a GPU actor.
 
-Row fields added here: ``frames`` (list of JPEG bytes: the MLLM's frames, of which the aesthetic stage scores a
-few; removed again by the last of the two that runs) and ``keyframe`` (PNG bytes of the full-size middle frame of
-the training window, for SubjectStage, which removes it).
-
-Both are drawn from the clip's training window (``common.contract.window_frames``): the frames the default trainer
-takes, so the caption and the subject crops describe what the model is trained to generate.
+Row field added here: ``frames`` (list of JPEG bytes: the MLLM's frames, of which the aesthetic stage scores a
+few; removed again by the last of the two that runs), drawn from the clip's training window
+(``common.contract.window_frames``): the frames the default trainer takes, so the caption describes what the model
+is trained to generate.
 """
 
 from __future__ import annotations
@@ -24,23 +22,20 @@ from curation.video.frames import decode_frames, encode_image, fit_pixels, sampl
 
 
 class CaptionPrepStage(Stage):
-    """Decode the clip once for the model stages after it: frames sampled evenly over its training window, resized
-    for the MLLM (without captions, the aesthetic stage's own few, at the same size), and the window's middle frame
-    for subject detection."""
+    """Decode the clip once for the MLLM and the aesthetic stage: frames sampled evenly over its training window,
+    resized for the MLLM (without captions, the aesthetic stage's own few, at the same size)."""
 
     name = "caption_prep"
 
     def __init__(self, cfg: JobConfig):
         super().__init__(cfg)
         self.num_frames = cfg.caption.num_frames if cfg.caption.enabled else cfg.aesthetic.num_frames
-        self.keyframe = cfg.caption.enabled and cfg.subjects.enabled  # subjects run only with captions
 
     def process(self, row: Row) -> list[Row]:
         meta = dict(row.meta)
         window = window_frames(meta["fps"], meta["num_frames"])
         picks = sample_indices(window, self.num_frames)
-        key = window // 2
-        frames = decode_frames(row.mp4, set(picks) | ({key} if self.keyframe else set()))
+        frames = decode_frames(row.mp4, set(picks))
         h, w = frames[picks[0]].shape[:2]
         size = fit_pixels(w, h, self.cfg.caption.max_pixels)
         jpegs = [
@@ -48,11 +43,7 @@ class CaptionPrepStage(Stage):
             for i in picks
         ]
         meta["frame_indices"] = picks
-        keyframe = None
-        if self.keyframe:
-            meta["keyframe"] = key
-            keyframe = encode_image(frames[key], ".png")
-        return [row.replace(meta=meta, frames=jpegs, keyframe=keyframe)]
+        return [row.replace(meta=meta, frames=jpegs)]
 
 
 class CaptionStage(BatchedStage):

@@ -34,7 +34,7 @@ def clip_members(output: str, storage: Storage, row: dict) -> dict[str, bytes]:
 
 def expected_members(row: dict) -> set[str]:
     members = {C.MP4, C.JSON} | ({C.CAPTION} if row["caption"] is not None else set())
-    return members | {C.subject_member(k) for k in range(len(row["subjects"] or []))}
+    return members | set(C.png_members(row))
 
 
 def clip_frames(mp4: bytes, count: int = 3) -> list[Image.Image]:
@@ -96,7 +96,43 @@ def dataset_stats(output: str, storage: Storage, rows: list[dict] | None = None)
                             "too_short": frames[None]},
         "errors": dict(Counter(f"{e['stage']}/{e['error_type']}" for e in errors)),
         "near_duplicates": None if dedup is None else near_duplicate_stats(rows, dedup.to_pylist()),
+        "grounding": grounding_stats(rows),
+        "references": reference_stats(rows, C.read_identities(storage, output)),
     }
+
+
+GROUNDING_EXAMPLES = 3  # clip ids per label and status
+
+
+def grounding_stats(rows: list[dict]) -> dict:
+    """Per caption label: how many clips named it, the share where it was grounded (a kept subject with a crop),
+    its other statuses (not_found, dropped:<why>) and a few clip ids of each."""
+    per: dict[str, dict] = {}
+    for r in rows:
+        for g in r.get("subject_grounding") or []:
+            entry = per.setdefault(g["label"], {"named": 0, "status": Counter(), "examples": defaultdict(list)})
+            entry["named"] += 1
+            entry["status"][g["status"]] += 1
+            if len(entry["examples"][g["status"]]) < GROUNDING_EXAMPLES:
+                entry["examples"][g["status"]].append(r["clip_id"])
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1]["named"], kv[0]))
+    return {label: {"named": e["named"], "grounded_share": round(e["status"]["grounded"] / e["named"], 4),
+                    "status": dict(e["status"]), "examples": dict(e["examples"])} for label, e in ranked}
+
+
+def reference_stats(rows: list[dict], identities) -> dict:
+    """How many kept subjects have references from other frames, outside the training window, and (with an
+    identity record) from other clips."""
+    tracks = [t for r in rows for t in r.get("subject_tracks") or []]
+    refs = [x for t in tracks for x in t["references"]]
+    out = {"subjects": sum(len(r["subjects"] or []) for r in rows), "with_other_frames": sum(bool(t["references"]) for t in tracks),
+           "references": len(refs), "outside_window": sum(not x["in_window"] for x in refs), "identity_record": identities is not None}
+    if identities is not None:
+        record = identities.to_pylist()
+        sizes = Counter(x["identity"] for x in record)
+        out.update(with_other_clips=sum(bool(x["others"]) for x in record), identities=len(sizes),
+                   identities_across_clips=sum(n > 1 for n in sizes.values()))
+    return out
 
 
 def near_duplicate_stats(rows: list[dict], record: list[dict]) -> dict:
@@ -133,6 +169,16 @@ def format_stats(s: dict) -> str:
                  f"{nd['removed']} clips removed in {nd['groups']} groups; training keeps {nd['clips_kept']} clips, "
                  f"{nd['hours_kept']:.3f} h" + (f"; {nd['not_in_record']} clips committed since the record: run "
                                                  "dedup again" if nd["not_in_record"] else "")))
+    ref = s["references"]
+    lines.append(f"subject references: {ref['subjects']} subjects, {ref['with_other_frames']} with crops from other "
+                 f"frames ({ref['references']} crops, {ref['outside_window']} outside the training window); "
+                 + (f"{ref['with_other_clips']} with crops from other clips, {ref['identities_across_clips']} of "
+                    f"{ref['identities']} identities in more than one clip" if ref["identity_record"] else
+                    "no identity record (python -m curation identities)"))
+    lines.append("grounding (caption label: clips naming it, share grounded, other statuses):")
+    lines += [f"  {label}: {g['named']}, {g['grounded_share']:.0%}"
+              + "".join(f", {k} {n}" for k, n in g["status"].items() if k != "grounded")
+              for label, g in list(s["grounding"].items())[:20]]
     lines.append("errors: " + (", ".join(f"{k}: {n}" for k, n in s["errors"].items()) or "none"))
     lines.append("per source (clips, seconds):")
     lines += [f"  {v['clips']:>6} {v['seconds']:>9.1f}  {u}" for u, v in s["per_source"].items()]
@@ -163,6 +209,8 @@ def validate(output: str, storage: Storage) -> list[str]:
     if not rows and not shards:
         problems.append(f"{output}: no manifest part and no shard: not a dataset, or an empty one")
     problems += _check_dedup(storage, output, {r["clip_id"] for r in rows})
+    problems += _check_identities(storage, output, rows)
+    problems += _check_offsets(storage, output, rows, shards)
     for (shard, clip_id), members in expected.items():
         missing = members - found.get((shard, clip_id), set())
         if shard not in shards:
@@ -193,6 +241,50 @@ def _check_dedup(storage: Storage, output: str, clips: set[str]) -> list[str]:
                  for r in record if r["group"] is not None and r["group"] not in kept]
     problems += [f"{where}: clip {r['clip_id']!r} is removed but in no group" for r in record
                  if not r["kept"] and r["group"] is None]
+    return problems
+
+
+def _check_identities(storage: Storage, output: str, rows: list[dict]) -> list[str]:
+    """The identity record names subjects of this manifest, and its crops are members the manifest lists where it
+    says they lie."""
+    where = f"{C.IDENTITY_DIR}/{C.IDENTITY_FILE}"
+    try:
+        table = C.read_identities(storage, output)
+    except ValueError as e:
+        return [str(e)]
+    if table is None:
+        return []
+    by_id = {r["clip_id"]: r for r in rows}
+    problems = []
+    for r in table.to_pylist():
+        clip = by_id.get(r["clip_id"])
+        if clip is None or r["subject"] >= len(clip["subjects"] or []):
+            problems.append(f"{where}: subject {r['subject']} of clip {r['clip_id']!r} is not in the manifest (run "
+                            "`python -m curation identities` again)")
+            continue
+        for o in r["others"]:
+            other = by_id.get(o["clip_id"])
+            spans = {(x["member"], x["offset"], x["size"]) for x in (other or {}).get("member_offsets") or []}
+            if other is None or other["shard"] != o["shard"] or (o["member"], o["offset"], o["size"]) not in spans:
+                problems.append(f"{where}: clip {r['clip_id']!r} subject {r['subject']}: its reference "
+                                f"{o['clip_id']}.{o['member']} is not where the manifest says (run `python -m "
+                                "curation identities` again)")
+    return problems
+
+
+def _check_offsets(storage: Storage, output: str, rows: list[dict], shards: set[str]) -> list[str]:
+    """Each crop's byte range (``member_offsets``) holds a PNG of that size in its shard."""
+    problems = []
+    by_shard = defaultdict(list)
+    for r in rows:
+        if r["shard"] in shards:
+            by_shard[r["shard"]] += [(r["clip_id"], o) for o in r.get("member_offsets") or []]
+    for shard, spans in sorted(by_shard.items()):
+        with storage.open(storage.join(output, C.SHARDS_DIR, f"{shard}.tar")) as f:
+            for clip_id, o in spans:
+                f.seek(o["offset"])
+                if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                    problems.append(f"{shard}.tar: {clip_id}.{o['member']} is not at byte {o['offset']}")
     return problems
 
 

@@ -269,21 +269,47 @@ def _error_section(errors: list[dict]) -> str:
     return "<h2>Errors</h2>" + _table(["stage", "type", "count", "clip ids (first 8)", "first messages"], rows)
 
 
-def _sample_card(clip_id: str, frames: list[Image.Image], pngs: list[bytes], row: dict | None) -> str:
+def _crop(png: bytes, text: str) -> str:
+    crop = Image.open(io.BytesIO(png))
+    return f"<div class='crop'>{_img(_encode(_fit(crop, 110, 80), 'PNG'), cls='alpha')}<br>{_e(text)}</div>"
+
+
+def _sample_card(clip_id: str, frames: list[Image.Image], members: dict[str, bytes], row: dict | None) -> str:
+    """The clip's frames, scores and caption; each subject's keyframe crop followed by its references."""
     thumbs = "".join(_jpeg(f, 148, 90) for f in frames)
     if row is None:
         return f"<div class='card'><b>{_e(clip_id)}</b><div>{thumbs}</div></div>"
     scores = ", ".join(f"{k} {row[k]:.3g}" for k in ("motion", "blank_frac", "luma", "contrast", "aesthetic") if row[k] is not None)
     crops = []
-    for k, png in enumerate(pngs):
-        s = row["subjects"][k] if k < len(row["subjects"]) else {"label": "?", "score": float("nan")}
-        crop = Image.open(io.BytesIO(png))
-        crops.append(f"<div class='crop'>{_img(_encode(_fit(crop, 110, 80), 'PNG'), cls='alpha')}"
-                     f"<br>{_e(s['label'])} {s['score']:.2f}</div>")
+    tracks = row.get("subject_tracks") or []
+    for k, s in enumerate(row["subjects"] or []):
+        if C.subject_member(k) in members:
+            crops.append(_crop(members[C.subject_member(k)], f"{s['label']} {s['score']:.2f} (frame {s['frame']})"))
+        for ref in tracks[k]["references"] if k < len(tracks) else []:
+            if ref["member"] in members:
+                where = "in window" if ref["in_window"] else "outside window"
+                crops.append(_crop(members[ref["member"]], f"ref: frame {ref['frame']}, {where}, q {ref['quality']:.2f}"))
     return (f"<div class='card'><b>{_e(clip_id)}</b><br><span class='dim'>{_e(_name(row['source_uri']))} "
             f"{row['start_s']:.2f}-{row['end_s']:.2f} s, {row['end_s'] - row['start_s']:.2f} s, {row['width']}x{row['height']}, "
             f"{row['num_frames']} frames</span><div>{thumbs}</div><div>{_e(scores)}</div>"
             f"<div class='caption'>{_e(row['caption'] or '(no caption)')}</div><div class='row'>{''.join(crops)}</div></div>")
+
+
+def _subject_section(grounding: dict, refs: dict) -> str:
+    """Whether each label the captions name was found (grounded), and where the subjects' references come from."""
+    if not grounding:
+        return ""
+    other = (f"{refs['with_other_clips']} with crops from other clips of their source ({refs['identities_across_clips']} "
+             f"identities seen in more than one clip)" if refs["identity_record"] else
+             "no identity record yet (python -m curation identities)")
+    rows = [[_e(label), g["named"], f"{g['grounded_share']:.0%}",
+             _e(", ".join(f"{k} {n}" for k, n in g["status"].items() if k != "grounded") or "-"),
+             _e("; ".join(f"{k}: {', '.join(ids)}" for k, ids in g["examples"].items()))]
+            for label, g in list(grounding.items())[:30]]
+    return (f"<h2>Subjects</h2><p>{refs['subjects']} subjects kept; {refs['with_other_frames']} with reference crops "
+            f"from other frames ({refs['references']} crops, {refs['outside_window']} outside the training window); "
+            f"{_e(other)}.</p><h3>Caption labels: grounded or not</h3>"
+            + _table(["label", "clips naming it", "grounded", "otherwise", "examples (clip ids)"], rows))
 
 
 def near_duplicate_section(storage: Storage, output: str, rows: list[dict], nd: dict | None, groups: int,
@@ -382,6 +408,7 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
                          ["source", "stream read", "video streams"], [[_e(u), i, n] for u, i, n in several]))
     parts += [_filter_section(cfg, storage, stats), _histograms(cfg, stats, rows),
               near_duplicate_section(storage, output, rows, ds["near_duplicates"], 4),
+              _subject_section(ds["grounding"], ds["references"]),
               _stage_section(cfg, stage_counts, seconds), _error_section(errors)]
     # This run's first clips; a run that wrote none (a rerun rebuilding the report) shows the dataset's first.
     samples = stats.samples or [(r["clip_id"], r["shard"]) for r in rows[: cfg.report.sample_clips]]
@@ -389,9 +416,8 @@ def write_report(cfg: JobConfig, storage: Storage, stats: RunStats, summary: str
         by_id = {r["clip_id"]: r for r in rows}
         members = [(clip_id, clip_members(output, storage, {"clip_id": clip_id, "shard": shard}))
                    for clip_id, shard in samples]  # a dozen clips read back from their shards
-        frames = [(clip_id, clip_frames(m[C.MP4], 4), [m[C.subject_member(k)] for k in range(C.MAX_SUBJECTS)
-                                                       if C.subject_member(k) in m]) for clip_id, m in members]
-        cards = "".join(_sample_card(clip_id, fr, pngs, by_id.get(clip_id)) for clip_id, fr, pngs in frames)
+        frames = [(clip_id, clip_frames(m[C.MP4], 4), m) for clip_id, m in members]
+        cards = "".join(_sample_card(clip_id, fr, m, by_id.get(clip_id)) for clip_id, fr, m in frames)
         whose = "this run" if stats.samples else "the dataset"
         parts.append(f"<h2>Sample clips ({whose}, {len(frames)})</h2><div class='row'>{cards}</div>")
         sheet = contact_sheet([(clip_id, fr) for clip_id, fr, _ in frames])

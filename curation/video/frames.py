@@ -1,7 +1,7 @@
 """CPU pre-processing for the model stages: decode a clip once, sample frames, resize, encode compactly.
 
-Frames travel between stages as encoded images (JPEG for the MLLM's small frames, PNG for the full-size keyframe
-that masks and crops are cut from), never as raw arrays.
+Frames travel between stages as encoded images (JPEG for the MLLM's small frames, PNG for subject crops), never as
+raw arrays; a stage that needs full-size frames (subjects, text) decodes them from the clip's MP4.
 """
 
 from __future__ import annotations

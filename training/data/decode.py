@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+import random
+from collections import Counter
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
@@ -21,6 +23,7 @@ from common import contract as C
 from common.shard_reader import RawSample, parse_json
 
 from ..config import DataConfig
+from .identities import OtherClips
 
 
 class SampleError(ValueError):
@@ -43,6 +46,9 @@ class Sample:
     subjects: torch.Tensor | None  # (K, 3, H, W) uint8 RGB, framed as generate frames them; K <= max_subjects
     caption: str
     meta: dict
+    # Where each subject's crop came from (references_same_clip, _other_frames, _other_clip) and the other-clip
+    # crops that could not be used (references_unreadable): counted when the sample is trained on.
+    references: Counter = field(default_factory=Counter)
 
 
 def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> int:
@@ -101,9 +107,45 @@ def media_field(name: str) -> bool:
     return name == C.MP4 or name.endswith(".png")
 
 
-def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample:
-    """The sample's tensors; with ``media=False`` only its caption and metadata (bucket 0, no video, nothing that
-    needs a decode, no frame count to meet)."""
+# What an other-clip crop can fail with (its read or its PNG): the subject falls back to its own references.
+CROP_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def decode_subjects(raw: RawSample, cfg: DataConfig, epoch: int, others: OtherClips | None, height: int,
+                    width: int) -> tuple[torch.Tensor, Counter]:
+    """(K, 3, height, width) uint8: per subject k of the sample (those with a keyframe crop, subject_k.png), the
+    crop ``cfg.subject_references`` chooses, framed; and where each came from. other_clip takes one of the
+    subject's crops in other clips (``others``), else other_frames takes one of its reference crops from other
+    frames of the clip (subject_k_refR.png), else same_clip its keyframe crop. Among several, one is drawn by an RNG
+    of (seed, epoch, key, k) alone, so a resumed run, which decodes its held samples again, draws the same."""
+    m, counts, framed = raw.members, Counter(), []
+    for k in range(cfg.max_subjects):
+        if C.subject_member(k) not in m:
+            continue
+        rng, subject = random.Random(f"{cfg.seed}/refs/{epoch}/{raw.key}/{k}"), None
+        found = others.candidates(raw.key, k) if others is not None and cfg.subject_references == "other_clip" else []
+        if found:
+            root, other = rng.choice(found)
+            try:
+                subject, source = decode_subject(others.read(root, other), height, width), "other_clip"
+            except CROP_ERRORS as e:
+                counts["references_unreadable"] += 1
+                others.warn(root, other, e)
+        refs = [n for n in (C.reference_member(k, r) for r in range(C.MAX_REFERENCES)) if n in m]
+        if subject is None and refs and cfg.subject_references != "same_clip":
+            subject, source = decode_subject(m[rng.choice(refs)], height, width), "other_frames"
+        if subject is None:
+            subject, source = decode_subject(m[C.subject_member(k)], height, width), "same_clip"
+        counts[f"references_{source}"] += 1
+        framed.append(subject)
+    subjects = torch.stack(framed) if framed else torch.zeros(0, 3, height, width, dtype=torch.uint8)
+    return subjects, counts
+
+
+def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True, epoch: int = 0,
+                  others: OtherClips | None = None) -> Sample:
+    """The sample's tensors, its subjects' crops chosen for ``epoch`` (``decode_subjects``); with ``media=False``
+    only its caption and metadata (bucket 0, no video, nothing that needs a decode, no frame count to meet)."""
     m = raw.members
     meta = parse_json(m[C.JSON]) if C.JSON in m else {}
     caption = m[C.CAPTION].decode("utf-8") if C.CAPTION in m else ""
@@ -114,10 +156,8 @@ def decode_sample(raw: RawSample, cfg: DataConfig, media: bool = True) -> Sample
     check_length(meta, cfg)
     bucket, video = decode_clip(m[C.MP4], cfg)
     _, height, width = cfg.bucket_shape(bucket)
-    pngs = [m[name] for name in (C.subject_member(k) for k in range(cfg.max_subjects)) if name in m]
-    subjects = torch.stack([decode_subject(p, height, width) for p in pngs]) if pngs else \
-        torch.zeros(0, 3, height, width, dtype=torch.uint8)
-    return Sample(raw.key, bucket, video, subjects, caption, meta)
+    subjects, references = decode_subjects(raw, cfg, epoch, others, height, width)
+    return Sample(raw.key, bucket, video, subjects, caption, meta, references)
 
 
 def _batch_tensor(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:

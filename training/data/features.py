@@ -47,8 +47,9 @@ _KEYS = ("latents", "subject_latents", "text_states", "text_mask")
 
 def made_with(cfg: CinemaConfig, data: DataConfig) -> dict:
     """What a set of features depends on: the conditioning encoder and the VAE (checkpoint, architecture,
-    instruction), their dtype, and how clips are cut (frames, fps, buckets, subjects). A trainer whose job differs
-    in any of these refuses the features."""
+    instruction), their dtype, and how clips are cut (frames, fps, buckets, subjects, and which crop stands for each
+    subject: epoch 0's draw of data.subject_references). A trainer whose job differs in any of these refuses the
+    features."""
     cond = cfg.ablation.conditioning
     return {
         "format": FORMAT,
@@ -60,6 +61,7 @@ def made_with(cfg: CinemaConfig, data: DataConfig) -> dict:
         "target_fps": data.target_fps,
         "buckets": [list(b) for b in data.buckets],
         "max_subjects": data.max_subjects,
+        "subject_references": data.subject_references,
     }
 
 
@@ -211,7 +213,8 @@ class FeatureSet:
 
 def open_features(shards: list[str], cfg: CinemaConfig, data: DataConfig) -> FeatureSet:
     """The committed features of ``shards``, checked against what this job would make; JobError (one message)
-    when they are missing, partial, or made with another model, dtype, frame count, fps or bucket."""
+    when they are missing, partial, or made with another model, dtype, frame count, fps, bucket or choice of
+    subject references."""
     storage = Storage(data.storage)
     expected = made_with(cfg, data)
     roots = list(dict.fromkeys(dataset_root(s) for s in shards))

@@ -19,6 +19,7 @@ import random
 import time
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -31,6 +32,7 @@ from ..config import DataConfig, JobError
 from .decode import DECODE_ERRORS, Sample, TooShort, collate, decode_sample, media_field
 from .features import FIELDS as FEATURE_FIELDS
 from .features import FeatureSample, collate_features, decode_features
+from .identities import OtherClips
 from .near_duplicates import removed as near_duplicates
 from .split import held_out
 
@@ -41,7 +43,9 @@ MAX_FAILURES_IN_ROW = 1000
 
 COUNTERS = ("samples_read", "samples_yielded", "samples_corrupt", "samples_too_short", "samples_held_out",
             "samples_near_duplicate",
-            "members_rejected", "shards_corrupt", "shards_failed", "read_retries", "epochs")
+            "members_rejected", "shards_corrupt", "shards_failed", "read_retries", "epochs",
+            # the subject crops of the samples yielded, by where they came from (data.subject_references)
+            "references_same_clip", "references_other_frames", "references_other_clip", "references_unreadable")
 
 
 def plan_epoch(num_shards: int, epoch: int, seed: int, slot: int, num_slots: int) -> list[tuple[int, int, int]]:
@@ -67,26 +71,42 @@ def shard_digest(shards: list[str]) -> int:
     return zlib.crc32("\n".join(shards).encode())
 
 
+@dataclass
+class HeldSample(RawSample):
+    """A sample a slot holds (in its shuffle buffer) with the epoch it was read in: what its subject references are
+    drawn by, so that they do not depend on when it is decoded."""
+
+    epoch: int = 0
+
+
+def held_samples(state: dict) -> list[tuple[list[int], int]]:
+    """(position, epoch read in) of every sample a slot's saved state holds: its shuffle buffer's, then those of its
+    part-filled buckets. A state saved before the epochs were kept gives each the cursor's epoch."""
+    positions = [*state["buffer"], *(p for bucket in state["pending"] for p in bucket)]
+    return list(zip(positions, state.get("held_epochs", [state["epoch"]] * len(positions))))
+
+
 class ShardStream(IterableDataset):
     """Yields batch dicts (see ``collate``) plus ``slot`` and ``counters`` (this worker's, as of this batch).
 
     State: the read cursor (epoch, shard of the epoch's plan, byte offset and sample number in it), the shuffle
-    RNG, and the positions of the samples held in the shuffle buffer and in part-filled buckets, which are
-    re-read and decoded on restore; never decoded tensors.
+    RNG, and the positions of the samples held in the shuffle buffer and in part-filled buckets (and the epoch each
+    was read in), which are re-read and decoded on restore; never decoded tensors.
     """
 
     def __init__(self, cfg: DataConfig, shards: list[str], rank: int, world_size: int, media: bool = True,
                  handover: list[dict] | None = None, features: bool = False, holdout: float = 0.0,
-                 removed: frozenset[str] | None = None):
+                 removed: frozenset[str] | None = None, others: OtherClips | None = None):
         """``media=False`` reads captions and metadata only; ``handover`` is every slot's state of a run with
         another number of slots, in slot order (module docstring); ``features=True``: ``shards`` are the
         features tars of the run's shards (``training.data.features``), read in their place, nothing decoded;
         ``holdout``: the share of sources held out for validation (``split.held_out``), never yielded; near
         duplicates (``near_duplicates.removed``; given, or read from the shards' dataset roots) are never yielded
-        either."""
+        either; ``others``: the subjects' crops in other clips (given, or read from the shards' dataset roots)."""
         self.cfg, self.shards, self.rank, self.world_size, self.media = cfg, shards, rank, world_size, media
         self.features, self.holdout = features, holdout
         self.removed = near_duplicates(cfg, shards) if removed is None else removed
+        self.others = OtherClips(cfg, shards, media and not features) if others is None else others
         self.storage = Storage(cfg.storage)
         self.handover = handover
         self._reset()
@@ -94,8 +114,9 @@ class ShardStream(IterableDataset):
     def _reset(self) -> None:
         self.epoch, self.plan_pos, self.offset, self.index, self.read_in_epoch = 0, 0, 0, 0, 0
         self.rng: random.Random | None = None  # seeded per slot once the slot is known
-        self.buffer: list[RawSample] = []
-        self.pending: list[list[tuple[list[int], Sample]]] = [[] for _ in range(self.cfg.num_buckets)]
+        self.buffer: list[HeldSample] = []
+        # Per bucket: (position, epoch read in, decoded sample) of each sample until the batch is full.
+        self.pending: list[list[tuple[list[int], int, Sample]]] = [[] for _ in range(self.cfg.num_buckets)]
         self.counters = Counter({name: 0 for name in COUNTERS})
         self._warned: set[tuple[str, str | None]] = set()
         self._failures_in_row = 0
@@ -128,7 +149,8 @@ class ShardStream(IterableDataset):
             "read_in_epoch": self.read_in_epoch,
             "rng": list(self._rng().getstate()[1]),
             "buffer": [s.position for s in self.buffer],
-            "pending": [[pos for pos, _ in bucket] for bucket in self.pending],
+            "pending": [[pos for pos, _, _ in bucket] for bucket in self.pending],
+            "held_epochs": [*(s.epoch for s in self.buffer), *(e for bucket in self.pending for _, e, _ in bucket)],
             "counters": dict(self.counters),
             "history": self.history,
         }
@@ -147,12 +169,12 @@ class ShardStream(IterableDataset):
         self._rng().setstate((3, tuple(state["rng"]), None))
         self.counters.update(state["counters"])
         self.history = state["history"]
-        self.buffer = [raw for raw in map(self._read_at, state["buffer"]) if raw is not None]
-        for pos in (p for positions in state["pending"] for p in positions):
-            raw = self._read_at(pos)
-            sample = raw and self.decode(raw)
+        held = held_samples(state)
+        self.buffer = self._read_held(held[:len(state["buffer"])])
+        for raw in self._read_held(held[len(state["buffer"]):]):
+            sample = self.decode(raw, raw.epoch)
             if sample is not None:  # into the bucket it decodes to now (the bucket list may have changed)
-                self.pending[sample.bucket].append((pos, sample))
+                self.pending[sample.bucket].append((raw.position, raw.epoch, sample))
 
     def _take_over(self) -> None:
         """Start from the old slots' states of ``handover`` (module docstring), once."""
@@ -164,8 +186,8 @@ class ShardStream(IterableDataset):
         oldest = min(range(len(old)), key=lambda i: cursors[i][0])  # its history is the least pruned
         self.history = [*old[oldest]["history"], {"num_slots": len(old), "cursors": cursors}]
         self.epoch = cursors[oldest][0]
-        held = [pos for s in old for pos in [*s["buffer"], *(p for bucket in s["pending"] for p in bucket)]]
-        self.buffer = [raw for raw in map(self._read_at, held[slot::num_slots]) if raw is not None]
+        held = [h for s in old for h in held_samples(s)]
+        self.buffer = self._read_held(held[slot::num_slots])
         if slot == 0:  # the old counts are carried once, so the totals over slots go on
             for s in old:
                 self.counters.update(s["counters"])
@@ -195,6 +217,11 @@ class ShardStream(IterableDataset):
         samples.close()
         # Not the next sample instead, if this one is now skipped (data.max_member_mb lowered since it was saved).
         return found[0] if found and found[0].offset == offset else None
+
+    def _read_held(self, held: list[tuple[list[int], int]]) -> list[HeldSample]:
+        """The samples of ``held_samples`` that can still be read."""
+        found = ((self._read_at(pos), epoch) for pos, epoch in held)
+        return [HeldSample(**vars(raw), epoch=epoch) for raw, epoch in found if raw is not None]
 
     # -- reading --------------------------------------------------------------------------------------------
     def _warn(self, url: str, key: str | None, message: str) -> None:
@@ -297,10 +324,12 @@ class ShardStream(IterableDataset):
             self.counters["epochs"] += 1
 
     # -- decoding and batching ------------------------------------------------------------------------------
-    def decode(self, raw: RawSample) -> Sample | FeatureSample | None:
-        """The sample's tensors, or None (counted, warned once) when it cannot be used."""
+    def decode(self, raw: RawSample, epoch: int = 0) -> Sample | FeatureSample | None:
+        """The sample's tensors, its subject references drawn for ``epoch`` (the one it was read in; validation and
+        precomputed features take epoch 0's), or None (counted, warned once) when it cannot be used."""
         try:
-            sample = decode_features(raw, self.cfg) if self.features else decode_sample(raw, self.cfg, self.media)
+            sample = decode_features(raw, self.cfg) if self.features else \
+                decode_sample(raw, self.cfg, self.media, epoch, self.others)
             self._failures_in_row = 0
             return sample
         except TooShort as e:
@@ -322,24 +351,29 @@ class ShardStream(IterableDataset):
         self._take_over()
         rng = self._rng()
         for raw in self.raw_samples():
+            read = HeldSample(**vars(raw), epoch=self.epoch)
             if len(self.buffer) < self.cfg.shuffle_buffer:
-                self.buffer.append(raw)
+                self.buffer.append(read)
                 continue
             i = rng.randrange(len(self.buffer))
-            out, self.buffer[i] = self.buffer[i], raw
+            out, self.buffer[i] = self.buffer[i], read
             yield from self._batched(out)
             while len(self.buffer) > self.cfg.shuffle_buffer:  # a taken-over buffer drains to its size
                 yield from self._batched(self.buffer.pop(rng.randrange(len(self.buffer))))
 
-    def _batched(self, raw: RawSample) -> Iterator[dict]:
+    def _batched(self, held: HeldSample) -> Iterator[dict]:
         """Decode one sample into its bucket; yield the bucket's batch once it is full."""
-        sample = self.decode(raw)
+        sample = self.decode(held, held.epoch)
         if sample is None:
             return
         bucket = self.pending[sample.bucket]
-        bucket.append((raw.position, sample))
+        bucket.append((held.position, held.epoch, sample))
         if len(bucket) == self.cfg.batch_size:
-            batch = (collate_features if self.features else collate)([s for _, s in bucket], self.cfg.max_subjects)
+            samples = [s for _, _, s in bucket]
+            batch = (collate_features if self.features else collate)(samples, self.cfg.max_subjects)
+            if not self.features:
+                for s in samples:
+                    self.counters.update(s.references)
             bucket.clear()
             self.counters["samples_yielded"] += len(batch["key"])
             yield {**batch, "slot": self.slot()[0], "counters": dict(self.counters)}

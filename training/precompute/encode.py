@@ -27,6 +27,7 @@ from ..batch import model_batch
 from ..config import TrainJob
 from ..data import features as F
 from ..data.decode import collate
+from ..data.identities import OtherClips
 from ..data.near_duplicates import removed as near_duplicates
 from ..data.stream import ShardStream
 
@@ -49,6 +50,7 @@ class FeatureEncoder:
         self.vae = VideoVae.load(self.cfg.vae, self.dtype).to(self.device)
         self.storage = Storage(job.data.storage)
         self.removed: dict[str, frozenset[str]] = {}  # dataset root -> clip ids its dedup record removes
+        self.others: dict[str, OtherClips] = {}  # dataset root -> its subjects' crops in other clips
         self.made_with = F.made_with(self.cfg, job.data)
 
     def write_uncond(self, root: str) -> None:
@@ -68,13 +70,15 @@ class FeatureEncoder:
         root = F.dataset_root(shard_url)
         if root not in self.removed:  # read once per dataset root, not once per shard
             self.removed[root] = near_duplicates(self.job.data, [shard_url])
-        stream = ShardStream(self.job.data, [shard_url], 0, 1, media=True, removed=self.removed[root])
+            self.others[root] = OtherClips(self.job.data, [shard_url])
+        stream = ShardStream(self.job.data, [shard_url], 0, 1, media=True, removed=self.removed[root],
+                             others=self.others[root])
         samples = 0
         with tempfile.TemporaryFile() as tmp:
             with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 group = []
                 for raw in stream.shard_samples(0):
-                    sample = stream.decode(raw)
+                    sample = stream.decode(raw)  # epoch 0's subject references: the features hold one draw
                     if sample is None:  # counted, as the trainer would skip it
                         continue
                     # Consecutive clips of one bucket per call: the tar keeps the shard's order.
