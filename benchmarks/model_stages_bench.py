@@ -123,7 +123,8 @@ def cpu_bench() -> dict:
     stages["caption"], _ = measure(caption, prepped, cap_clock)
     stages["subjects"], _ = measure(subjects, labelled(prepped), sub_clock)
     sizes = sorted({f"{c.meta['width']}x{c.meta['height']}" for c in clips})
-    return {"mode": "cpu, tiny models", "clip_sizes": sizes, "stages": stages}
+    return {"mode": "cpu, tiny models", "clip_sizes": sizes, "stages": stages,
+            "subjects_track_frames": cfg.subjects.track_frames}
 
 
 # -- GPU --------------------------------------------------------------------------------------------------------
@@ -354,7 +355,9 @@ def gpu_bench(num_clips: int, batch_sizes: list[int], aesthetic_batch_sizes: lis
         "aesthetic_model": f"{clip_model} (fp16), 3 frames 640x360 -> 224, "
                            f"head {aesthetic_head or 'random, LAION shape'}",
         "caption_model": "Qwen2-VL-7B (bf16), 8 frames 640x360, max_new_tokens=%d" % max_new_tokens,
-        "subject_models": "YOLO-World-L (fp16, 640) + CLIP ViT-B/32 text + SAM vit_h (fp32), 720p keyframe",
+        "subject_models": f"YOLO-World-L (fp16, 640) + CLIP ViT-B/32 text + SAM vit_h (fp32) + the aesthetic CLIP "
+                          f"on the crops, {cfg.subjects.track_frames} 720p frames per clip",
+        "subjects_track_frames": cfg.subjects.track_frames,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "stages": stages,
         "clips_per_s_per_gpu": per_gpu,

@@ -346,7 +346,8 @@ IDENTITY_SCHEMA = pa.schema(
 )
 
 
-def _read_record(storage: Storage, root: str, folder: str, name: str, schema: pa.Schema, job: str) -> pa.Table | None:
+def _read_record(storage: Storage, root: str, folder: str, name: str, schema: pa.Schema, what: str,
+                 job: str) -> pa.Table | None:
     import pyarrow.parquet as pq
 
     uri = storage.join(root, folder, name)
@@ -360,7 +361,7 @@ def _read_record(storage: Storage, root: str, folder: str, name: str, schema: pa
         if not table.schema.equals(schema):
             raise ValueError(f"columns {table.schema.names}, not those of the dataset contract")
     except (pa.ArrowException, ValueError) as e:
-        raise ValueError(f"{uri}: not a {job} record of this contract ({e}); run `python -m curation {job}` on the "
+        raise ValueError(f"{uri}: not a {what} record of this contract ({e}); run `python -m curation {job}` on the "
                          "dataset again") from None
     return table
 
@@ -368,13 +369,14 @@ def _read_record(storage: Storage, root: str, folder: str, name: str, schema: pa
 def read_dedup(storage: Storage, root: str) -> pa.Table | None:
     """The near-duplicate record of a dataset root, or None when the dedup job has not run on it; ValueError
     naming the file when it is not of ``DEDUP_SCHEMA``."""
-    return _read_record(storage, root, DEDUP_DIR, DEDUP_FILE, DEDUP_SCHEMA, "dedup")
+    return _read_record(storage, root, DEDUP_DIR, DEDUP_FILE, DEDUP_SCHEMA, "near-duplicate", "dedup")
 
 
 def read_identities(storage: Storage, root: str) -> pa.Table | None:
     """The subject identity record of a dataset root (``IDENTITY_SCHEMA``), or None when the identities job has not
     run on it; ValueError naming the file when it is not of this contract."""
-    return _read_record(storage, root, IDENTITY_DIR, IDENTITY_FILE, IDENTITY_SCHEMA, "identities")
+    return _read_record(storage, root, IDENTITY_DIR, IDENTITY_FILE, IDENTITY_SCHEMA, "subject identity",
+                        "identities")
 
 
 def removed_clips(storage: Storage, root: str) -> frozenset[str]:

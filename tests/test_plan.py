@@ -22,7 +22,8 @@ GPU_STAGES = {"mode": "gpu, real-size models, random weights", "device": "H100",
                          "aesthetic_batch_128": {"clips_per_s": 40.0}, "caption_batch_8": {"clips_per_s": 0.5},
                          "caption_batch_32": {"clips_per_s": 1.0}, "subjects": {"clips_per_s": 4.0}},
               # caption_vllm: the vLLM engine (jobs/gpu_cluster_curation.yaml's), here as fast as batches of 32
-              "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0, "caption_vllm": 1.0}}
+              "clips_per_s_per_gpu": {"aesthetic": 40.0, "caption": 1.0, "subjects": 4.0, "caption_vllm": 1.0},
+              "subjects_track_frames": 5}  # the frames per clip the subjects stage detected on (the default)
 CPU_STAGES = {"mode": "cpu, tiny models", "stages": {"caption_prep": {"clips_per_s": 2.0},
                                                      "aesthetic": {"clips_per_s": 9.0}, "caption": {"clips_per_s": 3.0},
                                                      "subjects": {"clips_per_s": 3.0}}}
@@ -60,8 +61,22 @@ def test_hand_computed_plan(tmp_path):
     assert (p.bottleneck_pool, p.bottleneck_stage) == ("gpu", "caption")
     assert p.video_hours == pytest.approx(720_000 * 5 / 3600)
     assert p.shard_bytes == pytest.approx(720_000 * 5e6)
-    # Row: 300 + 256 tokens x 4 + 6 subjects x (64 + 10 B x half of a 1280-wide clip).
-    assert p.manifest_bytes == pytest.approx(720_000 * (300 + 1024 + 6 * (64 + 6400)))
+    # Row: 300 + 256 tokens x 4 + 6 subjects x (64 + 10 B x half of a 1280-wide clip + 5 track points x 48 +
+    # 2 references x 48 + a 768-d float16 embedding in base64).
+    assert p.manifest_bytes == pytest.approx(720_000 * (300 + 1024 + 6 * (64 + 6400 + 240 + 96 + 2048)))
+
+
+def test_subject_cost_scales_with_the_frames_tracked(tmp_path):
+    cfg = job("subjects.track_frames=10")
+    p = make_plan(load_bench(bench_dir(tmp_path), cfg), cfg, 720_000, 10.0, Cluster())
+    line = next(s for s in p.stages if s.stage == "subjects")
+    assert line.seconds_per_clip == pytest.approx(0.5) and "x 5/10 frames per clip" in line.source
+    # A bench from before tracking measured one keyframe per clip: the default's five cost five times that.
+    old = {k: v for k, v in GPU_STAGES.items() if k != "subjects_track_frames"}
+    cfg = job()
+    p = make_plan(load_bench(bench_dir(tmp_path, model=old), cfg), cfg, 720_000, 10.0, Cluster())
+    assert next(s for s in p.stages if s.stage == "subjects").seconds_per_clip == pytest.approx(1.25)
+    assert any("without subject crops" in n for n in p.notes)
 
 
 @pytest.mark.parametrize("stage, benchmarked, seconds", [("caption", 32, 1.0), ("aesthetic", 128, 0.025)])

@@ -34,6 +34,10 @@ GPU_VLLM_CMD = "`python -m benchmarks.model_stages_bench --gpu --vllm` on a GPU 
 ROW_FIXED_BYTES = 300  # ids, uri, sha1, numbers, shard name
 BYTES_PER_TOKEN = 4  # English text averages about 4 characters per token
 SUBJECT_FIXED_BYTES = 64  # label, score, bbox, frame, area
+TRACK_POINT_BYTES = 48  # frame, bbox, area, border_cut, sharpness, occluded, score
+REFERENCE_BYTES = 48  # frame, member name, quality, in_window
+EMBEDDING_BYTES_PER_DIM = 2 * 4 / 3  # float16, base64
+EMBEDDING_DIM = 768  # CLIP ViT-L/14's projection
 RLE_BYTES_PER_COLUMN = 10  # a compact mask: 2 runs per column it spans, ~5 characters per run
 DEFAULT_SHORT_SIDE = 1080  # clip size when the job does not resize
 
@@ -198,6 +202,13 @@ def _model_rates(path: Path, job: JobConfig, bench: Bench) -> None:
                 src += " (best batch size)"
                 bench.notes.append(f"{name}.batch_size={batch} was not benchmarked: "
                                    "the best measured batch size's rate is used")
+        if name == "subjects":
+            # Detection and segmentation run on every frame looked at: the cost scales with track_frames (a
+            # bench file from before tracking measured one keyframe per clip).
+            measured_frames = data.get("subjects_track_frames", 1)
+            if measured_frames != job.subjects.track_frames:
+                rate *= measured_frames / job.subjects.track_frames
+                src += f" x {measured_frames}/{job.subjects.track_frames} frames per clip"
         bench.rates.append(StageRate(name, "gpu", 1 / rate, f"model_stages.json {src}, {device}"))
 
 
@@ -208,7 +219,10 @@ def manifest_row_bytes(job: JobConfig) -> float:
         row += job.caption.max_new_tokens * BYTES_PER_TOKEN
     if job.caption.enabled and job.subjects.enabled:
         width = (job.encode.max_short_side or DEFAULT_SHORT_SIDE) * 16 / 9  # landscape 16:9 clips
-        row += job.subjects.max_subjects * (SUBJECT_FIXED_BYTES + RLE_BYTES_PER_COLUMN * width / 2)
+        sub = job.subjects
+        row += sub.max_subjects * (SUBJECT_FIXED_BYTES + RLE_BYTES_PER_COLUMN * width / 2
+                                   + sub.track_frames * TRACK_POINT_BYTES + sub.references * REFERENCE_BYTES
+                                   + EMBEDDING_DIM * EMBEDDING_BYTES_PER_DIM)
     return row
 
 
@@ -246,7 +260,12 @@ def make_plan(bench: Bench, job: JobConfig, clips: int, target_hours: float, clu
     if shard is None:
         notes.append("shard size not measured: curation.json has no 'bytes_written' (the bench run's shard bytes), "
                      f"which benchmarks/curation_bench.py must record, then {CURATION_CMD}")
-    sources["manifest"] = "estimate, uncompressed upper bound: every caption at max_new_tokens, max_subjects masks"
+    sources["manifest"] = ("estimate, uncompressed upper bound: every caption at max_new_tokens, max_subjects masks, "
+                           "tracks, references and embeddings")
+    if job.caption.enabled and job.subjects.enabled:
+        notes.append(f"shard bytes are the CPU bench's, without subject crops: each kept subject adds its keyframe "
+                     f"crop and up to subjects.references={job.subjects.references} more (benchmarks/"
+                     "subject_refs_bench.py measures the bytes per clip)")
     return Plan(
         clips=clips, target_hours=target_hours, cluster=cluster, nodes=nodes, wall_hours=max(wall.values()),
         video_hours=clips * bench.video_seconds / bench.clips / 3600, stages=lines,

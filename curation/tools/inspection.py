@@ -106,9 +106,9 @@ GROUNDING_EXAMPLES = 3  # clip ids per label and status
 
 def grounding_stats(rows: list[dict]) -> dict:
     """Per caption label: how many clips named it, the share where it was grounded (a kept subject with a crop),
-    its other statuses (not_found, dropped:<why>) and a few clip ids of each."""
+    its other statuses (not_found, dropped:<why>) and the first few clip ids of each."""
     per: dict[str, dict] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["clip_id"]):
         for g in r.get("subject_grounding") or []:
             entry = per.setdefault(g["label"], {"named": 0, "status": Counter(), "examples": defaultdict(list)})
             entry["named"] += 1
