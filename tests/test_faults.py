@@ -84,6 +84,8 @@ def mp4_seconds(mp4: bytes) -> float:
     ("filters.min_motion=-1", "min_motion must be >= 0"), ("subjects.box_threshold=.nan", "subjects.box_threshold"),
     ("caption.num_gpus=-1", "caption.num_gpus"), ("scenes.trim.fade_ratio=nan", "scenes.trim.fade_ratio"),
     ("encode.crf=true", "encode.crf: expected int, got True"), ("encode.fps='fast'", "encode.fps"),
+    ("subjects.track_frames=0", "subjects.track_frames"), ("subjects.references=5", "subjects.references"),
+    ("subjects.max_border_cut=2", "subjects.max_border_cut"), ("identities.similarity=0", "identities.similarity"),
 ])
 def test_values_that_cannot_work_are_one_config_error_naming_the_field(tmp_path, setting, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -122,19 +122,29 @@ def test_clips_carry_captions_and_subject_crops(curated):
     assert rows and all(r["caption"] == _json.loads(FIXED_ANSWER)["caption"] for r in rows)
     assert sum(len(r["subjects"]) for r in rows) > 0
     by_key = {r["clip_id"]: r for r in rows}
-    crops = 0
+    crops = refs = 0
     for shard in sorted((Path(cfg.output) / C.SHARDS_DIR).glob("*.tar")):
         with tarfile.open(shard) as tar:
             for m in tar.getmembers():
                 key, member = m.name.split(".", 1)
-                if member.startswith("subject_"):
-                    k = int(member.removeprefix("subject_").removesuffix(".png"))
-                    assert k < len(by_key[key]["subjects"]) <= C.MAX_SUBJECTS
-                    image = Image.open(io.BytesIO(tar.extractfile(m).read()))
+                if not member.startswith("subject_"):
+                    continue
+                image = Image.open(io.BytesIO(tar.extractfile(m).read()))
+                k, _, ref = member.removeprefix("subject_").removesuffix(".png").partition("_ref")
+                k = int(k)
+                assert k < len(by_key[key]["subjects"]) <= C.MAX_SUBJECTS
+                if ref:  # a reference from another frame: its box is the track's at that frame
+                    r = by_key[key]["subject_tracks"][k]["references"][int(ref)]
+                    assert r["member"] == member
+                    x0, y0, x1, y1 = next(p["bbox"] for p in by_key[key]["subject_tracks"][k]["track"]
+                                          if p["frame"] == r["frame"])
+                    refs += 1
+                else:
                     x0, y0, x1, y1 = by_key[key]["subjects"][k]["bbox"]
-                    assert image.mode == "RGBA" and image.size == (round(x1 - x0), round(y1 - y0))
                     crops += 1
+                assert image.mode == "RGBA" and image.size == (round(x1 - x0), round(y1 - y0))
     assert crops == sum(len(r["subjects"]) for r in rows)
+    assert refs == sum(len(t["references"]) for r in rows for t in r["subject_tracks"]) > 0
 
 
 def test_every_clip_is_scored_for_burned_in_text_on_ray(curated):

@@ -107,9 +107,14 @@ def _on_gray(image_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return crop
 
 
+def _f32(x: float) -> float:
+    """As the manifest stores it (float32): a shard's JSON and the manifest then hold the same number."""
+    return float(np.float32(x))
+
+
 def _point(s: Sighting) -> dict:
-    return {"frame": s.frame, "bbox": [float(v) for v in s.box], "area": s.area, "border_cut": float(s.border_cut),
-            "sharpness": float(s.sharpness), "occluded": float(s.occluded), "score": float(s.score)}
+    return {"frame": s.frame, "bbox": [float(v) for v in s.box], "area": s.area, "border_cut": _f32(s.border_cut),
+            "sharpness": _f32(s.sharpness), "occluded": _f32(s.occluded), "score": _f32(s.score)}
 
 
 def clip_subjects(frames: dict[int, np.ndarray], labels: list[str], keyframe: int, window_end: int, detect: Detect,
@@ -147,7 +152,7 @@ def clip_subjects(frames: dict[int, np.ndarray], labels: list[str], keyframe: in
         out.subjects.append(to_record(c.primary.subject, c.primary.frame))
         out.tracks.append({
             "track": [_point(s) for s in c.track.sightings],
-            "references": [{"frame": s.frame, "member": reference_member(k, r), "quality": c.quality[s.frame],
+            "references": [{"frame": s.frame, "member": reference_member(k, r), "quality": _f32(c.quality[s.frame]),
                             "in_window": s.frame < window_end} for r, s in enumerate(c.references)],
             "embedding": None if mean is None else encode_embedding(mean),
         })

@@ -36,6 +36,8 @@ def features() -> list[dict]:
         {"name": C.JSON, **_feature(pa.struct(list(C.MANIFEST_SCHEMA)))},
         {"name": C.CAPTION, "dtype": "string"},
         *({"name": C.subject_member(k), "dtype": "image"} for k in range(C.MAX_SUBJECTS)),
+        *({"name": C.reference_member(k, r), "dtype": "image"}
+          for k in range(C.MAX_SUBJECTS) for r in range(C.MAX_REFERENCES)),
         {"name": "__key__", "dtype": "string"},
         {"name": "__url__", "dtype": "string"},
     ]
@@ -58,7 +60,8 @@ def card_text(stats: dict) -> str:
         (C.MP4, "the clip, H.264 (`video`: decoded with `torchcodec`; `cast_column(\"mp4\", Video(decode=False))` gives the bytes)"),
         (C.JSON, "the clip's manifest row: source, frame range, scores (`motion`, `blank_frac`, `luma`, `contrast`, `aesthetic`), subjects"),
         (C.CAPTION, "the caption (null when not captioned)"),
-        ("subject_0.png ... subject_5.png", "RGBA subject crops, background removed (`image`; null when the clip has fewer)"),
+        ("subject_0.png ... subject_5.png", "RGBA subject crops from the keyframe, background removed (`image`; null when the clip has fewer)"),
+        ("subject_k_ref0.png ... subject_k_ref3.png", "subject k's reference crops from other frames of the clip, best first, outside the frames trained on first (`image`; null when it has fewer)"),
     ])
     return f"""---
 {yaml.safe_dump(header, sort_keys=False)}---

@@ -273,18 +273,23 @@ def _check_identities(storage: Storage, output: str, rows: list[dict]) -> list[s
 
 
 def _check_offsets(storage: Storage, output: str, rows: list[dict], shards: set[str]) -> list[str]:
-    """Each crop's byte range (``member_offsets``) holds a PNG of that size in its shard."""
+    """Each crop's byte range (``member_offsets``) starts a PNG in its shard: one line per shard where some do not
+    (a member rewritten in place moves every one after it)."""
     problems = []
     by_shard = defaultdict(list)
     for r in rows:
         if r["shard"] in shards:
             by_shard[r["shard"]] += [(r["clip_id"], o) for o in r.get("member_offsets") or []]
     for shard, spans in sorted(by_shard.items()):
+        wrong = []
         with storage.open(storage.join(output, C.SHARDS_DIR, f"{shard}.tar")) as f:
             for clip_id, o in spans:
                 f.seek(o["offset"])
                 if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                    problems.append(f"{shard}.tar: {clip_id}.{o['member']} is not at byte {o['offset']}")
+                    wrong.append(f"{clip_id}.{o['member']} (byte {o['offset']})")
+        if wrong:
+            problems.append(f"{shard}.tar: {len(wrong)} crop(s) not at the byte ranges the manifest gives (range "
+                            f"reads of them fail), the first: {wrong[0]}")
     return problems
 
 
@@ -352,9 +357,18 @@ def show_clip(output: str, storage: Storage, clip_id: str, frames: int = 6, thum
         raise LookupError(f"clip {clip_id!r} has no mp4 in {row['shard']}.tar (run validate)")
     font = ImageFont.load_default(size=14)
     thumbs = [f.resize((max(1, round(f.width * thumb_h / f.height)), thumb_h)) for f in clip_frames(members[C.MP4], frames)]
-    crops = [(s, on_checkerboard(members[C.subject_member(k)], thumb_h))
-             for k, s in enumerate(row["subjects"]) if C.subject_member(k) in members]
-    text = [f"{k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in row.items() if k not in ("subjects", "caption")]
+    crops = []  # each subject's keyframe crop, then its references from other frames
+    tracks = row["subject_tracks"] or []
+    for k, s in enumerate(row["subjects"]):
+        if C.subject_member(k) in members:
+            crops.append((f"{s['label']} {s['score']:.2f}", on_checkerboard(members[C.subject_member(k)], thumb_h)))
+        for ref in tracks[k]["references"] if k < len(tracks) else []:
+            if ref["member"] in members:
+                crops.append((f"ref f{ref['frame']} q{ref['quality']:.2f}", on_checkerboard(members[ref["member"]], thumb_h)))
+    long = ("subjects", "caption", "subject_tracks", "subject_grounding", "member_offsets", "embedding")
+    text = [f"{k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in row.items() if k not in long]
+    text += textwrap.wrap("grounding: " + ", ".join(f"{g['label']} {g['status']}" for g in row["subject_grounding"]
+                                                    or []), 110) if row["subject_grounding"] else []
     text += textwrap.wrap(f"caption: {row['caption']}", 110) if row["caption"] else ["caption: none"]
     width = max(900, sum(t.width + 6 for t in thumbs), sum(max(c.width, 150) + 10 for _, c in crops))
     line = 18
@@ -368,8 +382,7 @@ def show_clip(output: str, storage: Storage, clip_id: str, frames: int = 6, thum
     y += thumb_h + 10
     if crops:
         x = 0
-        for s, c in crops:
-            label = f"{s['label']} {s['score']:.2f}"
+        for label, c in crops:
             sheet.paste(c, (x, y))
             draw.text((x, y + thumb_h + 2), label, fill="black", font=font)
             x += max(c.width, round(draw.textlength(label, font=font))) + 10
