@@ -8,8 +8,8 @@ connected components of those matches. Each subject then gets, as references fro
 other clips' subjects of its identity, most similar first: their best other-frame reference, or their keyframe crop,
 with the shard and byte range that hold it, so a trainer reads one crop without the rest of its shard.
 
-The driver holds one source's subjects at a time after reading the manifest's subject columns (about 2 bytes per
-embedding dimension per subject).
+The driver reads the manifest's subject columns (Arrow: about 2.7 KB per subject with a 768-d embedding, 4 GB at
+1.46 M clips of two subjects) and turns one source's clips at a time into Python objects.
 """
 
 from __future__ import annotations
@@ -124,13 +124,14 @@ def identities(job: IdentitiesJob) -> dict:
 
 def write_identities(output: str, storage: Storage, cfg: IdentitiesConfig, check_lease=lambda: None) -> dict:
     """Write the identity record of the dataset at ``output``; returns counts for the summary."""
-    manifest = C.read_manifest(storage, output, COLUMNS).to_pylist()
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    for row in manifest:
-        by_source[row["source_sha1"]].append(row)
+    manifest = C.read_manifest(storage, output, COLUMNS)
+    sha1 = np.asarray(manifest.column("source_sha1").to_pylist(), dtype=object)
+    ids = np.asarray(manifest.column("clip_id").to_pylist(), dtype=object)
+    order = np.lexsort((ids, sha1))  # by source, then clip id: the record does not depend on the manifest's order
+    bounds = np.flatnonzero(sha1[order][1:] != sha1[order][:-1]) + 1
     record = []
-    for sha1 in sorted(by_source):
-        record += source_record(sorted(by_source[sha1], key=lambda r: r["clip_id"]), cfg)
+    for group in np.split(order, bounds) if len(order) else []:
+        record += source_record(manifest.take(group).to_pylist(), cfg)
     table = pa.Table.from_pylist(record, schema=C.IDENTITY_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -139,7 +140,7 @@ def write_identities(output: str, storage: Storage, cfg: IdentitiesConfig, check
     sizes = defaultdict(int)
     for r in record:
         sizes[r["identity"]] += 1
-    return {"clips": len(manifest), "sources": len(by_source), "subjects": len(record),
+    return {"clips": manifest.num_rows, "sources": len(set(sha1)), "subjects": len(record),
             "identities": len(sizes), "across_clips": sum(1 for n in sizes.values() if n > 1),
             "subjects_with_other_clip_references": sum(1 for r in record if r["others"])}
 
