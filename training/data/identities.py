@@ -24,7 +24,7 @@ _SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a record names a shard of its r
 class OtherClips:
     """The records, each sorted by (clip id, subject) once and searched by bisection: Arrow buffers, which the
     loader workers share with the process that read them, where a dict of every subject would be copied into each.
-    Empty unless ``data.subject_references`` is other_clip (or ``media`` is false)."""
+    Empty unless ``data.subject_references`` is other_clip and the stream decodes subjects (``media``)."""
 
     def __init__(self, cfg: DataConfig, shards: list[str], media: bool = True):
         self.storage = Storage(cfg.storage)
@@ -40,8 +40,8 @@ class OtherClips:
                 raise JobError(str(e)) from None
             if table is None:
                 continue
-            table = table.filter(pc.is_valid(table["clip_id"]) & pc.is_valid(table["subject"])
-                                 & (pc.list_value_length(table["others"]) > 0))
+            table = table.filter(pc.field("clip_id").is_valid() & pc.field("subject").is_valid()
+                                 & (pc.list_value_length(pc.field("others")) > 0))
             if len(table):
                 table = table.sort_by([("clip_id", "ascending"), ("subject", "ascending")])
                 self.records.append((root, *(table[c].combine_chunks() for c in ("clip_id", "subject", "others"))))
@@ -55,7 +55,7 @@ class OtherClips:
 
             i = bisect.bisect_left(range(len(ids)), (clip_id, subject), key=at)
             if i < len(ids) and at(i) == (clip_id, subject):
-                return [(root, o) for o in others[i].as_py()]
+                return [(root, o) for o in others[i].as_py() if o is not None]
         return []
 
     def read(self, root: str, other: dict) -> bytes:
@@ -77,10 +77,10 @@ class OtherClips:
         return data
 
     def warn(self, root: str, other: dict, error: Exception) -> None:
-        """Say once per shard that a crop of it could not be used."""
+        """Say once per shard that a crop the record places in it could not be used."""
         shard = str(other["shard"])
         if shard not in self._warned:
             self._warned.add(shard)
-            log.warning("%s: a subject's crop from another clip (%s, subject %s) could not be used, its own "
-                        "references are used instead (counted as references_unreadable): %s: %s",
-                        root, other["clip_id"], other["subject"], type(error).__name__, error)
+            log.warning("%s: the identity record's crop %s of clip %s could not be used (counted as "
+                        "references_unreadable; the subject's own references stand in): %s: %s",
+                        root, other["member"], other["clip_id"], type(error).__name__, error)
