@@ -95,6 +95,16 @@ class Storage:
         with self.open(uri) as f:
             return f.read()
 
+    def read_range(self, uri: str, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset`` (fewer at the end of the object), in one request: an object store sends
+        that range only, not a read-ahead block."""
+        if is_local(uri):
+            with open(uri.removeprefix("file://"), "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        fs, path = self.fs(uri)
+        return self._retry(uri, lambda: fs.cat_file(path, start=offset, end=offset + size))
+
     def join(self, base: str, *parts: str) -> str:
         return "/".join([base.rstrip("/"), *parts])
 

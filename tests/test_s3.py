@@ -98,3 +98,15 @@ def test_storage_rides_out_a_brief_outage_and_names_the_object_after_a_long_one(
     with pytest.raises(OSError, match=r"s3://flaky/b.bin: storage error after 2 attempts"):
         Storage(StorageConfig(endpoint_url=endpoint), retries=1).write_atomic("s3://flaky/b.bin", b"y")
     assert time.time() - t < 30  # gives up in bounded time instead of hanging
+
+
+def test_a_range_read_takes_that_range_only(s3_server, tmp_path):
+    """What the trainer reads a subject crop of another clip's shard with: one request, those bytes."""
+    data = bytes(range(256)) * 4096  # 1 MB
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="ranges")
+    storage = Storage(StorageConfig(endpoint_url=s3_server))
+    storage.write_atomic("s3://ranges/shard.tar", data)
+    (tmp_path / "shard.tar").write_bytes(data)
+    for uri in ("s3://ranges/shard.tar", str(tmp_path / "shard.tar")):
+        assert storage.read_range(uri, 300_001, 777) == data[300_001:300_778]
+        assert storage.read_range(uri, len(data) - 10, 100) == data[-10:]  # short at the end: the caller checks

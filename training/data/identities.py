@@ -69,9 +69,7 @@ class OtherClips:
             raise ValueError(f"the identity record gives a crop of {size} bytes at byte {offset}: not within 1 byte "
                              f"and data.max_member_mb ({self.max_member} bytes)")
         url = self.storage.join(root, C.SHARDS_DIR, f"{shard}.tar")
-        with self.storage.open(url) as f:
-            f.seek(offset)
-            data = f.read(size)
+        data = self.storage.read_range(url, offset, size)
         if len(data) != size:
             raise ValueError(f"{url}: {len(data)} bytes at byte {offset}, the identity record says {size}")
         return data
