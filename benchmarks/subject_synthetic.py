@@ -2,10 +2,10 @@
 
 A clip is a textured background panning under a few labelled objects ("actors": an ellipse "dog" with stripes, a
 disc "ball" with dots, a box "car" with checks...), each on a scripted path of position and scale, drawn back to
-front, optionally blurred in some frames. Every object is drawn on a canvas wider than the frame, so its whole mask
-is known also where the frame cuts it or another object hides it: per frame and object the ground truth keeps the
-visible mask, the truncated share (of the whole object, outside the frame), the occluded share (of its in-frame
-part, under objects in front) and whether it is blurred.
+front, optionally blurred in some frames. Every object is drawn whole before it is pasted into the frame, so its
+whole mask is known also where the frame cuts it or another object hides it: per frame and object the ground truth
+keeps the visible mask, the truncated share (of the whole object, outside the frame), the occluded share (of its
+in-frame part, under objects in front) and whether it is blurred.
 
 ``Oracle`` answers the subjects stage's ``detect`` and ``segment`` from that ground truth (a box at score 0.9 per
 visible object of a requested label; the visible mask of the object whose box it is), recognising the frame by the
@@ -18,6 +18,7 @@ real CLIP does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import cv2
@@ -30,7 +31,6 @@ from curation.models.references import ClipSubjects, clip_subjects, track_frames
 from curation.models.subjects import Detection
 
 W, H = 320, 180
-PAD = 240  # canvas margin around the frame: an object drawn partly or wholly outside keeps its whole mask
 SCORE = 0.9
 
 
@@ -86,8 +86,8 @@ class Clip:
     fps: float
     actors: tuple[Actor, ...]
     labels: list[str]  # what the caption names: an actor whose label is not here is never detected
-    frames: list[np.ndarray] = field(default_factory=list)  # RGB
-    truth: dict[str, list[Truth]] = field(default_factory=dict)  # actor name -> per frame
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)  # RGB
+    truth: dict[str, list[Truth]] = field(default_factory=dict, repr=False)  # actor name -> per frame
 
     @property
     def window_end(self) -> int:
@@ -101,19 +101,38 @@ class Clip:
         """The frames the subjects stage looks at with ``subjects.track_frames=count`` (the arrays themselves)."""
         return {i: self.frames[i] for i in track_frames(len(self.frames), self.keyframe, count)}
 
-    def actor_at(self, label: str, frame: int, box) -> str | None:
-        """The actor of ``label`` whose visible box overlaps ``box`` most in ``frame`` (IoU > 0.5), else None."""
-        best, name = 0.5, None
+    def object_of(self, subject: dict) -> str | None:
+        """The actor a subject record (``contract.SUBJECT``) shows: the one under most of its mask, if over half."""
+        mask = rle_mask(subject["mask_rle"])
+        best, name = 0.5 * mask.sum(), None
+        for a in self.actors:
+            on = np.count_nonzero(mask & self.truth[a.name][subject["frame"]].visible)
+            if on > best:
+                best, name = on, a.name
+        return name
+
+    def object_at(self, label: str, frame: int, box) -> str | None:
+        """The actor of ``label`` whose visible box overlaps ``box`` (a track point's) most in ``frame``, if the
+        IoU is over 0.3 (the cleaned mask of a heavily occluded object can lose pieces)."""
+        best, name = 0.3, None
         for a in self.actors:
             t = self.truth[a.name][frame]
             if a.look.label == label and t.area:
-                overlap = _box_iou(bbox(t.visible), box)
+                overlap = box_iou(bbox(t.visible), box)
                 if overlap > best:
                     best, name = overlap, a.name
         return name
 
 
-def _box_iou(a, b) -> float:
+def rle_mask(rle: str) -> np.ndarray:
+    """The mask of a manifest RLE (``curation.models.masks.rle_encode``: column-major runs, zeros first)."""
+    data = json.loads(rle)
+    h, w = data["size"]
+    runs = np.asarray(data["counts"], dtype=np.int64)
+    return np.repeat(np.arange(len(runs)) % 2 == 1, runs).reshape((h, w), order="F")
+
+
+def box_iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
@@ -156,6 +175,20 @@ def background(rng: np.random.Generator, frames: int, pan: float) -> np.ndarray:
     return np.clip(base + 28 * smooth + wave, 0, 255).astype(np.uint8)
 
 
+def place(rgb: np.ndarray, alpha: np.ndarray, cx: float, cy: float, s: float
+          ) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """The sprite scaled by ``s`` and centred at (cx, cy): the frame position (x, y) of its top-left pixel, its colour
+    and its whole mask (also the part outside the frame)."""
+    h, w = alpha.shape
+    x, y = int(np.floor(cx - s * w / 2)), int(np.floor(cy - s * h / 2))
+    m = np.float32([[s, 0, cx - s * w / 2 - x], [0, s, cy - s * h / 2 - y]])
+    size = (int(np.ceil(s * w)) + 2, int(np.ceil(s * h)) + 2)
+    mask = cv2.warpAffine(alpha, m, size, flags=cv2.INTER_LINEAR) > 0.5
+    # Nearest: a sub-pixel shift would otherwise soften the texture by a varying amount, a blur the truth misses.
+    colour = cv2.warpAffine(rgb, m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    return x, y, colour, mask
+
+
 def render(clip: Clip, num_frames: int, seed: int, pan: float = 1.5, gain: float = 1.0) -> Clip:
     """Draws ``clip``'s frames and ground truth (in place; returns it). ``gain`` scales every pixel: the exposure of
     this clip."""
@@ -169,26 +202,24 @@ def render(clip: Clip, num_frames: int, seed: int, pan: float = 1.5, gain: float
         frame = bg[:, x0 : x0 + W].copy()
         whole, inside = {}, {}
         for a in order:
-            rgb, alpha = sprites[a.name]
-            cx, cy, s = a.at(t)
-            m = np.float32([[s, 0, cx + PAD - s * rgb.shape[1] / 2], [0, s, cy + PAD - s * rgb.shape[0] / 2]])
-            size = (W + 2 * PAD, H + 2 * PAD)
-            mask = cv2.warpAffine(alpha, m, size, flags=cv2.INTER_LINEAR) > 0.5
-            if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
-                raise ValueError(f"{clip.name}: {a.name} leaves the canvas at frame {t}: its truth would be wrong")
-            colour = cv2.warpAffine(rgb, m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+            x, y, colour, mask = place(*sprites[a.name], *a.at(t))
             whole[a.name] = int(mask.sum())
-            inside[a.name] = mask[PAD : PAD + H, PAD : PAD + W]
-            frame[inside[a.name]] = colour[PAD : PAD + H, PAD : PAD + W][inside[a.name]]
+            inside[a.name] = np.zeros((H, W), bool)
+            fx0, fy0, fx1, fy1 = max(x, 0), max(y, 0), min(x + mask.shape[1], W), min(y + mask.shape[0], H)
+            if fx0 < fx1 and fy0 < fy1:
+                part = mask[fy0 - y : fy1 - y, fx0 - x : fx1 - x]
+                inside[a.name][fy0:fy1, fx0:fx1] = part
+                frame[fy0:fy1, fx0:fx1][part] = colour[fy0 - y : fy1 - y, fx0 - x : fx1 - x][part]
         cover = np.zeros((H, W), bool)
         visible = {}
         for a in reversed(order):
             visible[a.name] = inside[a.name] & ~cover
             cover |= inside[a.name]
-        blurred = cv2.GaussianBlur(frame, (0, 0), 3.0)
-        for a in clip.actors:
-            if t in a.blur:
-                frame[visible[a.name]] = blurred[visible[a.name]]
+        if any(t in a.blur for a in clip.actors):
+            blurred = cv2.GaussianBlur(frame, (0, 0), 3.0)
+            for a in clip.actors:
+                if t in a.blur:
+                    frame[visible[a.name]] = blurred[visible[a.name]]
         frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         clip.frames.append(frame)
         for a in clip.actors:
@@ -282,72 +313,72 @@ def manifest_row(clip_id: str, found: ClipSubjects, shard: str = "part-000000") 
 DOG = Look("dog", "ellipse", (90, 56), (150, 90, 40), (60, 35, 20), "stripes")
 BALL = Look("ball", "disc", (44, 44), (210, 40, 40), (250, 230, 60), "dots", period=11)
 CAR = Look("car", "box", (120, 70), (40, 80, 200), (230, 230, 240), "checks", period=14)
-POLE = Look("pole", "box", (26, 200), (90, 90, 60), (50, 50, 40), "stripes", period=10)  # never a caption label
+POLE = Look("pole", "box", (26, 200), (90, 90, 60), (50, 50, 40), "stripes", period=10)
+N = 60  # frames of the scripted clips: at 8 fps the training window is frames 0-48, the keyframe 24
 
 
-def walk_clip(fps: float = 8, num_frames: int = 60) -> Clip:
-    """A dog crossing the frame left to right while shrinking to half its size; a ball bouncing in place."""
-    dog = Actor("dog", DOG, ((0, 70, 90, 1.3), (num_frames - 1, 250, 80, 0.65)))
-    ball = Actor("ball", BALL, ((0, 260, 130, 1.0), (num_frames // 2, 250, 110, 1.0), (num_frames - 1, 80, 130, 1.0)))
-    return render(Clip("walk", fps, (dog, ball), ["dog", "ball"]), num_frames, seed=1)
+def walk_clip() -> Clip:
+    """A dog crossing the frame left to right while shrinking to half its size; a ball rolling the other way."""
+    dog = Actor("dog", DOG, ((0, 70, 90, 1.3), (N - 1, 250, 80, 0.65)))
+    ball = Actor("ball", BALL, ((0, 260, 130, 1.0), (N // 2, 250, 110, 1.0), (N - 1, 80, 130, 1.0)))
+    return render(Clip("walk", 8.0, (dog, ball), ["dog", "ball"]), N, seed=1)
 
 
-def exit_clip(fps: float = 8, num_frames: int = 60) -> Clip:
+def exit_clip() -> Clip:
     """A dog standing still for 30 frames, then walking out of the right edge (wholly out by frame 52); a ball."""
-    dog = Actor("dog", DOG, ((0, 160, 90, 1.0), (30, 160, 90, 1.0), (52, 378, 90, 1.0), (num_frames - 1, 440, 90, 1.0)))
-    ball = Actor("ball", BALL, ((0, 50, 140, 1.0), (num_frames - 1, 60, 140, 1.0)))
-    return render(Clip("exit", fps, (dog, ball), ["dog", "ball"]), num_frames, seed=2)
+    dog = Actor("dog", DOG, ((0, 160, 90, 1.0), (30, 160, 90, 1.0), (52, 378, 90, 1.0), (N - 1, 440, 90, 1.0)))
+    ball = Actor("ball", BALL, ((0, 50, 140, 1.0), (N - 1, 60, 140, 1.0)))
+    return render(Clip("exit", 8.0, (dog, ball), ["dog", "ball"]), N, seed=2)
 
 
-def occlusion_clip(fps: float = 8, num_frames: int = 60, blur: range = range(0)) -> Clip:
-    """A dog standing still; a car (labelled: a subject too) crossing in front of it, wholly covering it around
-    frame 22; the dog blurred in the frames ``blur``."""
-    dog = Actor("dog", DOG, ((0, 160, 95, 1.0), (num_frames - 1, 165, 95, 1.0)), blur=frozenset(blur))
-    car = Actor("car", CAR, ((0, -100, 95, 1.0), (22, 160, 95, 1.0), (44, 420, 95, 1.0), (num_frames - 1, 470, 95, 1.0)),
-                z=1)
-    return render(Clip("occlusion", fps, (dog, car), ["dog", "car"]), num_frames, seed=3)
+def occlusion_clip(occluder: Look = CAR) -> Clip:
+    """A dog standing still; ``occluder`` (labelled: a subject too) crossing in front of it from beyond the left
+    edge to beyond the right one, over the dog's centre at frame 22 (the car then hides it wholly, the pole a strip
+    through its middle)."""
+    dog = Actor("dog", DOG, ((0, 160, 95, 1.0), (N - 1, 165, 95, 1.0)))
+    over = Actor(occluder.label, occluder, ((0, -100, 95, 1.0), (22, 160, 95, 1.0), (44, 420, 95, 1.0)), z=1)
+    return render(Clip(f"occlusion_{occluder.label}", 8.0, (dog, over), ["dog", occluder.label]), N, seed=3)
 
 
-def refs_clip(fps: float = 8, num_frames: int = 60) -> Clip:
-    """A dog standing still, clean in every frame up to 50 (the window ends at 49 for 60 frames at 8-24 fps); a
-    car (labelled) sliding in from the right to hide its right side around frame 52 (about 60 %), then the dog
-    walking out of the right edge (about 70 % out at frame 57)."""
-    dog = Actor("dog", DOG, ((0, 150, 95, 1.0), (54, 150, 95, 1.0), (57, 330, 95, 1.0), (num_frames - 1, 330, 95, 1.0)))
-    car = Actor("car", CAR, ((0, 470, 95, 1.0), (49, 470, 95, 1.0), (52, 205, 95, 1.0), (55, 470, 95, 1.0),
-                             (num_frames - 1, 470, 95, 1.0)), z=1)
-    return render(Clip("refs", fps, (dog, car), ["dog", "car"]), num_frames, seed=4)
+def refs_clip() -> Clip:
+    """A dog standing still, clean in every frame up to 51 and at 55; a car (labelled) sliding in from the right
+    to hide its right side around frame 52 (about 60 %), then the dog walking out of the right edge (about 65 % out
+    at frame 57)."""
+    dog = Actor("dog", DOG, ((0, 200, 95, 1.0), (54, 200, 95, 1.0), (57, 330, 95, 1.0), (N - 1, 330, 95, 1.0)))
+    car = Actor("car", CAR, ((0, 470, 95, 1.0), (49, 470, 95, 1.0), (52, 255, 95, 1.0), (55, 470, 95, 1.0)), z=1)
+    return render(Clip("refs", 8.0, (dog, car), ["dog", "car"]), N, seed=4)
 
 
 OTHER_DOG = Look("dog", "ellipse", (84, 60), (70, 110, 170), (230, 230, 230), "dots", period=10)
 
 
 def identity_clips() -> list[Clip]:
-    """Three clips of one source: the dog and the ball in each, at other places and sizes, with another exposure;
-    another dog (same label, another look) in the first and the last."""
-    paths = [((0, 80, 80, 1.0), (59, 120, 90, 1.0)), ((0, 250, 70, 0.7), (59, 200, 80, 0.75)),
-             ((0, 160, 110, 1.3), (59, 150, 100, 1.2))]
+    """Three clips of one source, each with another exposure: the ball in each (other places and sizes), the dog in
+    the first two, another dog (same label, another look) in the first and the last. Between the last two clips the
+    assignment pairs the two dogs: only the similarity threshold keeps them apart."""
+    scripts = [(1.0, {"dog": ((0, 80, 80, 1.0), (N - 1, 120, 90, 1.0)),
+                      "other_dog": ((0, 250, 60, 1.0), (N - 1, 260, 70, 1.0))}),
+               (0.9, {"dog": ((0, 250, 70, 0.7), (N - 1, 200, 80, 0.75))}),
+               (1.1, {"other_dog": ((0, 100, 60, 1.2), (N - 1, 110, 70, 1.1))})]
+    looks = {"dog": DOG, "other_dog": OTHER_DOG}
     out = []
-    for c, (dog_path, gain) in enumerate(zip(paths, (1.0, 0.9, 1.1))):
-        actors = [Actor("dog", DOG, dog_path), Actor("ball", BALL, ((0, 40 + 100 * c, 140, 0.8 + 0.2 * c),
-                                                                   (59, 60 + 100 * c, 135, 0.8 + 0.2 * c)))]
-        if c != 1:
-            actors.append(Actor("other_dog", OTHER_DOG, ((0, 250 - 150 * (c // 2), 60, 1.0),
-                                                         (59, 260 - 150 * (c // 2), 70, 1.0))))
-        out.append(render(Clip(f"id{c}", 8.0, tuple(actors), ["dog", "ball"]), 60, seed=20 + c, gain=gain))
+    for c, (gain, dogs) in enumerate(scripts):
+        ball = Actor("ball", BALL, ((0, 40 + 100 * c, 140, 0.8 + 0.2 * c), (N - 1, 60 + 100 * c, 135, 0.8 + 0.2 * c)))
+        actors = (ball, *(Actor(name, looks[name], path, z=1) for name, path in dogs.items()))
+        out.append(render(Clip(f"id{c}", 8.0, actors, ["dog", "ball"]), N, seed=20 + c, gain=gain))
     return out
 
 
 # -- random clips for the benchmark ---------------------------------------------------------------------------------
-def _colour(rng: np.random.Generator, hue: float | None = None) -> tuple[int, int, int]:
-    h = rng.uniform(0, 180) if hue is None else hue % 180
-    hsv = np.uint8([[[h, rng.uniform(120, 255), rng.uniform(110, 240)]]])
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour: never the mid-gray that ``clip_subjects`` fills around a crop."""
+    hsv = np.uint8([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(110, 240)]]])
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
 def random_look(rng: np.random.Generator, label: str, shape: str, size: tuple[int, int]) -> Look:
-    body = _colour(rng)
-    mark = _colour(rng)
-    return Look(label, shape, size, body, mark, str(rng.choice(["stripes", "dots", "checks"])), int(rng.integers(9, 16)))
+    pattern = str(rng.choice(["stripes", "dots", "checks"]))
+    return Look(label, shape, size, _colour(rng), _colour(rng), pattern, int(rng.integers(9, 16)))
 
 
 def random_clip(seed: int) -> Clip:
@@ -379,39 +410,41 @@ def random_clip(seed: int) -> Clip:
                  ((0, *rng.uniform([30, 40], [290, 150]), 1.0), (n - 1, *rng.uniform([30, 40], [290, 150]), 1.0)))
     actors, labels = [dog, ball], ["dog", "ball"]
     crossing = rng.choice(["none", "car", "pole"], p=[0.4, 0.4, 0.2])
-    if crossing != "none":  # crosses the dog's position at frame tm, from one side to the other in ~30 frames
+    if crossing != "none":  # from beyond one edge to beyond the other, over the dog's place at frame tm
         tm = int(rng.integers(10, n - 10))
         cx, cy, _ = dog.at(tm)
-        cx = min(max(cx, 0), W)  # the dog may be outside by then: the crossing stays on the canvas
-        look = random_look(rng, "car", "box", (120, 70)) if crossing == "car" else POLE
+        cx, speed = min(max(cx, 0), W), rng.uniform(6, 12)
+        size = (120, 70) if rng.random() < 0.5 else (150, 50)  # 3:1: the border cuts its short side
+        look = random_look(rng, "car", "box", size) if crossing == "car" else POLE
         y = cy if crossing == "car" else H / 2
-        actors.append(Actor(str(crossing), look, ((tm - 15, cx - 160, y, 1.0), (tm + 15, cx + 160, y, 1.0)), z=2))
+        path = ((tm - (cx + 90) / speed, -90, y, 1.0), (tm, cx, y, 1.0), (tm + (W + 90 - cx) / speed, W + 90, y, 1.0))
+        actors.append(Actor(str(crossing), look, path, z=2))
         labels += ["car"] if crossing == "car" else []
     return render(Clip(f"random_{seed}", fps, tuple(actors), labels), n, seed=seed, pan=float(rng.uniform(-2, 2)))
 
 
 def source_clips(seed: int, clips: int = 4) -> list[Clip]:
     """The clips of one source: a dog and a ball that recur in every clip (other paths, scales, exposure) and a
-    distractor dog (same label, another look: half the time the same colours with another pattern, else another
-    colour) in about half of them."""
+    distractor dog (same label, another look: half the time the same body colour with other marks, else all
+    random) in about half of them."""
     rng = np.random.default_rng(10_000 + seed)
     dog = random_look(rng, "dog", "ellipse", (90, 56))
     ball = random_look(rng, "ball", "disc", (44, 44))
     if rng.random() < 0.5:
-        other = "dots" if dog.pattern != "dots" else "stripes"
-        distractor = Look("dog", "ellipse", (84, 60), dog.body, dog.mark, other, dog.period)
+        other = "stripes" if dog.pattern != "stripes" else "dots"
+        distractor = Look("dog", "ellipse", (84, 60), dog.body, _colour(rng), other, dog.period)
     else:
         distractor = random_look(rng, "dog", "ellipse", (84, 60))
     out = []
     for c in range(clips):
-        n = 60
         actors = []
         for name, look in (("dog", dog), ("ball", ball), ("other_dog", distractor)):
             if name == "other_dog" and rng.random() < 0.5:
                 continue
             (xa, xb), (ya, yb), s = rng.uniform(50, 270, 2), rng.uniform(50, 130, 2), rng.uniform(0.7, 1.3)
-            actors.append(Actor(name, look, ((0, xa, ya, s), (n - 1, xb, yb, s * rng.uniform(0.8, 1.25))),
+            actors.append(Actor(name, look, ((0, xa, ya, s), (N - 1, xb, yb, s * rng.uniform(0.8, 1.25))),
                                 z=len(actors)))
         clip = Clip(f"source{seed}_clip{c}", 8.0, tuple(actors), ["dog", "ball"])
-        out.append(render(clip, n, seed=100 * seed + c, pan=float(rng.uniform(-2, 2)), gain=float(rng.uniform(0.85, 1.15))))
+        pan, gain = rng.uniform(-2, 2), rng.uniform(0.85, 1.15)
+        out.append(render(clip, N, seed=100 * seed + c, pan=float(pan), gain=float(gain)))
     return out

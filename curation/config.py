@@ -418,9 +418,11 @@ class SubjectsConfig:
     max_shift: float = 0.35  # association: a subject's box centre moves at most this share of the frame diagonal
     references: int = 2  # reference crops kept per subject (besides the keyframe's crop), 0..4
     min_reference_quality: float = 0.25  # 0..1 (curation.models.references): below it a frame gives no reference
-    # A frame where more of the subject's outline lies on the border gives none: 0.5 keeps a medium shot's person,
-    # cut by the bottom edge in every frame, and refuses one mostly out of frame.
-    max_border_cut: float = 0.5
+    # A frame where more of the subject's outline lies on the frame border gives none. One edge cutting a convex
+    # shape leaves at most about half its outline on the border (0.3 at two thirds out, 0.45 nearly all out): 0.4
+    # keeps a medium shot's person, cut by the bottom edge in every frame, and refuses one nearly out of the
+    # picture; quality (size against the subject's largest sighting) ranks the rest.
+    max_border_cut: float = 0.4
     # Image embeddings of the reference crops, compared across clips: a CLIP vision tower with projection (a hub id,
     # local cache only, or a folder); empty: aesthetic.clip_model.
     identity_model: str = ""

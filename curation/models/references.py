@@ -25,6 +25,8 @@ from curation.models.subjects import Detect, Segment, frame_subjects, to_record
 from curation.models.tracking import Sighting, Track, associate, sight
 from curation.video.frames import sample_indices
 
+OUTSIDE_SHARE = 0.8  # of the best usable quality, at which a frame outside the training window is preferred
+
 
 @dataclass
 class Chosen:
@@ -68,8 +70,10 @@ def choose(tracks: list[Track], keyframe: int, window_end: int, cfg: SubjectsCon
         if not any(usable(s) for s in t.sightings):
             dropped.setdefault(t.label, "no_reference")
             continue
+        best = max(q[s.frame] for s in t.sightings if usable(s))
         others = sorted((s for s in t.sightings if s is not primary and usable(s)),
-                        key=lambda s: (s.frame < window_end, -q[s.frame], s.frame))
+                        key=lambda s: (not (s.frame >= window_end and q[s.frame] >= OUTSIDE_SHARE * best),
+                                       -q[s.frame], s.frame))
         kept.append(Chosen(t, primary, others[:cfg.references], q))
     kept.sort(key=lambda c: (-c.primary.score * c.primary.area, c.primary.frame))
     for c in kept[cfg.max_subjects:]:

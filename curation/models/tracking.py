@@ -73,17 +73,29 @@ def sharpness(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(values.var()) if values.size else 0.0
 
 
+def occlusion(mask: np.ndarray, others: np.ndarray) -> float:
+    """How much of a subject other subjects hide: the larger of the share of its box their masks cover (one in
+    front, across it) and the share of its outline that touches them (one in front, beside its visible part,
+    which lies outside its box)."""
+    x0, y0, x1, y1 = bbox(mask)
+    inside = float((others[y0:y1, x0:x1] & ~mask[y0:y1, x0:x1]).mean())
+    m = mask.astype(np.uint8)
+    outline = m.astype(bool) & ~cv2.erode(m, np.ones((3, 3), np.uint8)).astype(bool)
+    near = cv2.dilate(others.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    touching = np.count_nonzero(outline & near) / max(1, np.count_nonzero(outline))
+    return max(inside, touching)
+
+
 def sight(frame: int, image_rgb: np.ndarray, subjects: list[Subject]) -> list[Sighting]:
     """The sightings of one frame's subjects, each with its occlusion by the others' masks."""
     gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
     out = [Sighting(frame, s, bbox(s.mask), border_cut(s.mask), sharpness(gray, s.mask)) for s in subjects]
     for i, a in enumerate(out):
-        x0, y0, x1, y1 = a.box
-        others = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        others = np.zeros_like(a.subject.mask)
         for j, b in enumerate(out):
             if j != i:
-                others |= b.subject.mask[y0:y1, x0:x1] & ~a.subject.mask[y0:y1, x0:x1]
-        a.occluded = float(others.mean()) if others.size else 0.0
+                others |= b.subject.mask
+        a.occluded = occlusion(a.subject.mask, others) if len(out) > 1 else 0.0
     return out
 
 
