@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.curation_bench
 	$(BIN)/python -m benchmarks.clean_clips
 	$(BIN)/python -m benchmarks.dedup_bench
+	$(BIN)/python -m benchmarks.subject_refs_bench
 	$(BIN)/python -m benchmarks.text_bench
 	$(BIN)/python -m benchmarks.caption_engines
 	$(BIN)/python -m benchmarks.loader_bench
