@@ -33,6 +33,34 @@ def reference_frames(clip, frames):
 
 
 # -- (i) tracking ---------------------------------------------------------------------------------------------------
+def test_colour_follows_a_far_move_and_keeps_crossing_subjects_of_one_label_apart():
+    from curation.models.subjects import Subject
+    from curation.models.tracking import associate, sight
+
+    h, w = 180, 320
+    red, blue = (200, 30, 30), (30, 30, 200)
+
+    def frame(i, squares):  # (colour, x) per square: a 40 px "dog" at that x
+        image = np.full((h, w, 3), 90, np.uint8)
+        subjects = []
+        for colour, x in squares:
+            mask = np.zeros((h, w), bool)
+            mask[70:110, x:x + 40] = True
+            image[mask] = colour
+            subjects.append(Subject("dog", 0.9, mask))
+        return sight(i, image, subjects)
+
+    # the red dog jumps 200 px (0.55 of the diagonal, beyond max_shift) between the frames looked at: one track
+    tracks = associate([frame(0, [(red, 10)]), frame(20, [(red, 210)])], h, w, CFG.max_shift)
+    assert [[s.frame for s in t.sightings] for t in tracks] == [[0, 20]]
+    # a blue dog far away is another subject
+    tracks = associate([frame(0, [(red, 10)]), frame(20, [(blue, 210)])], h, w, CFG.max_shift)
+    assert len(tracks) == 2
+    # two dogs crossing: by position alone each would take the other's track
+    tracks = associate([frame(0, [(red, 120), (blue, 160)]), frame(20, [(red, 170), (blue, 110)])], h, w, CFG.max_shift)
+    assert sorted(tuple(s.box[0] for s in t.sightings) for t in tracks) == [(120, 170), (160, 110)]
+
+
 def test_an_object_moving_and_shrinking_is_one_track_with_a_sighting_per_frame():
     clip = S.walk_clip()
     found = S.find(clip, CFG, every_frame(clip))
