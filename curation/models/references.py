@@ -3,9 +3,12 @@ gives each (inside the training window: ``same_clip``), and the reference crops 
 by quality, preferring frames outside the window the trainer takes (``other_frames``).
 
 A sighting's quality (0..1) is the product of the square roots of its size and sharpness relative to the subject's
-best sighting, and the shares of its outline not cut by the border and of its box not covered by other subjects
-(the detector's score has passed ``box_threshold`` already, and scores are not comparable across labels). A sighting below ``min_reference_quality``, or cut by the border beyond
-``max_border_cut``, is not usable; a subject with no usable sighting is dropped (``no_reference``).
+best sighting, and the shares of its outline not cut by the border and not hidden by other subjects (the detector's
+score has passed ``box_threshold`` already, and scores are not comparable across labels). A sighting below
+``min_reference_quality``, or cut by the border beyond ``max_border_cut``, is not usable; a subject with no usable
+sighting is dropped (``no_reference``). A usable frame outside the window goes first only when it is nearly as good
+as the subject's best (``OUTSIDE_SHARE``): a frame half out of the picture is no better a reference for lying
+outside the frames generated.
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ def clip_subjects(frames: dict[int, np.ndarray], labels: list[str], keyframe: in
         out.pngs.append(crops[0])
         refs += crops[1:]
     out.pngs += refs
-    kept = {c.track.label: k for k, (c, _, _) in enumerate(made)}
+    kept: dict[str, int] = {}
+    for k, (c, _, _) in enumerate(made):
+        kept.setdefault(c.track.label, k)  # a label's first (best) subject
     out.labels = [{"label": label, "status": "grounded" if label in kept else
                    (f"dropped:{why[label]}" if label in why else "not_found"), "subject": kept.get(label)}
                   for label in dict.fromkeys(labels)]
