@@ -167,54 +167,44 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dedup(args: argparse.Namespace) -> int:
+def _post_pass(name: str, load, run, show, storage_hint: str, args: argparse.Namespace) -> int:
+    """A job over a committed dataset (dedup, identities): its job file and overrides, then one readable line per
+    failure with the exit code the curation run uses for it."""
     from common.lease import LeaseHeld
 
+    try:
+        job = load(args.job, args.output, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        print(show(run(job)))
+    except LeaseHeld as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 4
+    except ValueError as e:  # no clip, a manifest part of another schema, an embedding of another model
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"storage error: {e} ({storage_hint})", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
     from curation.config import load_dedup_job
     from curation.dedup.job import dedup, format_result
 
-    try:
-        job = load_dedup_job(args.job, args.output, args.overrides)
-    except (ConfigError, OSError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:
-        print(format_result(dedup(job)))
-    except LeaseHeld as e:
-        print(f"refused: {e}", file=sys.stderr)
-        return 4
-    except ValueError as e:  # no clip, or a manifest part of another schema
-        print(f"dedup: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"storage error: {e} (the tasks done so far are kept: run the same command again)", file=sys.stderr)
-        return 3
-    return 0
+    return _post_pass("dedup", load_dedup_job, dedup, format_result,
+                      "the tasks done so far are kept: run the same command again", args)
 
 
 def _identities(args: argparse.Namespace) -> int:
-    from common.lease import LeaseHeld
-
     from curation.config import load_identities_job
     from curation.identities import format_result, identities
 
-    try:
-        job = load_identities_job(args.job, args.output, args.overrides)
-    except (ConfigError, OSError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:
-        print(format_result(identities(job)))
-    except LeaseHeld as e:
-        print(f"refused: {e}", file=sys.stderr)
-        return 4
-    except ValueError as e:  # a manifest part of another schema, an embedding of another model
-        print(f"identities: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"storage error: {e} (nothing was written: run the same command again)", file=sys.stderr)
-        return 3
-    return 0
+    return _post_pass("identities", load_identities_job, identities, format_result,
+                      "nothing was written: run the same command again", args)
 
 
 def _plan(args: argparse.Namespace) -> int:
