@@ -35,11 +35,21 @@ def test_generate_writes_mp4_and_contact_sheet_deterministically(tmp_path):
     main(args + ["--seed", "3", "--out", str(tmp_path / "b.mp4")])
     main(args + ["--seed", "4", "--out", str(tmp_path / "c.mp4")])
 
-    a, b, c = (_frames(tmp_path / f"{n}.mp4") for n in "abc")
-    assert a.shape == (9, 32, 32, 3)
-    # The sampled frames are deterministic (the sheet below is byte-equal); H.264 encoding of them now and then
-    # differs by a few levels in a few pixels between runs in one process, so the decoded mp4s are compared loosely.
-    assert np.abs(a.astype(np.int16) - b).mean() < 1 and np.abs(a.astype(np.int16) - c).mean() > 1
+    # Sampling is deterministic: the contact sheets, written from the sampled frames, are byte-equal per seed.
+    sheets = {n: (tmp_path / f"{n}.png").read_bytes() for n in "abc"}
+    assert sheets["a"] == sheets["b"] and sheets["a"] != sheets["c"]
     sheet = Image.open(tmp_path / "a.png")
     assert sheet.format == "PNG" and sheet.size == (32 * 5, 32 * 2)  # 2 subjects left, 4 frames right
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+    # The mp4 holds the sampled video. H.264 at its default quality is lossy on these noise-like 32x32 frames (mean
+    # error about 17 levels) and its bytes have varied between runs in one process, so the frames are compared to
+    # the sheets' tiles relatively: far nearer their own seed's than the other seed's (about 49 levels away).
+    a = _frames(tmp_path / "a.mp4").astype(np.int16)
+    assert a.shape == (9, 32, 32, 3)
+    picks = np.linspace(0, len(a) - 1, 4).round().astype(int)
+
+    def tiles(name):
+        row = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))[:32].astype(np.int16)
+        return np.stack([row[:, 32 * (i + 1):32 * (i + 2)] for i in range(4)])
+
+    assert np.abs(a[picks] - tiles("a")).mean() < 0.6 * np.abs(a[picks] - tiles("c")).mean()

@@ -64,17 +64,23 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, tmp_path):
     out = tmp_path / "resumed"
     rng = random.Random(1234)
     committed_before_last_kill = kills = 0
+    def committed() -> int:
+        return len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").exists() else 0
+
     for attempt in range(2):
         proc = start(listing, out)
-        # Ray takes ~6 s to start, then work is under way: kill somewhere in the second half of a whole run.
-        deadline = time.time() + rng.uniform(0.5, 0.85) * seconds
+        # Ray takes ~6 s to start, then work is under way: kill somewhere in the second half of a whole run, or soon
+        # after this run's first commit when that comes first (a run faster than the reference would end unkilled).
+        deadline, before, soon = time.time() + rng.uniform(0.5, 0.85) * seconds, committed(), rng.uniform(0, 0.5)
         while time.time() < deadline and proc.poll() is None:
+            if committed() > before:
+                deadline = min(deadline, time.time() + soon)
             time.sleep(0.1)
         if proc.poll() is not None:
             break
         kill_driver(proc)
         kills += 1
-        committed_before_last_kill = len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").exists() else 0
+        committed_before_last_kill = committed()
     assert kills, "the driver finished before any kill: nothing was tested"
     log = finish(start(listing, out))
     got = check_contract(str(out))
