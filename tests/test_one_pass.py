@@ -133,3 +133,20 @@ def test_scenes_too_big_to_hold_and_late_cuts_are_not_held():
     # leaves [25, 50) unheld (its first frames were let go). [50, 60) and [60, 70) are held.
     held = run_encoder(70, {25 + SCENEDETECT_LAG + 5: [25], 52: [50], 62: [60]}, max_frames=20)
     assert sorted(held) == [(50, 60), (60, 70)]
+
+
+@pytest.mark.parametrize("times", [[Fraction(i, 25) for i in range(30)],  # constant 25 fps
+                                   [Fraction(i * i, 200) for i in range(16)]])  # gaps widening, past the clip's end
+def test_encoded_frames_names_the_frame_each_resampled_frame_shows(times):
+    """What the scene pass's text check relies on to look at the frames the clip will show."""
+    from curation.video.encoding import ClipEncoder, ClipSpec, encoded_frames
+
+    clip = ClipSpec(0, None, len(times), 0, 0, Fraction(25))
+    encoder = ClipEncoder(EncodeConfig(fps=8, preset="ultrafast", crf=5), clip)
+    for i, t in enumerate(times):
+        encoder.add(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i, np.uint8), format="rgb24"), t)
+    encoded = encoder.finish()
+    shown = encoded_frames(times, Fraction(len(times), 25), 8)
+    levels = [round(float(f.mean()) / 8) for f in decode(encoded.mp4)]
+    assert encoded.num_frames == len(shown) and levels == shown
+    assert encoded_frames(times, Fraction(len(times), 25), None) == list(range(len(times)))

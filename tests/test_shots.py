@@ -294,3 +294,30 @@ def test_videos_with_odd_chroma_rows_decode():
     with open_source(str(paths["test.mp4"]), Storage()) as source:
         a = analyse(source, Detectors([DetectorConfig("adaptive")]).for_source(source.info.fps), 256)
     assert a.num_frames == labels["test.mp4"]["frames"] and len(a.breaks) > 100
+
+
+def test_the_onnx_export_is_made_once_per_machine(tmp_path, monkeypatch):
+    from curation.video import transnet
+
+    class Mean(torch.nn.Module):  # stands in for the network: the cache does not look inside it
+        def forward(self, x):
+            return x.float().mean(dim=(2, 3, 4))
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"the weights' bytes")
+    exports, real = [], transnet._export
+    monkeypatch.setattr(transnet, "_export", lambda net, path: (exports.append(path), real(net, path)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    window = np.random.default_rng(0).integers(0, 255, (1, WINDOW, 27, 48, 3), dtype=np.uint8)
+    for _ in range(2):  # two workers on one machine
+        out = transnet.on_openvino(transnet.openvino_model(Mean(), str(weights)))(window)
+        assert np.allclose(out, window.mean(axis=(2, 3, 4)), atol=1e-3)
+    assert len(exports) == 1
+    assert [p.suffix for p in (tmp_path / "cache" / "cinema-curation").iterdir()] == [".onnx"]  # no part left
+    weights.write_bytes(b"other weights")
+    transnet.openvino_model(Mean(), str(weights))
+    assert len(exports) == 2
+    (tmp_path / "a file").write_text("")  # a cache that cannot be made: each worker exports for itself
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))
+    transnet.on_openvino(transnet.openvino_model(Mean(), str(weights)))(window)
+    assert len(exports) == 3

@@ -140,7 +140,7 @@ def test_a_detector_failure_fails_its_clip_only(frames):
     bikes, _ = frames
     stage = TextStage(load_job(None, [], input="x", output="unused"))
     stage.setup()
-    real, calls = stage.detect, []
+    real, calls = stage.check.detector, []
 
     def second_call_fails(batch):
         calls.append(len(batch))
@@ -148,7 +148,7 @@ def test_a_detector_failure_fails_its_clip_only(frames):
             raise RuntimeError("onnxruntime: bad allocation")
         return real(batch)
 
-    stage.detect = second_call_fails
+    stage.check.detector = second_call_fails
     mp4 = mp4_of(bikes[:20])
     out = stage([clip_row(mp4, "a", 20), clip_row(mp4, "b", 20), clip_row(mp4, "c", 20)])
     assert [r.kind for r in out] == ["clip", "error", "clip"] and calls == [3, 3, 3]
@@ -167,3 +167,38 @@ def test_the_pipeline_runs_the_text_stage_after_encode_unless_disabled():
     assert run_stage([row], "text.enabled=false") == [row]  # a chain built from CPU_STAGES by hand: passed on
     with pytest.raises(ConfigError, match="filters.max_text_area"):
         load_job(None, ["filters.max_text_area=2"], input="x", output="y")
+
+
+def test_the_scene_pass_measures_held_clips_before_encoding_them_as_the_text_stage_would(tmp_path, monkeypatch):
+    """A clean scene, then a hard cut to one with a title: held in the scene pass, the texty clip is dropped
+    without being encoded; cut in a second decode instead, the text stage measures both from their MP4s and
+    decides the same, on scores within a small margin (the MP4's compression)."""
+    import curation.video.one_pass as one_pass
+
+    from .pipeline_helpers import run_cpu_stages
+
+    bunny = [cv2.resize(f, (640, 272), interpolation=cv2.INTER_AREA) for f in real_frames("bigbuckbunny.mp4", 30, 60)]
+    source = tmp_path / "two_scenes.mp4"
+    source.write_bytes(mp4_of(bunny + [burn_title(f) for f in real_frames("bikes.mp4", 40, 36)]))
+    encoded = []
+
+    class CountingEncoder(one_pass.ClipEncoder):
+        def finish(self):
+            encoded.append(self.clip.num_frames)
+            return super().finish()
+
+    monkeypatch.setattr(one_pass, "ClipEncoder", CountingEncoder)
+    args = ("scenes.detectors=[{kind: adaptive}]",)
+    stages = ("scenes", "encode", "text")
+    held = {r.meta["clip_id"]: r for r in run_cpu_stages(source, *args, stages=stages) if r.kind != "summary"}
+    cut = {r.meta["clip_id"]: r for r in run_cpu_stages(source, *args, "encode.hold_mb=0", stages=stages)
+           if r.kind != "summary"}
+    assert held.keys() == cut.keys() and len(held) == 2
+    clean, texty = sorted(held.values(), key=lambda r: r.meta["start_frame"])
+    assert clean.kind == "clip" and clean.mp4 is not None and clean.meta["text_area"] < 0.002
+    assert texty.kind == "dropped" and texty.meta["dropped_by"] == "text" and texty.meta["text_area"] > 0.02
+    assert encoded == [clean.meta["num_frames"]]  # the texty clip was never encoded
+    for clip_id, row in held.items():
+        other = cut[clip_id]
+        assert other.kind == row.kind and other.meta["text_frames"] == row.meta["text_frames"]
+        assert abs(other.meta["text_area"] - row.meta["text_area"]) < 0.005, (row.meta["text_area"], other.meta["text_area"])

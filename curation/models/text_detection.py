@@ -28,7 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.contract import window_frames
 from common.typed_config import ConfigError
+
+from curation.video.frames import sample_indices
 
 PACKAGE = "rapidocr_onnxruntime"
 PACKAGED_MODEL = "models/ch_PP-OCRv4_det_infer.onnx"
@@ -167,3 +170,31 @@ class TextDetector:
             scale = np.array([w / prob.shape[1], h / prob.shape[0]], np.float32)
             results.append(FrameText([b * scale for b in boxes], scores, float(mask.mean())))
         return results
+
+
+class TextCheck:
+    """The text filter's measure of one clip, the same wherever its frames come from (the scene pass's held frames
+    before the clip is encoded, or the clip's MP4): ``text.num_frames`` frames spread over its training window
+    (``common.contract.window_frames``), ``text_area`` the largest share of a frame the text boxes cover, and
+    ``text_frames`` how many of them show any box. ``keeps`` applies ``filters.max_text_area``."""
+
+    def __init__(self, detector: TextDetector, num_frames: int, max_area: float | None):
+        self.detector, self.num_frames, self.max_area = detector, num_frames, max_area
+
+    @classmethod
+    def load(cls, cfg, threads: int = 1) -> "TextCheck":
+        """From a job (``curation.config.JobConfig``): its ``text`` section and ``filters.max_text_area``."""
+        return cls(TextDetector.load(cfg.text, threads), cfg.text.num_frames, cfg.filters.max_text_area)
+
+    def picks(self, fps: float, num_frames: int) -> list[int]:
+        """Which of a clip's frames (at the rate and count it is encoded with) are looked at."""
+        return sample_indices(window_frames(fps, num_frames), self.num_frames)
+
+    def measure(self, frames_rgb: list[np.ndarray]) -> dict:
+        found = self.detector(frames_rgb)
+        # float32, as the manifest stores it: a shard's JSON and the manifest then hold the same number.
+        return {"text_area": float(np.float32(max(f.area for f in found))),
+                "text_frames": sum(1 for f in found if f.boxes)}
+
+    def keeps(self, scores: dict) -> bool:
+        return self.max_area is None or scores["text_area"] <= self.max_area

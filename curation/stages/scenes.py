@@ -2,11 +2,12 @@
 pass needs to know of it (size, frame rate, rotation, colour; what cannot work is refused there), and one decode on
 from that frame gives its shot boundaries, frame timestamps and scores, the plan of its clips (``planning.Planner``:
 scenes, trim, split, filters), and the MP4s of the clips whose frames it could hold (``curation.video.one_pass``);
-the encode stage cuts the rest. The source's SHA-1, which names its clips, is made of the same bytes as they are
+the encode stage cuts the rest. With the text filter on, the clips it holds are measured for burned-in text first
+(``curation.stages.text``), and those the filter drops are never encoded. The source's SHA-1, which names its clips, is made of the same bytes as they are
 read (``curation.video.source_file``): each byte is pulled from storage once.
 
 Emits one ``clip`` row per planned clip to keep, a ``dropped`` row per clip the plan drops (``blank`` for a scene
-with no content, else the filter's name), and a ``summary`` row for the source, with the source's size and the
+with no content, else the filter's name, ``text`` included), and a ``summary`` row for the source, with the source's size and the
 bytes read for it. An HDR source under ``encode.hdr=drop`` is not decoded: one ``dropped`` row (``hdr``) stands for
 all of it.
 """
@@ -21,10 +22,12 @@ from common.storage import Storage
 
 from curation.config import JobConfig
 from curation.dedup.signals import clip_frames, fingerprint
+from curation.models.text_detection import TextCheck
 from curation.models.runtime import device_for
 from curation.pipeline.row import Row
 from curation.pipeline.stage import Resources, Stage
 from curation.stages.encode import with_clip
+from curation.stages.text import TextStage
 from curation.video.analysis import Analysis, analyse
 from curation.video.colour import is_hdr_transfer
 from curation.video.decode import VideoInfo, open_source
@@ -73,6 +76,7 @@ class SceneStage(Stage):
         super().__init__(cfg)
         self.storage = Storage(cfg.storage)
         self.detectors: Detectors | None = None
+        self.text: TextCheck | None = None
 
     @classmethod
     def resources(cls, cfg: JobConfig) -> Resources:
@@ -81,6 +85,8 @@ class SceneStage(Stage):
 
     def setup(self) -> None:
         self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.cfg.scenes.num_gpus))
+        if self.cfg.text.enabled:
+            self.text = TextCheck.load(self.cfg)  # one intra-op thread: the worker's one CPU
 
     def process(self, row: Row) -> Iterator[Row]:
         uri = row.source_uri
@@ -93,7 +99,7 @@ class SceneStage(Stage):
                     fps = Fraction(info.fps).limit_denominator(1001)
                     planner = self._planner(info, fps)
                     hold = int(self.cfg.encode.hold_mb * 2**20)
-                    held = OnePassEncoder(self.cfg.encode, info.rotation, fps, planner, hold) if hold else None
+                    held = OnePassEncoder(self.cfg.encode, info.rotation, fps, planner, hold, self.text) if hold else None
                     a = analyse(source, self.detectors.for_source(info.fps), self.cfg.scenes.analysis_width, sink=held)
                 # The SHA-1 of the bytes decoded, and of those the decoder never asked for (an HDR source to drop is
                 # not decoded: all of it after its first frame), read on through the same file.
@@ -140,6 +146,12 @@ class SceneStage(Stage):
                 "rotation": info.rotation,
                 **source_fields(info),
             }
+            text = held.text_scores(start, end) if held is not None and p.dropped_by is None else None
+            if text is not None:
+                meta.update(text)
+                if not self.text.keeps(text):
+                    yield Row("dropped", uri, {**meta, "dropped_by": TextStage.name})
+                    continue
             if p.dropped_by is not None:
                 yield Row("dropped", uri, {**meta, "dropped_by": p.dropped_by})
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -137,6 +138,21 @@ def check_encoder(cfg: EncodeConfig) -> None:
 # Without resampling each frame keeps its own time (a variable frame rate source plays as long as it did), on the
 # 90 kHz clock of MPEG: exact for every common constant rate.
 CLOCK = Fraction(1, 90000)
+
+
+def encoded_frames(times: list[Fraction], clip_end: Fraction, fps: float | None) -> list[int]:
+    """Which of a clip's frames (shown at ``times`` seconds into it, in order) each frame of its encode shows: all
+    of them without resampling; resampled to ``fps``, the frame shown at each tick before the clip's end (or its
+    last frame, if that comes later), as ``ClipEncoder`` emits them."""
+    if not fps:
+        return list(range(len(times)))
+    rate = Fraction(fps).limit_denominator(1001)
+    end = max(clip_end, times[-1]) if times else Fraction(0)
+    out, j = [], 0
+    while Fraction(j) / rate < end:
+        out.append(max(0, bisect.bisect_right(times, Fraction(j) / rate) - 1))
+        j += 1
+    return out
 
 
 class ClipEncoder:

@@ -4,7 +4,8 @@
 It holds the frames of the open scene, up to ``max_bytes``. When a break closes the scene, it plans the scene with
 the source's ``planning.Planner`` (trimming needs the whole scene's scores, splitting a long scene evenly its
 length: hence holding), encodes the clips the plan keeps from the held frames and appends the MP4s to an anonymous
-spill file, so memory stays bounded and nothing is left behind if the worker dies.
+spill file, so memory stays bounded and nothing is left behind if the worker dies. With the text filter on
+(``text``), each clip's text is measured on the held frames first, and a clip the filter drops is not encoded.
 
 It accepts breaks as they come by the rule the final plan applies (``planning.BreakMerger``), so the two agree
 when breaks arrive in order, as ``analyse`` releases them. The scene stage still takes a held clip only where the final
@@ -21,7 +22,9 @@ from fractions import Fraction
 import av
 
 from curation.config import EncodeConfig
-from curation.video.encoding import ClipEncoder, ClipSpec, EncodedClip
+from curation.models.text_detection import TextCheck
+from curation.video.decode import upright
+from curation.video.encoding import ClipEncoder, ClipSpec, EncodedClip, encoded_frames, output_size
 from curation.video.planning import BreakMerger, Planner, Scores
 from curation.video.shots import Break
 
@@ -31,8 +34,11 @@ def _nbytes(frame: av.VideoFrame) -> int:
 
 
 class OnePassEncoder:
-    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, planner: Planner, max_bytes: int):
+    def __init__(self, cfg: EncodeConfig, rotation: int, source_fps: Fraction, planner: Planner, max_bytes: int,
+                 text: TextCheck | None = None):
         self.cfg, self.rotation, self.source_fps, self.planner, self.max_bytes = cfg, rotation, source_fps, planner, max_bytes
+        self.text = text
+        self.texts: dict[tuple[int, int], dict] = {}  # (start, end) -> the clip's text scores, measured here
         self.merger = BreakMerger(planner.min_gap)
         self.frames: deque[tuple[int, int, av.VideoFrame]] = deque()  # (index, pts, frame) from the open scene
         self.bytes = 0
@@ -63,6 +69,11 @@ class OnePassEncoder:
             self._break(b)
         self._close(num_frames)
         self.frames.clear()
+
+    def text_scores(self, start: int, end: int) -> dict | None:
+        """The text scores of the clip of frames [start, end) if they were measured in the pass (a clip they drop
+        was not encoded)."""
+        return self.texts.pop((start, end), None)
 
     def take(self, start: int, end: int) -> EncodedClip | None:
         """The clip of frames [start, end) if it was encoded in the pass."""
@@ -109,6 +120,12 @@ class OnePassEncoder:
 
     def _encode(self, start: int, end: int, scene: list[tuple[int, int, av.VideoFrame]]) -> None:
         first = scene[0][1]
+        if self.text is not None:
+            scores = self._text(scene)
+            if scores is not None:
+                self.texts[(start, end)] = scores
+                if not self.text.keeps(scores):
+                    return
         spec = ClipSpec(first, None, end - start, first, self.rotation, self.source_fps)
         try:
             encoder = ClipEncoder(self.cfg, spec)
@@ -121,3 +138,16 @@ class OnePassEncoder:
         self.held[(start, end)] = (self.spill.tell(), len(clip.mp4), clip)
         self.spill.write(clip.mp4)
         clip.mp4 = b""
+
+    def _text(self, scene: list[tuple[int, int, av.VideoFrame]]) -> dict | None:
+        """The text scores of the clip ``scene`` holds, on the frames its encode will show (upright, at its size)."""
+        first = scene[0][1]
+        times = [(pts - first) * Fraction(frame.time_base) for _, pts, frame in scene]
+        shown = encoded_frames(times, len(scene) / self.source_fps, self.cfg.fps)
+        rate = Fraction(self.cfg.fps).limit_denominator(1001) if self.cfg.fps else self.source_fps  # as ClipEncoder's
+        frames = [upright(scene[shown[i]][2], self.rotation) for i in self.text.picks(float(rate), len(shown))]
+        width, height = output_size(frames[0].width, frames[0].height, self.cfg.max_short_side)
+        try:
+            return self.text.measure([f.to_ndarray(width=width, height=height, format="rgb24") for f in frames])
+        except Exception:  # noqa: BLE001 - whatever the detector raised: the text stage measures the clip again
+            return None  # from its MP4 and makes what goes wrong that clip's error row

