@@ -5,7 +5,8 @@
 (b) our pipeline vs the floor: one PyAV decode of every source + one H.264 encode of the kept clips, on all cores;
 (c) clips/s and video-seconds/s per core.
 (a)-(c) detect with adaptive alone and trim nothing, as split-video does; (d) runs the default detectors
-(TransNetV2 gated + adaptive, on the CPU) with trimming, against its own floor and against split-video.
+(TransNetV2 gated + adaptive, on the CPU) with trimming and the text filter: the default job's CPU half, against its
+own floor and against split-video; (e) the same without the text filter: what the detectors cost.
 Writes out/bench/curation.json (read by capacity planning).
 """
 
@@ -102,6 +103,18 @@ def floor_one(args) -> int:
     return len(clips)
 
 
+def against_floor(t: float, result, t_floor: float, t_ray: float, t_sd_seq: float, t_sd_par: float) -> dict:
+    """A run of ours against its own floor and against split-video."""
+    return {
+        "ours_s": t, "clips": result.stats.clips_written, "floor_s": t_floor, "ratio_vs_floor": t / t_floor,
+        "ratio_vs_floor_without_ray_start": (t - t_ray) / t_floor,
+        "ratio_vs_scenedetect_seq": t / t_sd_seq, "ratio_vs_scenedetect_par": t / t_sd_par,
+        "stage_busy_s": {name: c[3] for name, c in result.stage_counts.items()},
+        "bytes_written": result.stats.bytes_written,
+        "bytes_read_per_source_byte": result.stats.source_bytes_read / result.stats.source_bytes,
+    }
+
+
 def timed(fn):
     t = time.perf_counter()
     value = fn()
@@ -176,6 +189,7 @@ def main() -> None:
     session.__exit__(None, None, None)
     t_ours, result, per_source = ours("ours", as_split_video)
     t_default, result_default, per_source_default = ours("default", [])
+    t_no_text, result_no_text, per_source_no_text = ours("default_no_text", ["text.enabled=false"])
 
     def seq():
         for v in videos:
@@ -189,6 +203,7 @@ def main() -> None:
     t_sd_par, _ = timed(par)
     t_floor, floor_cpu = floor(per_source)
     t_floor_default, _ = floor(per_source_default)
+    t_floor_no_text, _ = floor(per_source_no_text)
 
     # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
     agree = total = 0
@@ -213,15 +228,10 @@ def main() -> None:
         "bytes_written": result.stats.bytes_written,
         "detectors": "adaptive",
         # Per detector kinds (curation.tools.capacity takes the job's): the default set, on the CPU, with trimming.
-        "runs": {detector_kinds(load_job(None, [], input="-", output="-")): {
-            "ours_s": t_default, "clips": result_default.stats.clips_written, "floor_s": t_floor_default,
-            "ratio_vs_floor": t_default / t_floor_default,
-            "ratio_vs_floor_without_ray_start": (t_default - t_ray) / t_floor_default,
-            "ratio_vs_scenedetect_seq": t_default / t_sd_seq, "ratio_vs_scenedetect_par": t_default / t_sd_par,
-            "stage_busy_s": {name: c[3] for name, c in result_default.stage_counts.items()},
-            "bytes_written": result_default.stats.bytes_written,
-            "bytes_read_per_source_byte": result_default.stats.source_bytes_read / result_default.stats.source_bytes,
-        }},
+        "runs": {detector_kinds(load_job(None, [], input="-", output="-")): against_floor(
+            t_default, result_default, t_floor_default, t_ray, t_sd_seq, t_sd_par)},
+        "default_detectors_without_text_filter": against_floor(
+            t_no_text, result_no_text, t_floor_no_text, t_ray, t_sd_seq, t_sd_par),
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
     print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")
@@ -234,13 +244,15 @@ def main() -> None:
           f"vs the floor's {floor_cpu:.1f} CPU-s; ours spent {t_steady * CPUS - busy:.1f} core-s outside stages")
     print(f"(c) {res['clips_per_s']:.2f} clips/s, {res['video_s_per_s_per_core']:.2f} video-s/s per core "
           f"({res['steady_video_s_per_s_per_core']:.2f} without Ray start-up)")
-    d = next(iter(res["runs"].values()))
-    print(f"(d) default detectors (TransNetV2 + adaptive on the CPU, trimming): {t_default:.1f} s, {d['clips']} clips; "
-          f"/ its floor ({t_floor_default:.1f} s): {d['ratio_vs_floor']:.2f}x, "
-          f"{d['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up; / scenedetect split-video (adaptive, no "
-          f"trimming): {d['ratio_vs_scenedetect_seq']:.2f}x one at a time, {d['ratio_vs_scenedetect_par']:.2f}x {CPUS} at "
-          f"a time; scenes busy {d['stage_busy_s']['scenes']:.1f} s; storage bytes read per source byte "
-          f"{d['bytes_read_per_source_byte']:.4f}")
+    for label, d in (("(d) default job (TransNetV2 + adaptive on the CPU, trimming, text filter)",
+                      next(iter(res["runs"].values()))),
+                     ("(e) default detectors without the text filter", res["default_detectors_without_text_filter"])):
+        print(f"{label}: {d['ours_s']:.1f} s, {d['clips']} clips; / its floor ({d['floor_s']:.1f} s): "
+              f"{d['ratio_vs_floor']:.2f}x, {d['ratio_vs_floor_without_ray_start']:.2f}x without Ray start-up; "
+              f"/ scenedetect split-video (adaptive, no trimming): {d['ratio_vs_scenedetect_seq']:.2f}x one at a time, "
+              f"{d['ratio_vs_scenedetect_par']:.2f}x {CPUS} at a time; stages busy "
+              f"{', '.join(f'{k} {v:.1f} s' for k, v in d['stage_busy_s'].items())}; storage bytes read per source "
+              f"byte {d['bytes_read_per_source_byte']:.4f}")
     write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 
