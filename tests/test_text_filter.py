@@ -201,4 +201,4 @@ def test_the_scene_pass_measures_held_clips_before_encoding_them_as_the_text_sta
     for clip_id, row in held.items():
         other = cut[clip_id]
         assert other.kind == row.kind and other.meta["text_frames"] == row.meta["text_frames"]
-        assert abs(other.meta["text_area"] - row.meta["text_area"]) < 0.005, (row.meta["text_area"], other.meta["text_area"])
+        assert abs(other.meta["text_area"] - row.meta["text_area"]) < 0.005, (row.meta, other.meta)

@@ -3,13 +3,14 @@ pass needs to know of it (size, frame rate, rotation, colour; what cannot work i
 from that frame gives its shot boundaries, frame timestamps and scores, the plan of its clips (``planning.Planner``:
 scenes, trim, split, filters), and the MP4s of the clips whose frames it could hold (``curation.video.one_pass``);
 the encode stage cuts the rest. With the text filter on, the clips it holds are measured for burned-in text first
-(``curation.stages.text``), and those the filter drops are never encoded. The source's SHA-1, which names its clips, is made of the same bytes as they are
-read (``curation.video.source_file``): each byte is pulled from storage once.
+(``curation.stages.text``), and those the filter drops are never encoded. The source's SHA-1, which names its
+clips, is made of the same bytes as they are read (``curation.video.source_file``): each byte is pulled from
+storage once.
 
 Emits one ``clip`` row per planned clip to keep, a ``dropped`` row per clip the plan drops (``blank`` for a scene
-with no content, else the filter's name, ``text`` included), and a ``summary`` row for the source, with the source's size and the
-bytes read for it. An HDR source under ``encode.hdr=drop`` is not decoded: one ``dropped`` row (``hdr``) stands for
-all of it.
+with no content, else the filter's name, ``text`` included), and a ``summary`` row for the source, with the
+source's size and the bytes read for it. An HDR source under ``encode.hdr=drop`` is not decoded: one ``dropped``
+row (``hdr``) stands for all of it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from common.storage import Storage
 
 from curation.config import JobConfig
 from curation.dedup.signals import clip_frames, fingerprint
-from curation.models.text_detection import TextCheck
 from curation.models.runtime import device_for
+from curation.models.text_detection import TextCheck
 from curation.pipeline.row import Row
 from curation.pipeline.stage import Resources, Stage
 from curation.stages.encode import with_clip
@@ -99,7 +100,8 @@ class SceneStage(Stage):
                     fps = Fraction(info.fps).limit_denominator(1001)
                     planner = self._planner(info, fps)
                     hold = int(self.cfg.encode.hold_mb * 2**20)
-                    held = OnePassEncoder(self.cfg.encode, info.rotation, fps, planner, hold, self.text) if hold else None
+                    held = (OnePassEncoder(self.cfg.encode, info.rotation, fps, planner, hold, self.text)
+                            if hold else None)
                     a = analyse(source, self.detectors.for_source(info.fps), self.cfg.scenes.analysis_width, sink=held)
                 # The SHA-1 of the bytes decoded, and of those the decoder never asked for (an HDR source to drop is
                 # not decoded: all of it after its first frame), read on through the same file.

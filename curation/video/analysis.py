@@ -15,9 +15,9 @@ from fractions import Fraction
 from typing import Protocol
 
 import av
-from av.video.reformatter import Interpolation, VideoReformatter
 import cv2
 import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from curation.dedup.signals import frame_hash
 from curation.video.colour import sdr
