@@ -99,7 +99,8 @@ def network_frames_per_s(calibration: list | None) -> dict[str, float]:
         nncf = None
         print("OpenVINO int8 not measured: pip install nncf")
     if nncf is not None and calibration:  # post-training quantisation on windows of the labelled videos: a speed figure, not a shipped model
-        quantized = nncf.quantize(openvino_model(network(packaged_weights()), packaged_weights()), nncf.Dataset(calibration),
+        weights = packaged_weights()
+        quantized = nncf.quantize(openvino_model(network(weights), weights), nncf.Dataset(calibration),
                                   subset_size=len(calibration))
         out["openvino_int8"] = _timed_windows(TransNetV2Model(on_openvino(quantized)), 1)
     if torch.cuda.is_available():

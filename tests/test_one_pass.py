@@ -146,7 +146,7 @@ def test_encoded_frames_names_the_frame_each_resampled_frame_shows(times):
     for i, t in enumerate(times):
         encoder.add(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i, np.uint8), format="rgb24"), t)
     encoded = encoder.finish()
-    shown = encoded_frames(times, Fraction(len(times), 25), 8)
+    shown = encoded_frames(times, Fraction(len(times), 25), Fraction(8))
     levels = [round(float(f.mean()) / 8) for f in decode(encoded.mp4)]
     assert encoded.num_frames == len(shown) and levels == shown
     assert encoded_frames(times, Fraction(len(times), 25), None) == list(range(len(times)))

@@ -64,6 +64,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, tmp_path):
     out = tmp_path / "resumed"
     rng = random.Random(1234)
     committed_before_last_kill = kills = 0
+
     def committed() -> int:
         return len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").exists() else 0
 

@@ -86,7 +86,7 @@ class SceneStage(Stage):
 
     def setup(self) -> None:
         self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.cfg.scenes.num_gpus))
-        if self.cfg.text.enabled:
+        if self.cfg.text.enabled and self.cfg.encode.hold_mb:  # without holding, every clip goes to the text stage
             self.text = TextCheck.load(self.cfg)  # one intra-op thread: the worker's one CPU
 
     def process(self, row: Row) -> Iterator[Row]:

@@ -140,13 +140,18 @@ def check_encoder(cfg: EncodeConfig) -> None:
 CLOCK = Fraction(1, 90000)
 
 
-def encoded_frames(times: list[Fraction], clip_end: Fraction, fps: float | None) -> list[int]:
+def output_rate(cfg: EncodeConfig, source_fps: Fraction) -> Fraction:
+    """The frame rate a clip is encoded at: ``encode.fps`` when set (as a ratio: 29.97 is 30000/1001), else the
+    source's."""
+    return Fraction(cfg.fps).limit_denominator(1001) if cfg.fps else source_fps
+
+
+def encoded_frames(times: list[Fraction], clip_end: Fraction, rate: Fraction | None) -> list[int]:
     """Which of a clip's frames (shown at ``times`` seconds into it, in order) each frame of its encode shows: all
-    of them without resampling; resampled to ``fps``, the frame shown at each tick before the clip's end (or its
-    last frame, if that comes later), as ``ClipEncoder`` emits them."""
-    if not fps:
+    of them without resampling (``rate`` None); resampled to ``rate``, the frame shown at each tick before the
+    clip's end (or its last frame, if that comes later), as ``ClipEncoder`` emits them."""
+    if rate is None:
         return list(range(len(times)))
-    rate = Fraction(fps).limit_denominator(1001)
     end = max(clip_end, times[-1]) if times else Fraction(0)
     out, j = [], 0
     while Fraction(j) / rate < end:
@@ -161,7 +166,7 @@ class ClipEncoder:
 
     def __init__(self, cfg: EncodeConfig, clip: ClipSpec):
         self.cfg, self.clip = cfg, clip
-        self.rate = Fraction(cfg.fps).limit_denominator(1001) if cfg.fps else clip.source_fps
+        self.rate = output_rate(cfg, clip.source_fps)
         self.time_base = 1 / self.rate if cfg.fps else CLOCK
         self.buf = io.BytesIO()
         self.out = av.open(self.buf, mode="w", format="mp4")

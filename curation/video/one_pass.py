@@ -24,7 +24,8 @@ import av
 from curation.config import EncodeConfig
 from curation.models.text_detection import TextCheck
 from curation.video.decode import upright
-from curation.video.encoding import ClipEncoder, ClipSpec, EncodedClip, encoded_frames, output_size
+from curation.video.encoding import (ClipEncoder, ClipSpec, EncodedClip, encoded_frames, output_rate,
+                                     output_size)
 from curation.video.planning import BreakMerger, Planner, Scores
 from curation.video.shots import Break
 
@@ -143,8 +144,8 @@ class OnePassEncoder:
         """The text scores of the clip ``scene`` holds, on the frames its encode will show (upright, at its size)."""
         first = scene[0][1]
         times = [(pts - first) * Fraction(frame.time_base) for _, pts, frame in scene]
-        shown = encoded_frames(times, len(scene) / self.source_fps, self.cfg.fps)
-        rate = Fraction(self.cfg.fps).limit_denominator(1001) if self.cfg.fps else self.source_fps  # as ClipEncoder's
+        rate = output_rate(self.cfg, self.source_fps)
+        shown = encoded_frames(times, len(scene) / self.source_fps, rate if self.cfg.fps else None)
         frames = [upright(scene[shown[i]][2], self.rotation) for i in self.text.picks(float(rate), len(shown))]
         width, height = output_size(frames[0].width, frames[0].height, self.cfg.max_short_side)
         try:
