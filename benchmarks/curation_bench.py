@@ -6,13 +6,16 @@
 (c) clips/s and video-seconds/s per core.
 (a)-(c) detect with adaptive alone and trim nothing, as split-video does; (d) runs the default detectors
 (TransNetV2 gated + adaptive, on the CPU) with trimming and the text filter: the default job's CPU half, against its
-own floor and against split-video; (e) the same without the text filter: what the detectors cost.
+own floor and against split-video; (e) the same without the text filter: what the detectors cost; (f) the CPU path at scale, without Ray: (e)'s scene pass
+on each source in this process against the floor of the same clips, in CPU-seconds (what a core spends per source
+once a job runs: no Ray start-up, worker start or Ray's own processes, which a 4-minute bench cannot spread thin).
 Writes out/bench/curation.json (read by capacity planning).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import resource
 import shutil
 import subprocess
@@ -101,6 +104,27 @@ def floor_one(args) -> int:
             o.mux(s.encode(None))
             o.close()
     return len(clips)
+
+
+def steady_cpu(videos: list[Path], cfg) -> dict:
+    """The scene pass (``cfg``: one-pass encode) on each source in this process against ``floor_one`` on the clips it
+    kept, in CPU-seconds of this process (decode and encoder threads included), one source after another."""
+    from curation.pipeline.row import Row
+    from curation.stages.scenes import SceneStage
+
+    stage = SceneStage(cfg)
+    stage.setup()
+    per_source = {}
+    for v in videos:
+        t = time.process_time()
+        rows = list(stage.process(Row("source", str(v), {})))
+        ours = time.process_time() - t
+        clips = sorted((r.meta["start_frame"], r.meta["end_frame"]) for r in rows if r.kind == "clip")
+        t = time.process_time()
+        floor_one((v, clips))
+        per_source[v.name] = {"ours_cpu_s": ours, "floor_cpu_s": time.process_time() - t, "clips": len(clips)}
+    ours, floor = (sum(p[k] for p in per_source.values()) for k in ("ours_cpu_s", "floor_cpu_s"))
+    return {"ours_cpu_s": ours, "floor_cpu_s": floor, "ratio_vs_floor": ours / floor, "per_source": per_source}
 
 
 def against_floor(t: float, result, t_floor: float, t_ray: float, t_sd_seq: float, t_sd_par: float) -> dict:
@@ -204,6 +228,8 @@ def main() -> None:
     t_floor, floor_cpu = floor(per_source)
     t_floor_default, _ = floor(per_source_default)
     t_floor_no_text, _ = floor(per_source_no_text)
+    os.environ["OMP_NUM_THREADS"] = "1"  # the network on one core, as in a Ray worker with num_cpus=1
+    steady = steady_cpu(videos, load_job(None, overrides + ["text.enabled=false"], input="-", output=str(work / "steady")))
 
     # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
     agree = total = 0
@@ -232,6 +258,7 @@ def main() -> None:
             t_default, result_default, t_floor_default, t_ray, t_sd_seq, t_sd_par)},
         "default_detectors_without_text_filter": against_floor(
             t_no_text, result_no_text, t_floor_no_text, t_ray, t_sd_seq, t_sd_par),
+        "default_detectors_steady_cpu": steady,
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
     print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")
@@ -253,6 +280,10 @@ def main() -> None:
               f"{d['ratio_vs_scenedetect_par']:.2f}x {CPUS} at a time; stages busy "
               f"{', '.join(f'{k} {v:.1f} s' for k, v in d['stage_busy_s'].items())}; storage bytes read per source "
               f"byte {d['bytes_read_per_source_byte']:.4f}")
+    print(f"(f) (e)'s scene pass without Ray, CPU-s per source summed: {steady['ours_cpu_s']:.1f} s against the "
+          f"floor's {steady['floor_cpu_s']:.1f} s: {steady['ratio_vs_floor']:.2f}x; montages "
+          + ", ".join(f"{p['ours_cpu_s'] / p['floor_cpu_s']:.2f}x" for n, p in steady["per_source"].items()
+                      if n.startswith("montage")))
     write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 

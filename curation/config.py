@@ -102,9 +102,10 @@ class EncodeConfig:
     crf: int = 23
     max_short_side: int | None = None  # resize so the short side is at most this (None keeps the size)
     fps: float | None = None  # resample to this frame rate (None keeps the source's average rate)
-    # x264 frame threads per clip: ~1% more CPU than 1 thread, and a worker whose neighbours are idle (the last
-    # long video of a job) then uses a second core. More only oversubscribe: the workers already fill the cores.
-    threads: int = 2
+    # x264 frame threads per clip. The workers already fill the cores: a second thread costs ~4% more CPU per source
+    # (benchmarks/curation_bench.py, 720p montages) and only helps at a job's tail, when a worker's neighbours are
+    # idle; on 2 cores the bench's wall time was the same either way.
+    threads: int = 1
     # Memory per worker for holding a scene's decoded frames, so the scene pass encodes it without decoding the
     # source again (curation.video.one_pass). Scenes that do not fit are cut in a second decode; 0 always does that.
     hold_mb: float = 1024.0

@@ -340,3 +340,23 @@ def test_adaptive_reports_no_cuts_in_fades():
     labelled = set(read_labels([VIDEOS / "labels.json"])[1]["testvideo.mp4"]["cuts"])
     found = cuts("testvideo.mp4")
     assert labelled <= found and len(found - labelled) <= 1, found  # one more: a black run's end into a fade-in
+
+
+@pytest.mark.parametrize("kind,args", [("adaptive", {"min_scene_len": 6}), ("content", {"luma_only": True}),
+                                       ("content", {"weights": (1.0, 0.5, 2.0, 0.0)})])
+def test_our_hsv_score_is_pyscenedetects_to_the_bit(kind, args):
+    from scenedetect import FrameTimecode
+    from scenedetect import detectors as sd
+
+    from curation.video.shots import SCENEDETECT_KINDS
+
+    if "weights" in args:
+        args = {"weights": sd.ContentDetector.Components(*args["weights"])}
+    theirs = {"adaptive": sd.AdaptiveDetector, "content": sd.ContentDetector}[kind](**args)
+    ours = SCENEDETECT_KINDS[kind](**args)
+    cuts = {id(theirs): [], id(ours): []}
+    for i, frame in enumerate(small_frames(VIDEOS / "testvideo.mp4")):
+        for d in (theirs, ours):
+            cuts[id(d)] += d.process_frame(FrameTimecode(i, 30.0), frame)
+        assert ours._frame_score == theirs._frame_score, i
+    assert cuts[id(ours)] == cuts[id(theirs)] and cuts[id(ours)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 from scenedetect import FrameTimecode
 from scenedetect import detectors as sd
@@ -20,9 +21,39 @@ from scenedetect import detectors as sd
 # PySceneDetect's detectors report a cut a few frames late (adaptive: 2); this bounds how late we assume.
 SCENEDETECT_LAG = 16
 
+
+class _HsvScore:
+    """ContentDetector's frame score, the weighted mean absolute difference of the frame's H, S and V from the
+    previous frame's, summed by OpenCV over the three channels at once: the same numbers as the library's numpy per
+    channel (integer sums, exact in float64) in a quarter of its time. Scores with edges (an edge weight, or a stats
+    manager) take the library's own path."""
+
+    _last_hsv: np.ndarray | None = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        if self._weights.delta_edges > 0.0 or self.stats_manager is not None:
+            return super()._calculate_frame_score(timecode, frame_img)
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)
+        last, self._last_hsv = self._last_hsv, hsv
+        if last is None:
+            return 0.0
+        sums = cv2.sumElems(cv2.absdiff(hsv, last))
+        pixels = float(hsv.shape[0] * hsv.shape[1])
+        components = (sums[0] / pixels, sums[1] / pixels, sums[2] / pixels, 0.0)  # hue, sat, lum, edges
+        return sum(c * w for c, w in zip(components, self._weights, strict=True)) / sum(abs(w) for w in self._weights)
+
+
+class _Adaptive(_HsvScore, sd.AdaptiveDetector):
+    pass
+
+
+class _Content(_HsvScore, sd.ContentDetector):
+    pass
+
+
 SCENEDETECT_KINDS = {
-    "adaptive": sd.AdaptiveDetector,
-    "content": sd.ContentDetector,
+    "adaptive": _Adaptive,
+    "content": _Content,
     "threshold": sd.ThresholdDetector,
     "histogram": sd.HistogramDetector,
     "hash": sd.HashDetector,
