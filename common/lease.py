@@ -71,11 +71,22 @@ class Lease:
                 f"its lease expires {max(0.0, self.ttl_s - age):.0f} s from now, or delete {self.uri}")
 
     def acquire(self) -> None:
+        self.claim()
+        self.confirm()
+
+    def claim(self) -> None:
+        """Write the lease, unless a live driver holds it (LeaseHeld); it is ours once ``confirm`` says so. What the
+        driver does in between (starting Ray) counts towards the settle time, so it must write nothing there."""
         holder = self._read()
         if holder is not None and holder.get("id") != self.me["id"] and not self._gone(holder):
             raise LeaseHeld(self._describe(holder))
         self._write()
-        time.sleep(self.settle_s)  # a driver that wrote at the same moment has written by now
+        self._claimed = time.monotonic()
+
+    def confirm(self) -> None:
+        """Read the lease back once the settle time since ``claim`` has passed (a driver that wrote at the same moment
+        has written by now: the last writer holds it), then keep it renewed."""
+        time.sleep(max(0.0, self._claimed + self.settle_s - time.monotonic()))
         self.check()
         self._renewer = threading.Thread(target=self._renew_loop, daemon=True)
         self._renewer.start()

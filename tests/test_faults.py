@@ -643,3 +643,18 @@ def test_two_drivers_starting_together_cannot_both_hold_the_output(tmp_path):
         t.join()
     assert sorted(results) == ["held", "refused"]
 
+
+
+def test_a_claim_is_only_held_once_confirmed(tmp_path):
+    # The curation driver claims, starts Ray, then confirms: a driver that wrote in between (it read the output
+    # before this claim was visible) holds the output, and this one is refused at its confirm.
+    out = str(tmp_path / "out")
+    first, second = Lease(ST, out, settle_s=0), Lease(ST, out, settle_s=0)
+    first.claim()
+    (tmp_path / "out" / "lease.json").unlink()  # what the second driver saw when it read
+    second.claim()
+    with pytest.raises(LeaseHeld, match="in use by another driver"):
+        first.confirm()
+    second.confirm()
+    second.release()
+    assert not (tmp_path / "out" / "lease.json").exists()

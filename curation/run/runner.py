@@ -236,22 +236,24 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     if not all_sources:
         raise ConfigError(f"input: {cfg.input} lists no video (extensions {', '.join(cfg.extensions)})")
     lease = Lease(storage, cfg.output)
-    lease.acquire()  # also proves the output is writable
+    lease.claim()  # also proves the output is writable
     writer = DatasetWriter(cfg.output, storage, cfg.shards, cfg.report.sample_clips, lease.check, _remote_repack(cfg))
     stop = threading.Event()
     try:
-        try:
-            writer.recover()
-        except ValueError as e:  # a manifest part of another schema (common.contract.read_parquet_dir)
-            raise ConfigError(f"output: {e}") from None
-        skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
-        sources = [u for u in all_sources if u not in skip]
-        if cfg.limit is not None:
-            sources = sources[: cfg.limit]
-        print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
-        if not sources:
-            return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
+        # Ray starts while the lease settles (a second or more saved); nothing is written before it is confirmed.
         with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+            lease.confirm()
+            try:
+                writer.recover()
+            except ValueError as e:  # a manifest part of another schema (common.contract.read_parquet_dir)
+                raise ConfigError(f"output: {e}") from None
+            skip = {u for u, status in writer.done.items() if status == "ok" or not cfg.retry_errors}
+            sources = [u for u in all_sources if u not in skip]
+            if cfg.limit is not None:
+                sources = sources[: cfg.limit]
+            print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
+            if not sources:
+                return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
             printer = progress = None
             try:
                 # On the driver's own node: a counter on a worker node would die with it and take the job along.
