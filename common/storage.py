@@ -92,8 +92,14 @@ class Storage:
         return self._retry(uri, lambda: fs.open(path, mode))
 
     def read_bytes(self, uri: str) -> bytes:
-        with self.open(uri) as f:
-            return f.read()
+        """The whole object in one request: one replaced while it is read (``write_atomic``: a lease renewed as a
+        commit checks it) comes back whole, old or new. Opened, then read, it failed when the object changed
+        between the two (s3fs checks the ETag)."""
+        if is_local(uri):
+            with open(uri.removeprefix("file://"), "rb") as f:
+                return f.read()
+        fs, path = self.fs(uri)
+        return self._retry(uri, lambda: fs.cat_file(path))
 
     def read_range(self, uri: str, offset: int, size: int) -> bytes:
         """``size`` bytes from ``offset`` (fewer at the end of the object), in one request: an object store sends

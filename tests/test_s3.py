@@ -110,3 +110,30 @@ def test_a_range_read_takes_that_range_only(s3_server, tmp_path):
     for uri in ("s3://ranges/shard.tar", str(tmp_path / "shard.tar")):
         assert storage.read_range(uri, 300_001, 777) == data[300_001:300_778]
         assert storage.read_range(uri, len(data) - 10, 100) == data[-10:]  # short at the end: the caller checks
+
+
+def test_an_object_replaced_while_it_is_read_comes_back_whole(s3_server):
+    """A lease is renewed (replaced) while a commit reads it: the read gets one version or the other, never an
+    error. Opened, then read, s3fs refused an object whose ETag changed in between, and the job stopped."""
+    import threading
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="renewed")
+    storage = Storage(StorageConfig(endpoint_url=s3_server))
+    versions = [bytes([k]) * 2000 for k in range(2)]
+    storage.write_atomic("s3://renewed/lease.json", versions[0])
+    stop = threading.Event()
+
+    def renew():
+        k = 0
+        while not stop.is_set():
+            k ^= 1
+            storage.write_atomic("s3://renewed/lease.json", versions[k])
+
+    writer = threading.Thread(target=renew)
+    writer.start()
+    try:
+        reads = [storage.read_bytes("s3://renewed/lease.json") for _ in range(150)]
+    finally:
+        stop.set()
+        writer.join()
+    assert set(reads) <= set(versions)
