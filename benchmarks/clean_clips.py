@@ -86,17 +86,16 @@ def _timed_windows(model, windows: int, repeats: int = 3) -> float:
     return repeats * windows * STRIDE / (time.perf_counter() - t)
 
 
-def _on_openvino(precision: str | None) -> tuple[str, object]:
-    """The network compiled by OpenVINO on one core in ``precision`` (None: what OpenVINO picks for this CPU, as the
-    job runs it), and the precision it runs in."""
+def _openvino_fp32():
+    """The network compiled by OpenVINO in float32 on one core; the job lets OpenVINO pick its precision."""
     import numpy as np
     import openvino as ov
 
     from curation.video.transnet import TransNetV2Model, openvino_model, packaged_weights
 
-    hint = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-    compiled = ov.Core().compile_model(openvino_model(packaged_weights()), "CPU", {"INFERENCE_NUM_THREADS": 1, **hint})
-    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string(), TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows]))
+    compiled = ov.Core().compile_model(openvino_model(packaged_weights()), "CPU",
+                                       {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    return TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows]))
 
 
 def network_frames_per_s(calibration: list | None) -> dict[str, float]:
@@ -104,15 +103,16 @@ def network_frames_per_s(calibration: list | None) -> dict[str, float]:
     PyTorch float32; OpenVINO in the precision it picks for this CPU (bfloat16 where the CPU has it, as the job
     runs) and in float32; int8 given calibration windows and nncf; a GPU with 64 windows a batch where there is
     one. The job's own runtime is ``openvino_default``."""
+    import openvino as ov
     import torch
 
     from curation.video.transnet import TransNetV2Model, on_openvino, openvino_model, packaged_weights
 
-    picked, default = _on_openvino(None)
+    picked = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
     out = {"torch_fp32": _timed_windows(TransNetV2Model.load({"runtime": "torch"}, "cpu"), 1),
-           "openvino_default": _timed_windows(default, 1), "openvino_default_precision": picked}
+           "openvino_default": _timed_windows(TransNetV2Model.load({}, "cpu"), 1), "openvino_default_precision": picked}
     if picked != "f32":
-        out["openvino_fp32"] = _timed_windows(_on_openvino("f32")[1], 1)
+        out["openvino_fp32"] = _timed_windows(_openvino_fp32(), 1)
     try:
         import nncf
     except ImportError:

@@ -6,9 +6,10 @@
 (c) clips/s and video-seconds/s per core.
 (a)-(c) detect with adaptive alone and trim nothing, as split-video does; (d) runs the default detectors
 (TransNetV2 gated + adaptive, on the CPU) with trimming and the text filter: the default job's CPU half, against its
-own floor and against split-video; (e) the same without the text filter: what the detectors cost; (f) the CPU path at scale, without Ray: (e)'s scene pass
-on each source in this process against the floor of the same clips, in CPU-seconds (what a core spends per source
-once a job runs: no Ray start-up, worker start or Ray's own processes, which a 4-minute bench cannot spread thin).
+own floor and against split-video; (e) the same without the text filter: what the detectors cost; (f) the CPU path
+at scale, without Ray: (e)'s scene pass on each source in this process against the floor of the same clips, in
+CPU-seconds (what a core spends per source once a job runs: no Ray start-up, worker start or Ray's own processes,
+which a 4-minute bench cannot spread thin).
 Writes out/bench/curation.json (read by capacity planning).
 """
 
@@ -229,7 +230,8 @@ def main() -> None:
     t_floor_default, _ = floor(per_source_default)
     t_floor_no_text, _ = floor(per_source_no_text)
     os.environ["OMP_NUM_THREADS"] = "1"  # the network on one core, as in a Ray worker with num_cpus=1
-    steady = steady_cpu(videos, load_job(None, overrides + ["text.enabled=false"], input="-", output=str(work / "steady")))
+    steady = steady_cpu(videos, load_job(None, overrides + ["text.enabled=false"], input="-",
+                                         output=str(work / "steady")))
 
     # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
     agree = total = 0

@@ -68,7 +68,8 @@ def ray_cluster(worker_gpus: int = 0):
         # Its processes name its temp dir, or its head's address (the Ray client server, which no node parents
         # and which, left running, holds its port against the next cluster's head).
         mine = (temp, f"{HEAD_IP}:{port}")
-        own = [p for p in psutil.process_iter(["cmdline"]) if any(m in a for a in p.info["cmdline"] or [] for m in mine)]
+        own = [p for p in psutil.process_iter(["cmdline"])
+               if any(m in a for a in p.info["cmdline"] or [] for m in mine)]
         procs = [q for p in nodes + own if p.is_running() for q in [p, *p.children(recursive=True)]]
         for p in procs:
             try:

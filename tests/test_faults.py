@@ -644,7 +644,6 @@ def test_two_drivers_starting_together_cannot_both_hold_the_output(tmp_path):
     assert sorted(results) == ["held", "refused"]
 
 
-
 def test_a_claim_is_only_held_once_confirmed(tmp_path):
     # The curation driver claims, starts Ray, then confirms: a driver that wrote in between (it read the output
     # before this claim was visible) holds the output, and this one is refused at its confirm.

@@ -354,9 +354,9 @@ def test_our_hsv_score_is_pyscenedetects_to_the_bit(kind, args):
         args = {"weights": sd.ContentDetector.Components(*args["weights"])}
     theirs = {"adaptive": sd.AdaptiveDetector, "content": sd.ContentDetector}[kind](**args)
     ours = SCENEDETECT_KINDS[kind](**args)
-    cuts = {id(theirs): [], id(ours): []}
+    their_cuts, our_cuts = [], []
     for i, frame in enumerate(small_frames(VIDEOS / "testvideo.mp4")):
-        for d in (theirs, ours):
-            cuts[id(d)] += d.process_frame(FrameTimecode(i, 30.0), frame)
+        their_cuts += theirs.process_frame(FrameTimecode(i, 30.0), frame)
+        our_cuts += ours.process_frame(FrameTimecode(i, 30.0), frame)
         assert ours._frame_score == theirs._frame_score, i
-    assert cuts[id(ours)] == cuts[id(theirs)] and cuts[id(ours)]
+    assert our_cuts == their_cuts and our_cuts

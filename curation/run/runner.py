@@ -251,7 +251,8 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
             sources = [u for u in all_sources if u not in skip]
             if cfg.limit is not None:
                 sources = sources[: cfg.limit]
-            print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, {len(sources)} to process", flush=True)
+            print(f"{len(all_sources)} source(s) found, {len(all_sources) - len(sources)} already done, "
+                  f"{len(sources)} to process", flush=True)
             if not sources:
                 return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
             printer = progress = None
