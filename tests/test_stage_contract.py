@@ -2,7 +2,10 @@
 names a shard may hold."""
 
 import io
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,8 @@ from curation.pipeline.stage import Stage
 from curation.run.executor import Chain
 from curation.run.runner import chain_resources, chains
 from curation.stages import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_row_field_survives_the_arrow_trip_between_workers():
@@ -62,6 +67,15 @@ def test_workers_are_sized_from_the_config_without_building_a_stage():
     assert (cpu.gpus, cpu.memory_mb) == (0, 256)  # the scene pass may hold encode.hold_mb of frames
     assert (gpu.gpus, half.gpus) == (1, 0.5)
     assert [g[0].batch_size(cfg) for g in groups] == [1, cfg.aesthetic.batch_size, cfg.subjects.batch_size]
+
+
+def test_a_cpu_worker_imports_no_model_library():
+    """What a CPU chain's worker imports to run its first source (the runner's task and the stages package): a
+    model library there is seconds of every worker's start, and memory it holds for nothing."""
+    code = ("import sys, curation.run.runner, curation.stages; "
+            "print(sorted({'torch', 'scipy.optimize', 'transformers', 'ultralytics', 'vllm'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 def test_only_the_contracts_member_names_are_fields_and_a_repeated_member_is_rejected():

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from curation.models.masks import bbox
 from curation.models.subjects import Subject
@@ -137,6 +136,9 @@ def associate(frames: list[list[Sighting]], height: int, width: int, max_shift: 
     sighting a frame; the rest start tracks of their own. Colour alone never parts a near sighting from a track:
     a partial, blurred or occluded view changes it too much (tried: it split 11 of 100 synthetic objects)."""
     diagonal = float(np.hypot(height, width))
+    # Imported here: every CPU worker imports the stages package, and scipy.optimize is 0.2 s of its start.
+    from scipy.optimize import linear_sum_assignment
+
     tracks: list[Track] = []
     for sightings in frames:
         cost = np.full((len(sightings), len(tracks)), np.inf)
