@@ -17,6 +17,7 @@ from curation.pipeline.stage import Stage
 from curation.run.executor import Chain
 from curation.run.runner import chain_resources, chains
 from curation.stages import pipeline
+from curation.stages.scenes import WORKER_MB
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_workers_are_sized_from_the_config_without_building_a_stage():
     assert [[s.name for s in g] for g in groups] == [
         ["scenes", "encode", "text", "caption_prep"], ["aesthetic", "caption"], ["subjects"]]
     cpu, gpu, half = (chain_resources(g, cfg) for g in groups)
-    assert (cpu.gpus, cpu.memory_mb) == (0, 256)  # the scene pass may hold encode.hold_mb of frames
+    assert (cpu.gpus, cpu.memory_mb) == (0, WORKER_MB + 256)  # its own, then the frames it may hold
     assert (gpu.gpus, half.gpus) == (1, 0.5)
     assert [g[0].batch_size(cfg) for g in groups] == [1, cfg.aesthetic.batch_size, cfg.subjects.batch_size]
 

@@ -69,6 +69,12 @@ def hdr_dropped(uri: str, info: VideoInfo, sha1: str, read: dict) -> Iterator[Ro
                                **read})
 
 
+# A scene worker's own memory, before the frames it holds: Python, Ray, PyAV, OpenCV, the detectors' and the text
+# check's models, the decoder's and the clips' x264 encoders' buffers. Measured in a Ray worker: 0.3 GiB set up
+# (0.5 with the text filter), 1.15-1.3 GiB at its peak on a 720p montage with part of the hold in use. Reserved on
+# top of encode.hold_mb, so Ray never packs more scene workers on a node than its memory holds.
+WORKER_MB = 768
+
 class SceneStage(Stage):
     name = "scenes"
     consumes = ("source",)
@@ -81,8 +87,9 @@ class SceneStage(Stage):
 
     @classmethod
     def resources(cls, cfg: JobConfig) -> Resources:
-        # transnetv2 runs on the GPU share; the one-pass encoder may hold up to encode.hold_mb of frames.
-        return Resources(gpus=cfg.scenes.num_gpus, memory_mb=cfg.encode.hold_mb)
+        # transnetv2 runs on the GPU share; the worker needs its own memory, then the one-pass encoder may hold up
+        # to encode.hold_mb of frames.
+        return Resources(gpus=cfg.scenes.num_gpus, memory_mb=WORKER_MB + cfg.encode.hold_mb)
 
     def setup(self) -> None:
         self.detectors = Detectors(self.cfg.scenes.detectors, device_for(self.cfg.scenes.num_gpus))
