@@ -72,8 +72,9 @@ def hdr_dropped(uri: str, info: VideoInfo, sha1: str, read: dict) -> Iterator[Ro
 # A scene worker's own memory, before the frames it holds: Python, Ray, PyAV, OpenCV, the detectors' and the text
 # check's models, the decoder's and the clips' x264 encoders' buffers. Measured in a Ray worker: 0.3 GiB set up
 # (0.5 with the text filter), 1.15-1.3 GiB at its peak on a 720p montage with part of the hold in use. Reserved on
-# top of encode.hold_mb, so Ray never packs more scene workers on a node than its memory holds.
-WORKER_MB = 768
+# top of encode.hold_mb, so Ray never packs more scene workers on a node than its memory holds. With the caption
+# prep chained in (the demo job) a worker peaked at 1.5 GiB, and Ray wants a quarter more than a peak.
+WORKER_MB = 1024
 
 class SceneStage(Stage):
     name = "scenes"
