@@ -187,7 +187,8 @@ def main() -> None:
     for v in videos:
         with av.open(str(v)) as c:
             total_s += c.duration / 1e6
-    print(f"{len(videos)} videos ({len(real_videos())} real, {args.montages} montages of them), {total_s:.1f} s of video, {CPUS} cores")
+    print(f"{len(videos)} videos ({len(real_videos())} real, {args.montages} montages of them), {total_s:.1f} s of video, "
+          f"{CPUS} cores")
 
     # Scenes as PySceneDetect makes them: no minimum beyond its own 15 frames, no maximum.
     # The CPU half only: the model stages have their own benchmark (benchmarks/model_stages_bench.py).
@@ -209,13 +210,14 @@ def main() -> None:
             per_source.setdefault(c["source_uri"], []).append((c["start_frame"], c["end_frame"]))
         return t, result, per_source
 
+    # The floor takes its sources in the job's order, largest first: in listing order its last montage ran alone
+    # while a core idled, a tail the job did not pay.
+    largest_first = Storage().largest_first(list(map(str, videos)))
+
     def floor(per_source: dict) -> tuple[float, float]:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # Largest first, as the job schedules its sources: in listing order the last montage ran alone while a
-        # core idled, and that tail was counted in the floor.
-        order = sorted(videos, key=lambda v: v.stat().st_size, reverse=True)
         with ProcessPoolExecutor(CPUS) as ex:
-            t, _ = timed(lambda: list(ex.map(floor_one, [(v, sorted(per_source.get(str(v), []))) for v in order])))
+            t, _ = timed(lambda: list(ex.map(floor_one, [(u, sorted(per_source.get(u, []))) for u in largest_first])))
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers have exited: their CPU time counts
         return t, (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
 

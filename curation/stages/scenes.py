@@ -76,6 +76,7 @@ def hdr_dropped(uri: str, info: VideoInfo, sha1: str, read: dict) -> Iterator[Ro
 # prep chained in (the demo job) a worker peaked at 1.5 GiB, and Ray wants a quarter more than a peak.
 WORKER_MB = 1024
 
+
 class SceneStage(Stage):
     name = "scenes"
     consumes = ("source",)
