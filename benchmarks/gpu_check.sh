@@ -13,7 +13,7 @@
 # 3. stages:   the curation model stages' GPU throughput with real-size models (benchmarks/model_stages_bench.py
 #              --gpu; on --smoke its CPU mode with the tiny models); the caption stage on both engines, with the
 #              GPU's busy share, where .venv-vllm holds a GPU build of vLLM (without one: transformers only)
-# 4. transnet: TransNetV2's predicted frames/s on the GPU (64 windows a batch: scenes.num_gpus) beside the CPU's
+# 4. transnet: TransNetV2's predicted frames/s on the GPU (1 and 64 windows a batch: scenes.num_gpus) beside the CPU's
 #              runtimes on one core (benchmarks/clean_clips.py --network-only)
 # Each piece has its own time limit (150 + 270 + 200 (360 with vLLM) + 60 s); one that fails or runs out is recorded as such and
 # the others still run.
