@@ -9,13 +9,15 @@
 own floor and against split-video; (e) the same without the text filter: what the detectors cost; (f) the CPU path
 at scale, without Ray: (e)'s scene pass on each source in this process against the floor of the same clips, in
 CPU-seconds (what a core spends per source once a job runs: no Ray start-up, worker start or Ray's own processes,
-which a 4-minute bench cannot spread thin).
+which a 4-minute bench cannot spread thin); (g) (e)'s scene pass in a pool of processes on all cores, without Ray,
+against (e)'s floor: what Ray itself adds to (e).
 Writes out/bench/curation.json (read by capacity planning).
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import resource
 import shutil
@@ -126,6 +128,34 @@ def steady_cpu(videos: list[Path], cfg) -> dict:
         per_source[v.name] = {"ours_cpu_s": ours, "floor_cpu_s": time.process_time() - t, "clips": len(clips)}
     ours, floor = (sum(p[k] for p in per_source.values()) for k in ("ours_cpu_s", "floor_cpu_s"))
     return {"ours_cpu_s": ours, "floor_cpu_s": floor, "ratio_vs_floor": ours / floor, "per_source": per_source}
+
+
+_STAGE = None  # a pool process's scene stage (``without_ray``)
+
+
+def _stage_setup(cfg) -> None:
+    global _STAGE
+    from curation.stages.scenes import SceneStage
+
+    _STAGE = SceneStage(cfg)
+    _STAGE.setup()
+
+
+def _stage_clips(uri: str) -> int:
+    from curation.pipeline.row import Row
+
+    return sum(r.kind == "clip" for r in _STAGE.process(Row("source", uri, {})))
+
+
+def without_ray(sources: list[str], cfg) -> tuple[float, int]:
+    """The scene pass (``cfg``) in a pool of CPUS new processes, largest source first, each setting its stage up
+    once as a Ray worker does: the job's work without Ray's start, stop and own processes (or the shard sink).
+    Wall seconds, clips."""
+    spawn = multiprocessing.get_context("spawn")  # fresh processes, as Ray's workers are
+    t = time.perf_counter()
+    with ProcessPoolExecutor(CPUS, mp_context=spawn, initializer=_stage_setup, initargs=(cfg,)) as ex:
+        clips = sum(ex.map(_stage_clips, sources))
+    return time.perf_counter() - t, clips
 
 
 def against_floor(t: float, result, t_floor: float, t_ray: float, t_sd_seq: float, t_sd_par: float) -> dict:
@@ -242,8 +272,9 @@ def main() -> None:
     t_floor_default, _ = floor(per_source_default)
     t_floor_no_text, _ = floor(per_source_no_text)
     os.environ["OMP_NUM_THREADS"] = "1"  # the network on one core, as in a Ray worker with num_cpus=1
-    steady = steady_cpu(videos, load_job(None, overrides + ["text.enabled=false"], input="-",
-                                         output=str(work / "steady")))
+    no_text = load_job(None, overrides + ["text.enabled=false"], input="-", output=str(work / "steady"))
+    t_pool, pool_clips = without_ray(largest_first, no_text)
+    steady = steady_cpu(videos, no_text)
 
     # Equal accuracy: the same cut points (within one frame) as PySceneDetect's.
     agree = total = 0
@@ -273,6 +304,8 @@ def main() -> None:
         "default_detectors_without_text_filter": against_floor(
             t_no_text, result_no_text, t_floor_no_text, t_ray, t_sd_seq, t_sd_par),
         "default_detectors_steady_cpu": steady,
+        "default_detectors_without_ray": {"ours_s": t_pool, "clips": pool_clips, "floor_s": t_floor_no_text,
+                                          "ratio_vs_floor": t_pool / t_floor_no_text},
     }
     print(f"ours: {t_ours:.1f} s ({t_ray:.1f} s of it starting Ray), {n} clips; PySceneDetect split-video: {sd_clips} clips")
     print(f"cut points agreeing with PySceneDetect (+-1 frame): {agree}/{total}")
@@ -298,6 +331,9 @@ def main() -> None:
           f"floor's {steady['floor_cpu_s']:.1f} s: {steady['ratio_vs_floor']:.2f}x; montages "
           + ", ".join(f"{p['ours_cpu_s'] / p['floor_cpu_s']:.2f}x" for n, p in steady["per_source"].items()
                       if n.startswith("montage")))
+    print(f"(g) (e)'s scene pass without Ray, in {CPUS} processes: {t_pool:.1f} s, {pool_clips} clips; / its floor: "
+          f"{t_pool / t_floor_no_text:.2f}x (the Ray job: {t_no_text:.1f} s, {t_no_text - t_pool:.1f} s more, "
+          f"{t_ray:.1f} s of them starting Ray)")
     write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 
