@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,29 +121,48 @@ def submit(env, endpoint: str, job: str = "jobs/cluster_curation.yaml", output: 
     return re.search(r"raysubmit_\w+", out).group(0)
 
 
-def wait(env, job: str, log_line: str | None = None, timeout=300) -> str:
-    """Until the job's logs hold ``log_line``, or (without one) until it ends: its final state."""
+def wait(env, job: str, timeout=300) -> str:
+    """Until the job ends: its final state."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if log_line is not None:
-            if log_line in ray_cli(env, "job", "logs", job):
-                return log_line
-        else:
-            status = ray_cli(env, "job", "status", job)  # "Job '...' succeeded", "... failed", "... was stopped"
-            for word, state in (("succeeded", "SUCCEEDED"), ("failed", "FAILED"), ("was stopped", "STOPPED")):
-                if f"' {word}" in status:
-                    return state
+        status = ray_cli(env, "job", "status", job)  # "Job '...' succeeded", "... failed", "... was stopped"
+        for word, state in (("succeeded", "SUCCEEDED"), ("failed", "FAILED"), ("was stopped", "STOPPED")):
+            if f"' {word}" in status:
+                return state
         time.sleep(1)
     raise AssertionError(f"job {job} not done in {timeout} s:\n" + ray_cli(env, "job", "logs", job))
+
+
+def kill_mid_job(env, job: str, node_ip: str, timeout=300) -> None:
+    """Follow the job's log and, at its first progress line where a source is through its scene pass while not every
+    source is done, kill the raylet of ``node_ip``: the job loses a node with work in flight. (The scene workers may
+    finish their first sources within one progress interval, so a count of 1 may never show; and polling the log
+    is too slow for a job of ten seconds.)"""
+    mid_job = re.compile(rf"sources (\d+)/{len(INPUTS)} .*\| scenes [1-9]")
+    follow = subprocess.Popen([RAY, "job", "logs", "--follow", job], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(timeout, follow.kill)
+    watchdog.start()
+    try:
+        for line in follow.stdout:
+            m = mid_job.search(line)
+            if m and int(m[1]) < len(INPUTS):
+                raylet(node_ip).kill()
+                return
+    finally:
+        watchdog.cancel()
+        follow.kill()
+        follow.wait()
+    raise AssertionError(f"job {job} ended (or ran past {timeout} s) before a node could be lost mid-job:\n"
+                         + ray_cli(env, "job", "logs", job))
 
 
 @pytest.mark.slow
 def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op(cluster, s3_server):
     env = cluster
     upload(s3_server, INPUTS)
-    job = submit(env, s3_server)
-    wait(env, job, log_line="| scenes 1 ")  # mid-job: the first source is through its scene pass, the rest in flight
-    raylet(WORKER_IP).kill()
+    job = submit(env, s3_server, sets=["ray.progress_interval_s=0.5"])
+    kill_mid_job(env, job, WORKER_IP)
     assert wait(env, job) == "SUCCEEDED", ray_cli(env, "job", "logs", job)
     logs = ray_cli(env, "job", "logs", job)
     assert f"sources: {len(INPUTS)} found, 0 skipped (done before), {len(INPUTS)} done, 0 failed" in logs, logs
