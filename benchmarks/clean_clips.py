@@ -89,20 +89,40 @@ def _timed_windows(model, windows: int, repeats: int = 3) -> float:
 def _openvino_fp32():
     """The network compiled by OpenVINO in float32 on one core; the job lets OpenVINO pick its precision."""
     import numpy as np
-    import openvino as ov
 
-    from curation.video.transnet import TransNetV2Model, openvino_model, packaged_weights
+    from curation.video.transnet import TransNetV2Model, compiled_for_cpu, openvino_model, packaged_weights
 
-    compiled = ov.Core().compile_model(openvino_model(packaged_weights()), "CPU",
-                                       {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compiled_for_cpu(openvino_model(packaged_weights()), INFERENCE_NUM_THREADS=1,
+                                INFERENCE_PRECISION_HINT="f32")
     return TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows]))
+
+
+def _one_worker(pinned: bool) -> float:
+    import numpy as np
+
+    from curation.video.transnet import TransNetV2Model, compiled_for_cpu, openvino_model, packaged_weights
+
+    compiled = compiled_for_cpu(openvino_model(packaged_weights()), ENABLE_CPU_PINNING=pinned)
+    return _timed_windows(TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows])),
+                          1, repeats=20)
+
+
+def two_workers(pinned: bool) -> float:
+    """Predicted frames/s of each of two new processes running the job's network at once, one thread each, as two
+    scene workers on a node do; ``pinned``: with OpenVINO's default thread pinning, which the job turns off."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return min(ex.map(_one_worker, [pinned, pinned]))
 
 
 def network_frames_per_s(calibration: list | None) -> dict[str, float]:
     """Predicted frames/s of the network alone, one window at a time on one core, per runtime and precision:
     PyTorch float32; OpenVINO in the precision it picks for this CPU (bfloat16 where the CPU has it, as the job
     runs) and in float32; int8 given calibration windows and nncf; a GPU with one window and with 64 windows a
-    batch where there is one. The job's own runtime is ``openvino_default``."""
+    batch where there is one. The job's own runtime is ``openvino_default``; ``*_two_workers_each``: each of two
+    processes at once (``two_workers``)."""
     import openvino as ov
     import torch
 
@@ -113,6 +133,8 @@ def network_frames_per_s(calibration: list | None) -> dict[str, float]:
            "openvino_default": _timed_windows(TransNetV2Model.load({}, "cpu"), 1), "openvino_default_precision": picked}
     if picked != "f32":
         out["openvino_fp32"] = _timed_windows(_openvino_fp32(), 1)
+    out["openvino_default_two_workers_each"] = two_workers(pinned=False)
+    out["openvino_pinned_two_workers_each"] = two_workers(pinned=True)
     try:
         import nncf
     except ImportError:

@@ -327,6 +327,20 @@ def test_the_onnx_export_is_made_once_per_machine(tmp_path, monkeypatch):
     assert len(built) == 3
 
 
+def test_openvino_runs_on_the_workers_share_of_the_cpu_unpinned(monkeypatch):
+    # Pinned (OpenVINO's default), every scene worker on a node put its network on the same first core.
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from curation.video.transnet import compiled_for_cpu
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray sets it for a worker with num_cpus=1
+    x = ops.parameter([1, 4], np.float32)
+    compiled = compiled_for_cpu(ov.Model([ops.relu(x)], [x]))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def test_adaptive_reports_no_cuts_in_fades():
     """The analysis frames are scaled without swscale's dither, whose pattern in the dark frames of a fade changes
     hue enough for adaptive to report cuts there (2 in fades.mp4, 3 around testvideo.mp4's fades)."""
