@@ -162,6 +162,15 @@ def test_fps_resampling_and_resize():
     assert len(decode(clip.mp4)) == clip.num_frames == 51
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_the_decoder_takes_the_workers_share_of_the_cpu(monkeypatch, threads):
+    # FFmpeg's own choice is a thread per core of the node, in every worker on it.
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)  # as Ray sets it for a worker
+    with open_source(str(VIDEOS / "testvideo.mp4"), ST) as source:
+        assert source.video.stream.codec_context.thread_count == int(threads)
+        assert sum(1 for _ in source.frames) > 100
+
+
 @pytest.mark.parametrize("name, message", [("zero.mp4", "not a readable video"), ("random.mp4", "not a readable video"),
                                            ("text.mp4", "not a readable video"), ("missing.mp4", "file not found"),
                                            ("huge.mp4", "8704x4352 is above the limit of 33177600")])
