@@ -89,23 +89,17 @@ def _timed_windows(model, windows: int, repeats: int = 3) -> float:
 
 def _openvino_fp32():
     """The network compiled by OpenVINO in float32 on one core; the job lets OpenVINO pick its precision."""
-    import numpy as np
+    from curation.video.transnet import TransNetV2Model, on_openvino, openvino_model, packaged_weights
 
-    from curation.video.transnet import TransNetV2Model, compiled_for_cpu, openvino_model, packaged_weights
-
-    compiled = compiled_for_cpu(openvino_model(packaged_weights()), INFERENCE_NUM_THREADS=1,
-                                INFERENCE_PRECISION_HINT="f32")
-    return TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows]))
+    return TransNetV2Model(on_openvino(openvino_model(packaged_weights()), INFERENCE_NUM_THREADS=1,
+                                       INFERENCE_PRECISION_HINT="f32"))
 
 
 def _one_worker(pinned: bool) -> float:
-    import numpy as np
+    from curation.video.transnet import TransNetV2Model, on_openvino, openvino_model, packaged_weights
 
-    from curation.video.transnet import TransNetV2Model, compiled_for_cpu, openvino_model, packaged_weights
-
-    compiled = compiled_for_cpu(openvino_model(packaged_weights()), ENABLE_CPU_PINNING=pinned)
-    return _timed_windows(TransNetV2Model(lambda windows: np.concatenate([compiled(w[None])[0] for w in windows])),
-                          1, repeats=20)
+    model = TransNetV2Model(on_openvino(openvino_model(packaged_weights()), ENABLE_CPU_PINNING=pinned))
+    return _timed_windows(model, 1, repeats=20)
 
 
 def two_workers(pinned: bool) -> float:
