@@ -10,7 +10,9 @@ own floor and against split-video; (e) the same without the text filter: what th
 at scale, without Ray: (e)'s scene pass on each source in this process against the floor of the same clips, in
 CPU-seconds (what a core spends per source once a job runs: no Ray start-up, worker start or Ray's own processes,
 which a 4-minute bench cannot spread thin); (g) (e)'s scene pass in a pool of processes on all cores, without Ray,
-against (e)'s floor: what Ray itself adds to (e).
+against (e)'s floor: what Ray itself adds to (e); (h) (e) on a running single-node cluster (`ray start --head`,
+as `ray.address` names a cluster users keep up): two jobs one after the other, without starting and stopping Ray
+and, in the second, with Ray Data's own actors already up.
 Writes out/bench/curation.json (read by capacity planning).
 """
 
@@ -21,14 +23,18 @@ import multiprocessing
 import os
 import random
 import resource
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 
@@ -164,6 +170,45 @@ def without_ray(sources: list[str], cfg) -> tuple[float, int]:
     return time.perf_counter() - t, clips
 
 
+@contextmanager
+def running_cluster() -> Iterator[str]:
+    """A single-node Ray cluster of CPUS CPUs on 127.0.0.1 (`ray start --head`, token authentication), its address,
+    with this process's environment set to join it; torn down by killing exactly its own processes (`ray stop` would
+    stop every Ray on the machine)."""
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # A temp dir of its own, so that no later ray.init() here takes it for the machine's current cluster.
+    temp = f"/tmp/rb-{secrets.token_hex(4)}"
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+    # The flag that keeps a Ray node on loopback is for the driver's side (its node address) only: `ray start` is
+    # given the address, and with the flag set it refuses to start a cluster that others may join.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--temp-dir={temp}",
+                    "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false", f"--num-cpus={CPUS}",
+                    "--disable-usage-stats"], env={**env, **auth}, check=True, capture_output=True)
+    driver = {**auth, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    before = {k: os.environ.get(k) for k in driver}
+    os.environ.update(driver)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+        for p in psutil.process_iter(["cmdline"]):
+            if any(temp in a or f"127.0.0.1:{port}" in a for a in p.info["cmdline"] or []):
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def against_floor(t: float, result, t_floor: float, t_ray: float, t_sd_seq: float, t_sd_par: float) -> dict:
     """A run of ours against its own floor and against split-video."""
     return {
@@ -263,6 +308,8 @@ def main() -> None:
     t_ours, result, per_source = ours("ours", as_split_video)
     t_default, result_default, per_source_default = ours("default", [])
     t_no_text, result_no_text, per_source_no_text = ours("default_no_text", ["text.enabled=false"])
+    with running_cluster() as address:
+        on_cluster = [ours(f"on_cluster_{k}", ["text.enabled=false", f"ray.address={address}"]) for k in (1, 2)]
 
     def seq():
         for v in videos:
@@ -310,6 +357,8 @@ def main() -> None:
         "default_detectors_without_text_filter": against_floor(
             t_no_text, result_no_text, t_floor_no_text, t_ray, t_sd_seq, t_sd_par),
         "default_detectors_steady_cpu": steady,
+        "default_detectors_on_running_cluster": [
+            {"ours_s": t, "clips": r.stats.clips_written, "ratio_vs_floor": t / t_floor_no_text} for t, r, _ in on_cluster],
         "default_detectors_without_ray": {"ours_s": t_pool, "clips": pool_clips, "floor_s": t_floor_no_text,
                                           "ratio_vs_floor": t_pool / t_floor_no_text},
     }
@@ -340,6 +389,10 @@ def main() -> None:
     print(f"(g) (e)'s scene pass without Ray, in {CPUS} processes: {t_pool:.1f} s, {pool_clips} clips; / its floor: "
           f"{t_pool / t_floor_no_text:.2f}x (the Ray job: {t_no_text:.1f} s, {t_no_text - t_pool:.1f} s more, "
           f"{t_ray:.1f} s of them starting Ray)")
+    print(f"(h) (e) on a running single-node cluster: "
+          + ", then ".join(f"{d['ours_s']:.1f} s, {d['clips']} clips, {d['ratio_vs_floor']:.2f}x"
+                           for d in res["default_detectors_on_running_cluster"])
+          + " its floor (the second with Ray Data's actors up)")
     write_result("curation", res)
     shutil.rmtree(work, ignore_errors=True)
 

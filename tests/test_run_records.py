@@ -3,7 +3,8 @@
 from collections import Counter
 
 from curation.__main__ import _verdict
-from curation.run.runner import RunResult, progress_line
+from curation.run.progress import progress_line
+from curation.run.runner import RunResult
 from curation.sink.writer import RunStats
 
 

@@ -23,6 +23,7 @@ from curation.pipeline.row import Row, from_table, to_table
 from curation.pipeline.stage import Resources, Stage
 from curation.run.executor import Chain
 from curation.run.preflight import check_job
+from curation.run.progress import Progress, progress_line
 from curation.sink.run_record import run_stats, write_run_record
 from curation.sink.shards import repack
 from curation.sink.writer import DatasetWriter, RunStats
@@ -32,21 +33,6 @@ log = logging.getLogger("curation")
 
 _BLOCK_BYTES = 64 << 20  # a chain hands rows on in blocks of about this size, so a long video streams
 _BLOCKS_PER_CPU = 32
-
-
-class Progress:
-    """Per-stage counters (items in, out, errors, busy seconds), kept by a tiny actor every worker reports to."""
-
-    def __init__(self):
-        self.counts: dict[str, list[float]] = {}
-
-    def add(self, stage: str, rows_in: int, rows_out: int, errors: int, seconds: float) -> None:
-        c = self.counts.setdefault(stage, [0, 0, 0, 0.0])
-        for i, v in enumerate((rows_in, rows_out, errors, seconds)):
-            c[i] += v
-
-    def snapshot(self) -> dict[str, list[float]]:
-        return self.counts
 
 
 class RayChain:
@@ -161,19 +147,6 @@ class RunResult:
     seconds: float
     stage_counts: dict
     record: str | None = None  # where this run's config and stats were written (runs/...)
-
-
-def progress_line(elapsed: float, total: int, stats: RunStats, counts: dict, stages: list[str]) -> str:
-    """One line of progress: sources done of total with rate and ETA, clips, errors, then rows per stage in
-    pipeline order (busy seconds show where the time goes)."""
-    done = stats.sources_done + stats.sources_failed
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
-    dropped = sum(stats.dropped.values())
-    parts = [f"sources {done}/{total} ({rate:.2f}/s, ETA {eta})",
-             f"clips {stats.clips_written} written, {dropped} dropped", f"errors {sum(stats.errors.values())}"]
-    parts += [f"{name} {int(counts[name][0])}" for name in stages if name in counts]
-    return f"[{elapsed:6.0f}s] " + " | ".join(parts)
 
 
 def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[str], t0: float, interval: float,
