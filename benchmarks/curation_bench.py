@@ -172,9 +172,8 @@ def without_ray(sources: list[str], cfg) -> tuple[float, int]:
 
 @contextmanager
 def running_cluster() -> Iterator[str]:
-    """A single-node Ray cluster of CPUS CPUs on 127.0.0.1 (`ray start --head`, token authentication), its address,
-    with this process's environment set to join it; torn down by killing exactly its own processes (`ray stop` would
-    stop every Ray on the machine)."""
+    """A single-node Ray cluster of CPUS CPUs on 127.0.0.1 (`ray start --head`), its address; torn down by killing
+    exactly its own processes (`ray stop` would stop every Ray on the machine)."""
     import psutil
 
     with socket.socket() as s:
@@ -182,24 +181,18 @@ def running_cluster() -> Iterator[str]:
         port = s.getsockname()[1]
     # A temp dir of its own, so that no later ray.init() here takes it for the machine's current cluster.
     temp = f"/tmp/rb-{secrets.token_hex(4)}"
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
     # The flag that keeps a Ray node on loopback is for the driver's side (its node address) only: `ray start` is
-    # given the address, and with the flag set it refuses to start a cluster that others may join.
+    # given the address, and with the flag set it refuses to start a cluster that others may join. The rest of this
+    # process's environment goes to the head: its authentication mode (token, since the local clusters before,
+    # with ~/.ray/auth_token) is the one this process joins with.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--temp-dir={temp}",
                     "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false", f"--num-cpus={CPUS}",
-                    "--disable-usage-stats"], env={**env, **auth}, check=True, capture_output=True)
-    driver = {**auth, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    before = {k: os.environ.get(k) for k in driver}
-    os.environ.update(driver)
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # this driver's node address: loopback
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
         for p in psutil.process_iter(["cmdline"]):
             if any(temp in a or f"127.0.0.1:{port}" in a for a in p.info["cmdline"] or []):
                 try:
