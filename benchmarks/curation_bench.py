@@ -23,9 +23,7 @@ import multiprocessing
 import os
 import random
 import resource
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -176,11 +174,12 @@ def running_cluster() -> Iterator[str]:
     exactly its own processes (`ray stop` would stop every Ray on the machine)."""
     import psutil
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # A temp dir of its own, so that no later ray.init() here takes it for the machine's current cluster.
-    temp = f"/tmp/rb-{secrets.token_hex(4)}"
+    from jobs.loopback_s3 import free_port
+
+    port = free_port()
+    # A temp dir of its own (short: socket paths have a length limit), so that no later ray.init() here takes it for
+    # the machine's current cluster.
+    temp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     # The flag that keeps a Ray node on loopback is for the driver's side (its node address) only: `ray start` is
     # given the address, and with the flag set it refuses to start a cluster that others may join. The rest of this
     # process's environment goes to the head: its authentication mode (token, since the local clusters before,
