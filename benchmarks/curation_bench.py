@@ -170,35 +170,14 @@ def without_ray(sources: list[str], cfg) -> tuple[float, int]:
 
 @contextmanager
 def running_cluster() -> Iterator[str]:
-    """A single-node Ray cluster of CPUS CPUs on 127.0.0.1 (`ray start --head`), its address; torn down by killing
-    exactly its own processes (`ray stop` would stop every Ray on the machine)."""
-    import psutil
+    """A single-node Ray cluster of CPUS CPUs on 127.0.0.1, its address. It takes this process's environment, and so
+    its Ray authentication mode (token, since the local clusters before, with ~/.ray/auth_token): the one this
+    process joins with."""
+    from jobs.loopback_ray import loopback_ray_cluster
 
-    from jobs.loopback_s3 import free_port
-
-    port = free_port()
-    # A temp dir of its own (short: socket paths have a length limit), so that no later ray.init() here takes it for
-    # the machine's current cluster.
-    temp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
-    # The flag that keeps a Ray node on loopback is for the driver's side (its node address) only: `ray start` is
-    # given the address, and with the flag set it refuses to start a cluster that others may join. The rest of this
-    # process's environment goes to the head: its authentication mode (token, since the local clusters before,
-    # with ~/.ray/auth_token) is the one this process joins with.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--temp-dir={temp}",
-                    "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false", f"--num-cpus={CPUS}",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # this driver's node address: loopback
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        for p in psutil.process_iter(["cmdline"]):
-            if any(temp in a or f"127.0.0.1:{port}" in a for a in p.info["cmdline"] or []):
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-        shutil.rmtree(temp, ignore_errors=True)
+    with loopback_ray_cluster("127.0.0.1", ["--include-dashboard=false", f"--num-cpus={CPUS}"]) as address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # this driver's node address: loopback
+        yield address
 
 
 def against_floor(t: float, result, t_floor: float, t_ray: float, t_sd_seq: float, t_sd_par: float) -> dict:

@@ -6,8 +6,6 @@ declares a GPU (`ray start --num-gpus=1`: Ray schedules by resources, the tiny m
 import os
 import re
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +18,7 @@ import psutil
 import pytest
 
 from common.storage import Storage, StorageConfig
+from jobs.loopback_ray import loopback_ray_cluster
 from jobs.loopback_s3 import free_port
 from tiny_models.curation_models import tiny_overrides
 
@@ -48,36 +47,14 @@ def raylet(node_ip: str) -> psutil.Process:
 @contextmanager
 def ray_cluster(worker_gpus: int = 0):
     """A head (1 CPU) and a worker node (2 CPUs, ``worker_gpus`` GPUs) with token authentication, credentials in the
-    nodes' environment (as the README asks); torn down by killing exactly its own processes (`ray stop` would kill
-    every Ray here)."""
+    nodes' environment (as the README asks)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # it forbids a second node
-    port, dashboard = free_port(), free_port()
+    dashboard = free_port()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
                RAY_ADDRESS=f"http://127.0.0.1:{dashboard}")
-    # A temp dir of its own (short: socket paths have a length limit), so its "current cluster" file and logs
-    # never make a later ray.init() in this machine look for this cluster.
-    temp = f"/tmp/rc-{secrets.token_hex(4)}"
-    ray_cli(env, "start", "--head", f"--temp-dir={temp}", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}", "--num-cpus=1", "--disable-usage-stats")
-    nodes = [raylet(HEAD_IP)]
-    try:
-        ray_cli(env, "start", f"--address={HEAD_IP}:{port}", f"--node-ip-address={WORKER_IP}", "--num-cpus=2",
-                f"--num-gpus={worker_gpus}", "--disable-usage-stats")
-        nodes.append(raylet(WORKER_IP))
+    head = ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=1"]
+    with loopback_ray_cluster(HEAD_IP, head, [(WORKER_IP, ["--num-cpus=2", f"--num-gpus={worker_gpus}"])], env):
         yield env
-    finally:
-        # Its processes name its temp dir, or its head's address (the Ray client server, which no node parents
-        # and which, left running, holds its port against the next cluster's head).
-        mine = (temp, f"{HEAD_IP}:{port}")
-        own = [p for p in psutil.process_iter(["cmdline"])
-               if any(m in a for a in p.info["cmdline"] or [] for m in mine)]
-        procs = [q for p in nodes + own if p.is_running() for q in [p, *p.children(recursive=True)]]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -189,7 +166,3 @@ def test_the_gpu_job_runs_its_model_stages_on_a_gpu_node(gpu_cluster, s3_server,
     clips = check_contract("s3://cluster-datasets/cinema-gpu", Storage(StorageConfig(endpoint_url=s3_server)))
     assert len(clips) >= 3 and all(c["caption"] and c["aesthetic"] is not None for c in clips.values())
     assert any(c["subjects"] for c in clips.values())
-    again = submit(env, s3_server, "jobs/gpu_cluster_curation.yaml", "cinema-gpu",
-                   [*tiny_overrides(tiny_paths, fixed_answer=True), *gpu])
-    assert wait(env, again) == "SUCCEEDED"
-    assert "nothing to do: every source is already done" in ray_cli(env, "job", "logs", again)
