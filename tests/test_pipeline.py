@@ -14,6 +14,7 @@ import yaml
 from common import contract as C
 from curation.dedup import signals as S
 from curation.run.runner import run
+from curation.stages import pipeline
 
 from .conftest import BAD, GOOD, VIDEOS
 from .pipeline_helpers import check_contract, errors, manifest
@@ -145,6 +146,13 @@ def test_clips_carry_captions_and_subject_crops(curated):
                 assert image.mode == "RGBA" and image.size == (round(x1 - x0), round(y1 - y0))
     assert crops == sum(len(r["subjects"]) for r in rows)
     assert refs == sum(len(t["references"]) for r in rows for t in r["subject_tracks"]) > 0
+
+
+def test_each_stage_s_counts_reach_the_driver_through_the_later_chains(curated):
+    # The counts travel as progress rows, through the GPU chain and the shard sink: none lost, none counted twice.
+    cfg, result, inputs = curated
+    assert list(result.stage_counts) == [s.name for s in pipeline(cfg)]
+    assert result.stage_counts["scenes"][0] == len(inputs)  # every source, the broken ones too, once
 
 
 def test_every_clip_is_scored_for_burned_in_text_on_ray(curated):

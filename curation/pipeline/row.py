@@ -18,6 +18,8 @@
   source is done) and ``explained`` (a failure a source is known to cause).
 - ``shard``: a shard a worker wrote (``curation.sink.shards``): ``name``, ``staged``, ``bytes`` and the manifest
   ``records`` of its clips. The clips themselves never leave the worker.
+- ``progress``: per-stage counts a Ray worker's chain hands on with its rows (``curation.run.progress``):
+  ``counts``, stage name to items in, items out, errors and busy seconds. Stages pass it through.
 
 Between Ray operators rows travel as Arrow tables of ``ROW_SCHEMA`` (``to_table`` / ``from_table``).
 """
@@ -31,7 +33,7 @@ from typing import Literal, get_args
 
 import pyarrow as pa
 
-Kind = Literal["source", "summary", "clip", "dropped", "error", "shard"]
+Kind = Literal["source", "summary", "clip", "dropped", "error", "shard", "progress"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
 

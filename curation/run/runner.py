@@ -23,7 +23,7 @@ from curation.pipeline.row import Row, from_table, to_table
 from curation.pipeline.stage import Resources, Stage
 from curation.run.executor import Chain
 from curation.run.preflight import check_job
-from curation.run.progress import Progress, progress_line
+from curation.run.progress import StageCounts, progress_line
 from curation.sink.run_record import run_stats, write_run_record
 from curation.sink.shards import repack
 from curation.sink.writer import DatasetWriter, RunStats
@@ -38,14 +38,12 @@ _BLOCKS_PER_CPU = 32
 class RayChain:
     """A chain of consecutive stages (``chains``) in one Ray worker, run as a stream by the executor's ``Chain``: a
     source goes from its scene pass to encoded clips without leaving the process. The last chain ends in the shard
-    sink, so the clips are written where they are made and what leaves the worker is their manifest rows."""
+    sink, so the clips are written where they are made and what leaves the worker is their manifest rows. Each
+    block it hands on ends with a ``progress`` row: what its stages did since the last one."""
 
-    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, progress, last: bool):
-        self.progress = progress
-        self.chain = Chain(cfg, stage_classes, self._report, sink=last).__enter__()
-
-    def _report(self, stage: str, consumed: int, made: int, errors: int, busy: float) -> None:
-        self.progress.add.remote(stage, consumed, made, errors, busy)
+    def __init__(self, stage_classes: tuple[type[Stage], ...], cfg: JobConfig, last: bool):
+        self.counts = StageCounts()
+        self.chain = Chain(cfg, stage_classes, self.counts.add, sink=last).__enter__()
 
     def __call__(self, table: pa.Table) -> Iterator[pa.Table]:
         block, size = [], 0
@@ -54,14 +52,18 @@ class RayChain:
                 block.append(row)
                 size += row.payload_bytes()
                 if size >= _BLOCK_BYTES:
-                    yield to_table(block)
+                    yield self._handed_on(block)
                     block, size = [], 0
         except OSError as e:  # the shard sink's write: Ray Data would replace the file name with its own words
             if fault_of(e) != "stop":
                 raise
             raise JobStopped(str(e)) from None
-        if block:
-            yield to_table(block)
+        if block or self.counts.counts:
+            yield self._handed_on(block)
+
+    def _handed_on(self, block: list[Row]) -> pa.Table:
+        progress = self.counts.take()
+        return to_table(block + [progress] if progress else block)
 
     def __del__(self):
         # Ray Data deletes an actor's chain when the pool shuts down; a task worker's lives as long as its process.
@@ -72,13 +74,13 @@ class RayChain:
 _LOCAL: dict[tuple, RayChain] = {}
 
 
-def _chain_task(table: pa.Table, run: str, stage_classes: tuple, cfg: JobConfig, progress, last: bool) -> Iterator[pa.Table]:
+def _chain_task(table: pa.Table, run: str, stage_classes: tuple, cfg: JobConfig, last: bool) -> Iterator[pa.Table]:
     # CPU chains run as tasks (elastic, never hold CPUs while idle); each worker process builds a run's chain once.
     key = (run, stage_classes)
     if key not in _LOCAL:
         for old in [k for k in _LOCAL if k[0] != run]:  # a worker kept from an earlier run on the same cluster
             del _LOCAL[old]
-        _LOCAL[key] = RayChain(stage_classes, cfg, progress, last)
+        _LOCAL[key] = RayChain(stage_classes, cfg, last)
     yield from _LOCAL[key](table)
 
 
@@ -101,7 +103,7 @@ def chain_resources(group: list[type[Stage]], cfg: JobConfig) -> Resources:
     return Resources(max(r.cpus for r in res), res[0].gpus, sum(r.memory_mb for r in res))
 
 
-def build_dataset(sources: list[str], cfg: JobConfig, stages: list[type[Stage]], progress):
+def build_dataset(sources: list[str], cfg: JobConfig, stages: list[type[Stage]]):
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -130,12 +132,12 @@ def build_dataset(sources: list[str], cfg: JobConfig, stages: list[type[Stage]],
         if res.gpus:
             # Model stages on GPUs: long-lived actors keep the weights loaded, one pool sized from the cluster.
             ds = ds.map_batches(
-                RayChain, fn_constructor_args=(classes, cfg, progress, last), num_gpus=res.gpus,
+                RayChain, fn_constructor_args=(classes, cfg, last), num_gpus=res.gpus,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // res.gpus))), **common,
             )
         else:
             # One source (or one input row) per task: the chain then streams its clips out block by block.
-            ds = ds.map_batches(_chain_task, fn_args=(run, classes, cfg, progress, last), **common)
+            ds = ds.map_batches(_chain_task, fn_args=(run, classes, cfg, last), **common)
     return ds
 
 
@@ -149,20 +151,11 @@ class RunResult:
     record: str | None = None  # where this run's config and stats were written (runs/...)
 
 
-def _progress_printer(progress, writer: DatasetWriter, total: int, stages: list[str], t0: float, interval: float,
-                      stop: threading.Event):
-    import ray
-
-    while True:
-        try:
-            counts = ray.get(progress.snapshot.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - progress is best effort
-            counts = {}
-        if stop.is_set():
-            return
-        print(progress_line(time.time() - t0, total, writer.stats, counts, stages), flush=True)
-        if stop.wait(interval):
-            return
+def _progress_printer(counts: StageCounts, writer: DatasetWriter, total: int, stages: list[str], t0: float,
+                      interval: float, stop: threading.Event):
+    while not stop.is_set():
+        print(progress_line(time.time() - t0, total, writer.stats, dict(counts.counts), stages), flush=True)
+        stop.wait(interval)
 
 
 def _remote_repack(cfg: JobConfig):
@@ -196,9 +189,6 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
     """Run the job under the output's lease. Raises ConfigError (the job cannot run as configured), LeaseHeld
     (another driver holds the output), JobStopped (an environment fault that would fail every source) or the
     output's own OSError; whatever was committed before stays, and a rerun goes on from there."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     t0 = time.time()
     storage = Storage(cfg.storage)
     check_job(cfg)
@@ -228,13 +218,10 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
                   f"{len(sources)} to process", flush=True)
             if not sources:
                 return RunResult(len(all_sources), len(all_sources), writer.stats, time.time() - t0, {})
-            printer = progress = None
+            printer, progress = None, StageCounts()
             try:
-                # On the driver's own node: a counter on a worker node would die with it and take the job along.
-                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-                progress = ray.remote(num_cpus=0)(Progress).options(scheduling_strategy=here).remote()
                 stages = stages if stages is not None else pipeline(cfg)
-                ds = build_dataset(sources, cfg, stages, progress)
+                ds = build_dataset(sources, cfg, stages)
                 names = [s.name for s in stages]
                 printer = threading.Thread(target=_progress_printer, daemon=True, args=(
                     progress, writer, len(sources), names, t0, cfg.ray.progress_interval_s, stop))
@@ -243,7 +230,10 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                         writer.stats.bytes_to_driver += batch.nbytes
                         for row in from_table(batch):
-                            writer.add(row)
+                            if row.kind == "progress":
+                                progress.merge(row)
+                            else:
+                                writer.add(row)
                 except Exception as e:  # noqa: BLE001 - a worker's error, without Ray's wrapping
                     error = _unwrapped(e)
                     if isinstance(error, JobStopped):
@@ -253,16 +243,13 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
                     writer.close()
                 except Exception as e:  # noqa: BLE001 - the last merge runs on a worker
                     raise _unwrapped(e) from None
-                counts = ray.get(progress.snapshot.remote())
-                counts = {name: counts[name] for name in names if name in counts}  # in pipeline order
+                counts = {name: progress.counts[name] for name in names if name in progress.counts}  # in pipeline order
                 stats = run_stats(writer.stats, counts, time.time() - t0, len(all_sources), len(all_sources) - len(sources))
                 record = write_run_record(storage, cfg.output, cfg, stats, t0)
             finally:
-                stop.set()  # the printer ends before Ray does: a call into a shut-down Ray would hide the real error
+                stop.set()
                 if printer is not None:
                     printer.join(timeout=15)
-                if progress is not None:
-                    ray.kill(progress)  # a Ray session the caller keeps outlives this run
     finally:
         lease.release()
     return RunResult(len(all_sources), len(all_sources) - len(sources), writer.stats, time.time() - t0, counts, record)
