@@ -155,11 +155,12 @@ def test_a_submitted_job_survives_losing_a_worker_node_and_a_resubmit_is_a_no_op
 def test_the_gpu_job_runs_its_model_stages_on_a_gpu_node(gpu_cluster, s3_server, tiny_paths):
     env = gpu_cluster
     upload(s3_server, INPUTS[:2])
-    # The GPU job file as written, at the tiny models, every model stage asking for a whole GPU of the worker node;
-    # captions from its vLLM engine (the CPU build: the GPU is Ray's, the node has none), with a small KV cache.
+    # The GPU job file as written, at the tiny models, every model stage asking for a whole GPU of the worker node.
+    # Captions from the transformers engine: the vLLM engine's start (a third of this test's time with it) and a curation
+    # run on it are tests/test_vllm_engine.py's.
     gpu = ["caption.num_gpus=1", "aesthetic.num_gpus=1", "subjects.num_gpus=1", "aesthetic.min_score=null",
            "caption.batch_size=4", "subjects.batch_size=4", "encode.max_short_side=null", "filters.min_width=0",
-           "caption.vllm.cpu_kv_cache_gb=1", "caption.vllm.enforce_eager=true"]
+           "caption.engine=transformers"]
     job = submit(env, s3_server, "jobs/gpu_cluster_curation.yaml", "cinema-gpu",
                  [*tiny_overrides(tiny_paths, fixed_answer=True), *gpu])
     assert wait(env, job) == "SUCCEEDED", ray_cli(env, "job", "logs", job)
