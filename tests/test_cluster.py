@@ -156,8 +156,8 @@ def test_the_gpu_job_runs_its_model_stages_on_a_gpu_node(gpu_cluster, s3_server,
     env = gpu_cluster
     upload(s3_server, INPUTS[:2])
     # The GPU job file as written, at the tiny models, every model stage asking for a whole GPU of the worker node.
-    # Captions from the transformers engine: the vLLM engine's start (a third of this test's time with it) and a curation
-    # run on it are tests/test_vllm_engine.py's.
+    # Captions from the transformers engine: the vLLM engine's start (a third of this test's time with it) and a
+    # curation run on it are tests/test_vllm_engine.py's.
     gpu = ["caption.num_gpus=1", "aesthetic.num_gpus=1", "subjects.num_gpus=1", "aesthetic.min_score=null",
            "caption.batch_size=4", "subjects.batch_size=4", "encode.max_short_side=null", "filters.min_width=0",
            "caption.engine=transformers"]

@@ -243,7 +243,7 @@ def run(cfg: JobConfig, stages: list[type[Stage]] | None = None) -> RunResult:
                     writer.close()
                 except Exception as e:  # noqa: BLE001 - the last merge runs on a worker
                     raise _unwrapped(e) from None
-                counts = {name: progress.counts[name] for name in names if name in progress.counts}  # in pipeline order
+                counts = {n: progress.counts[n] for n in names if n in progress.counts}  # in pipeline order
                 stats = run_stats(writer.stats, counts, time.time() - t0, len(all_sources), len(all_sources) - len(sources))
                 record = write_run_record(storage, cfg.output, cfg, stats, t0)
             finally:
