@@ -24,7 +24,7 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     if owned and address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the local cluster to 127.0.0.1
         # "local": a new cluster of this process, never one a `ray start` on this machine happens to run. With no
-        # dashboard its metrics have no reader: collecting them cost its processes about 12% of their CPU.
+        # dashboard its metrics have no reader: collecting them cost its processes 8-12% of their CPU.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, _system_config={"enable_metrics_collection": False})
     elif owned:

@@ -2,8 +2,8 @@
 
 The counters travel with the rows: each chain adds up what its stages report and hands the sums on as a
 ``progress`` row with every block it sends on (the next chains pass it through untouched), and the driver adds up
-the ones that reach it. No process of their own: an actor for them cost a worker process at the job's start (the
-first task waited for one) and about 10 ms of CPU a second while the job ran."""
+the ones that reach it. No process of their own: an actor for them took a worker process at the job's start, ahead
+of the task workers (a node starts two at a time), and about 10 ms of CPU a second while the job ran."""
 
 from __future__ import annotations
 
